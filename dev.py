@@ -1,0 +1,64 @@
+#!/usr/bin/env python3
+"""Set up the project's environment (idempotent) and run its main job or its tests.
+
+    python3 dev.py run [snnl arguments...]   # set up, then `snnl reproduce` (default data)
+    python3 dev.py test [pytest arguments...] # set up, then the test suite
+
+The environment is ``.venv`` next to this file. torch 2.13.0 (the CPU wheel)
+is installed before the project so that no CUDA build is pulled; the project
+is then installed in editable mode with its test extras. A stamp file keyed
+on pyproject.toml makes a second call skip the installs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+TORCH = "torch==2.13.0"
+
+
+def _venv_python() -> Path:
+    return VENV / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def setup() -> Path:
+    py = _venv_python()
+    if not py.exists():
+        print(f"[dev] creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + TORCH.encode()).hexdigest()
+    stamp = VENV / ".snnl-setup"
+    if stamp.exists() and stamp.read_text().strip() == key:
+        return py
+    pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check"]
+    print(f"[dev] installing {TORCH} (CPU wheel) first", flush=True)
+    subprocess.run([*pip, "-q", TORCH], check=True)
+    print("[dev] installing snnl and its test extras", flush=True)
+    subprocess.run([*pip, "-q", "-e", f"{ROOT}[test]"], check=True)
+    stamp.write_text(key)
+    return py
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in {"run", "test", "setup"}:
+        print(__doc__)
+        return 2
+    py = setup()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if argv[0] == "setup":
+        return 0
+    if argv[0] == "run":
+        args = argv[1:] or ["reproduce"]
+        return subprocess.call([str(py), "-m", "snnl", *args], cwd=ROOT, env=env)
+    return subprocess.call([str(py), "-m", "pytest", *argv[1:]], cwd=ROOT, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,3 @@
+from snnl.cli import main
+
+raise SystemExit(main())
