@@ -1,0 +1,411 @@
+"""Models used in the SNNL experiments: an MLP, the reference MNIST CNN and ResNet-20.
+
+Conventions shared by every model here:
+
+- Inputs are images (or vectors) in [0, 1]; normalisation ``(x - mean) / std``
+  happens inside the model in a :class:`Normalize` module, so attacks and
+  corruptions can work in input units.
+- Every hidden activation is its own module with a stable name, and
+  ``model.hidden_layer_names`` lists the hidden post-ReLU outputs the SNNL
+  paper regularises (every hidden layer, not the logits), named exactly as
+  ``model.named_modules()`` names them. :mod:`snnl.taps` hooks them by name.
+- The final linear layer is the module ``logits``; ``forward`` returns logits.
+
+>>> import torch
+>>> model = build_model("mlp", (1, 8, 8), 10, widths=(32, 16))
+>>> model(torch.rand(2, 1, 8, 8)).shape
+torch.Size([2, 10])
+>>> model.hidden_layer_names
+('relu1', 'relu2')
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "Normalize",
+    "MLP",
+    "ReferenceCNN",
+    "BasicBlock",
+    "ResNet20",
+    "build_model",
+    "available_models",
+]
+
+Stat = float | Sequence[float] | Tensor
+
+
+def _check_shape(input_shape: Sequence[int], model: str) -> tuple[int, ...]:
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) == 0 or any(s < 1 for s in shape):
+        raise ValueError(f"{model}: input_shape must be positive sizes, got {tuple(input_shape)}")
+    return shape
+
+
+def _check_image_shape(input_shape: Sequence[int], model: str) -> tuple[int, int, int]:
+    shape = _check_shape(input_shape, model)
+    if len(shape) != 3:
+        raise ValueError(
+            f"{model} needs image inputs shaped (channels, height, width), got input_shape "
+            f"{shape}; for 1-D inputs (e.g. mnist1d vectors) use the 'mlp' model"
+        )
+    return shape  # type: ignore[return-value]
+
+
+class Normalize(nn.Module):
+    """``(x - mean) / std`` with per-channel or scalar statistics stored as buffers.
+
+    ``mean`` and ``std`` are scalars or sequences of length C (one value per
+    channel, dimension 1 of the input). Buffers move with ``.to(device)`` and
+    are saved in the state dict.
+
+    >>> norm = Normalize([0.5, 0.25], [0.5, 2.0])
+    >>> norm(torch.ones(1, 2, 1, 1)).flatten().tolist()
+    [1.0, 0.375]
+    """
+
+    mean: Tensor
+    std: Tensor
+
+    def __init__(self, mean: Stat = 0.0, std: Stat = 1.0) -> None:
+        super().__init__()
+        m = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        s = torch.as_tensor(std, dtype=torch.float32).flatten()
+        if m.numel() == 0 or s.numel() == 0:
+            raise ValueError("Normalize: mean and std must not be empty")
+        if not (torch.isfinite(m).all() and torch.isfinite(s).all()):
+            raise ValueError(f"Normalize: mean and std must be finite, got {m}, {s}")
+        if (s <= 0).any():
+            raise ValueError(f"Normalize: std must be > 0, got {s.tolist()}")
+        if m.numel() != s.numel() and 1 not in (m.numel(), s.numel()):
+            raise ValueError(
+                f"Normalize: mean has {m.numel()} values but std has {s.numel()} "
+                "(use scalars or one value per channel)"
+            )
+        self.register_buffer("mean", m)
+        self.register_buffer("std", s)
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = max(self.mean.numel(), self.std.numel())
+        if c == 1:
+            return (x - self.mean) / self.std
+        if x.dim() < 2 or x.shape[1] != c:
+            raise ValueError(
+                f"Normalize has {c} per-channel values but the input is shaped "
+                f"{tuple(x.shape)} (expected (N, {c}, ...))"
+            )
+        view = (1, c) + (1,) * (x.dim() - 2)
+        return (x - self.mean.view(view)) / self.std.view(view)
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.tolist()}, std={self.std.tolist()}"
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network: flatten -> [Linear -> ReLU] per width -> Linear.
+
+    The default widths (500, 500, 2000) are those of the independent SNNL
+    reproduction (784-500-500-2000-10 on MNIST). Modules: ``normalize``,
+    ``flatten``, ``fc1``, ``relu1``, ..., ``fc{L}``, ``relu{L}``, ``logits``;
+    ``hidden_layer_names = ("relu1", ..., "relu{L}")``.
+
+    Shapes: input (N, *input_shape) -> logits (N, num_classes).
+
+    >>> m = MLP((1, 40), 3, widths=(8,))
+    >>> m(torch.zeros(5, 1, 40)).shape, m.hidden_layer_names
+    (torch.Size([5, 3]), ('relu1',))
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        widths: Sequence[int] = (500, 500, 2000),
+        *,
+        mean: Stat = 0.0,
+        std: Stat = 1.0,
+    ) -> None:
+        super().__init__()
+        shape = _check_shape(input_shape, "MLP")
+        _check_classes(num_classes)
+        widths = tuple(int(w) for w in widths)
+        if any(w < 1 for w in widths):
+            raise ValueError(f"MLP: widths must be positive, got {widths}")
+        self.input_shape = shape
+        self.normalize = Normalize(mean, std)
+        self.flatten = nn.Flatten()
+        self._blocks: list[tuple[str, str]] = []
+        d = math.prod(shape)
+        for i, w in enumerate(widths, start=1):
+            self.add_module(f"fc{i}", nn.Linear(d, w))
+            self.add_module(f"relu{i}", nn.ReLU())
+            self._blocks.append((f"fc{i}", f"relu{i}"))
+            d = w
+        self.logits = nn.Linear(d, num_classes)
+        self.hidden_layer_names: tuple[str, ...] = tuple(r for _, r in self._blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.flatten(self.normalize(x))
+        for fc, relu in self._blocks:
+            h = getattr(self, relu)(getattr(self, fc)(h))
+        return self.logits(h)
+
+
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding: output size ceil(in / stride).
+
+    Total padding per spatial dim is ``max((out - 1) * stride + kernel - in, 0)``,
+    split with the extra pixel at the bottom/right, as TensorFlow does.
+
+    >>> Conv2dSame(1, 2, 8, stride=2)(torch.zeros(1, 1, 28, 28)).shape
+    torch.Size([1, 2, 14, 14])
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        pads: list[int] = []
+        for size, k, s in zip(
+            reversed(x.shape[-2:]), reversed(self.kernel_size), reversed(self.stride), strict=True
+        ):
+            out = -(-size // s)
+            total = max((out - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads))
+
+
+def _same_size(size: int, stride: int) -> int:
+    return -(-size // stride)
+
+
+def _valid_size(size: int, kernel: int, stride: int) -> int:
+    return (size - kernel) // stride + 1
+
+
+def _check_classes(num_classes: int) -> None:
+    if int(num_classes) < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+
+
+class ReferenceCNN(nn.Module):
+    """The reference MNIST CNN of the SNNL code (cleverhans ``ModelBasicCNN``).
+
+    conv1 ``channels``@8x8 stride 2 SAME -> ReLU -> conv2 ``2*channels``@6x6
+    stride 2 VALID -> ReLU -> conv3 ``2*channels``@5x5 stride 1 VALID -> ReLU ->
+    flatten -> linear ``logits``. On 28x28 inputs the spatial sizes are
+    28 -> 14 -> 5 -> 1.
+
+    Small inputs: where a VALID convolution would leave no output (input
+    smaller than the kernel, e.g. the 8x8 ``digits`` images: 8 -> 4 -> 4 < 6),
+    that convolution uses TensorFlow SAME padding instead (output
+    ceil(in / stride)); ``self.paddings`` records the padding each conv uses.
+    On 8x8 inputs: 8 -> 4 -> 2 (SAME) -> 2 (SAME).
+
+    ``hidden_layer_names = ("relu1", "relu2", "relu3")``.
+
+    >>> m = ReferenceCNN((1, 8, 8), 10, channels=4)
+    >>> m(torch.zeros(2, 1, 8, 8)).shape, m.paddings
+    (torch.Size([2, 10]), ('same', 'same', 'same'))
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        *,
+        channels: int = 64,
+        mean: Stat = 0.0,
+        std: Stat = 1.0,
+    ) -> None:
+        super().__init__()
+        c, h, w = _check_image_shape(input_shape, "ReferenceCNN")
+        _check_classes(num_classes)
+        if channels < 1:
+            raise ValueError(f"ReferenceCNN: channels must be >= 1, got {channels}")
+        self.input_shape = (c, h, w)
+        self.normalize = Normalize(mean, std)
+        specs = [  # (out channels, kernel, stride, padding the reference uses)
+            (channels, 8, 2, "same"),
+            (2 * channels, 6, 2, "valid"),
+            (2 * channels, 5, 1, "valid"),
+        ]
+        in_c, paddings = c, []
+        for i, (out_c, k, s, pad) in enumerate(specs, start=1):
+            if pad == "valid" and min(h, w) < k:
+                pad = "same"  # VALID would leave no output on this small input
+            if pad == "same":
+                conv: nn.Conv2d = Conv2dSame(in_c, out_c, k, stride=s)
+                h, w = _same_size(h, s), _same_size(w, s)
+            else:
+                conv = nn.Conv2d(in_c, out_c, k, stride=s)
+                h, w = _valid_size(h, k, s), _valid_size(w, k, s)
+            self.add_module(f"conv{i}", conv)
+            self.add_module(f"relu{i}", nn.ReLU())
+            paddings.append(pad)
+            in_c = out_c
+        self.paddings: tuple[str, ...] = tuple(paddings)
+        self.feature_shape = (in_c, h, w)
+        self.flatten = nn.Flatten()
+        self.logits = nn.Linear(in_c * h * w, num_classes)
+        self.hidden_layer_names: tuple[str, ...] = ("relu1", "relu2", "relu3")
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.normalize(x)
+        h = self.relu1(self.conv1(h))
+        h = self.relu2(self.conv2(h))
+        h = self.relu3(self.conv3(h))
+        return self.logits(self.flatten(h))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: conv3x3-BN-ReLU-conv3x3-BN, + shortcut, ReLU.
+
+    The shortcut is He et al.'s option A (the one used for the CIFAR ResNets
+    in the paper): identity, and where the shape changes, subsample by the
+    stride and zero-pad the new channels (no parameters). The block's own
+    output is its final ReLU's output, so hooking the block module (e.g.
+    ``stage2.0``) or its ``relu2`` gives the same tensor.
+
+    >>> BasicBlock(16, 32, stride=2)(torch.zeros(1, 16, 8, 8)).shape
+    torch.Size([1, 32, 4, 4])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu2 = nn.ReLU()
+        self.stride = stride
+        self.pad_channels = out_channels - in_channels
+        if self.pad_channels < 0:
+            raise ValueError("BasicBlock: option-A shortcut cannot reduce channels")
+
+    def shortcut(self, x: Tensor) -> Tensor:
+        if self.stride != 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        if self.pad_channels:
+            lo = self.pad_channels // 2
+            x = F.pad(x, (0, 0, 0, 0, lo, self.pad_channels - lo))
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """He et al. (2016) CIFAR ResNet-20: 3 stages x 3 basic blocks, 16/32/64 channels.
+
+    Stem conv3x3(16)-BN-ReLU (``conv``, ``bn``, ``relu``), stages ``stage1``,
+    ``stage2``, ``stage3`` (each an ``nn.Sequential`` of :class:`BasicBlock`,
+    the first block of stages 2 and 3 with stride 2), global average pool
+    (``pool``), ``flatten``, linear ``logits``. Shortcuts are option A
+    (parameter-free), giving 0.27M parameters for 10 classes (269,722), the
+    figure in the paper's Table 6. Any number of input channels and any
+    spatial size works (the pool is adaptive).
+
+    ``hidden_layer_names = ("relu", "stage1.0", ..., "stage3.2")``: the stem's
+    post-ReLU output and each block's output (after the block's final ReLU).
+
+    >>> m = ResNet20((3, 32, 32), 10)
+    >>> sum(p.numel() for p in m.parameters())
+    269722
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (3, 32, 32),
+        num_classes: int = 10,
+        *,
+        mean: Stat = 0.0,
+        std: Stat = 1.0,
+    ) -> None:
+        super().__init__()
+        c, _, _ = _check_image_shape(input_shape, "ResNet20")
+        _check_classes(num_classes)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.normalize = Normalize(mean, std)
+        self.conv = nn.Conv2d(c, 16, 3, 1, 1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU()
+        names = ["relu"]
+        in_c = 16
+        for s, width in enumerate((16, 32, 64), start=1):
+            blocks = []
+            for b in range(3):
+                stride = 2 if (s > 1 and b == 0) else 1
+                blocks.append(BasicBlock(in_c, width, stride))
+                in_c = width
+                names.append(f"stage{s}.{b}")
+            self.add_module(f"stage{s}", nn.Sequential(*blocks))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.logits = nn.Linear(64, num_classes)
+        self.hidden_layer_names: tuple[str, ...] = tuple(names)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.relu(self.bn(self.conv(self.normalize(x))))
+        h = self.stage3(self.stage2(self.stage1(h)))
+        return self.logits(self.flatten(self.pool(h)))
+
+
+def _mlp(input_shape: Sequence[int], num_classes: int, **kw: object) -> nn.Module:
+    return MLP(input_shape, num_classes, **kw)  # type: ignore[arg-type]
+
+
+def _cnn(input_shape: Sequence[int], num_classes: int, **kw: object) -> nn.Module:
+    return ReferenceCNN(input_shape, num_classes, **kw)  # type: ignore[arg-type]
+
+
+def _resnet20(input_shape: Sequence[int], num_classes: int, **kw: object) -> nn.Module:
+    return ResNet20(input_shape, num_classes, **kw)  # type: ignore[arg-type]
+
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "mlp": _mlp,
+    "cnn": _cnn,
+    "resnet20": _resnet20,
+}
+
+
+def available_models() -> tuple[str, ...]:
+    """Names accepted by :func:`build_model`.
+
+    >>> available_models()
+    ('mlp', 'cnn', 'resnet20')
+    """
+    return tuple(_REGISTRY)
+
+
+def build_model(
+    name: str,
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    mean: Stat = 0.0,
+    std: Stat = 1.0,
+    **kwargs: object,
+) -> nn.Module:
+    """Build a model by name ("mlp", "cnn", "resnet20"); extra kwargs go to its class.
+
+    >>> build_model("cnn", (1, 28, 28), 10, channels=8).feature_shape
+    (16, 1, 1)
+    """
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown model {name!r}; known models: {', '.join(available_models())}"
+        ) from None
+    return factory(input_shape, num_classes, mean=mean, std=std, **kwargs)
