@@ -1,4 +1,20 @@
 """snnl: measure and shape the class geometry of neural-network representations."""
 
-__all__: list[str] = []
+from snnl.loss import (
+    SNNLWarning,
+    SoftNearestNeighborLoss,
+    entanglement,
+    optimal_temperature,
+    snnl_temperature_curve,
+    soft_nearest_neighbor_loss,
+)
+
+__all__ = [
+    "SNNLWarning",
+    "SoftNearestNeighborLoss",
+    "entanglement",
+    "optimal_temperature",
+    "snnl_temperature_curve",
+    "soft_nearest_neighbor_loss",
+]
 __version__ = "0.1.0"

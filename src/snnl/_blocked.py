@@ -1,0 +1,197 @@
+"""The exact, memory-bounded Soft Nearest Neighbor Loss kernel.
+
+Notation (one anchor i, points sorted so that each class is a contiguous range):
+
+    s_ij = (a * <x_i, x_j> + b_j) / T          logits, j != i
+    euclidean: a = 2, b_j = -|x_j|^2           (s_ij = (|x_i|^2 - |x_i - x_j|^2) / T;
+                                                the |x_i|^2 / T constant cancels in the ratio)
+    cosine:    a = 1, b_j = 0                  (x already L2-normalised; s_ij = (cos - 1) / T + 1/T)
+
+    LSE_pos(i) = logsumexp_{j != i, y_j = y_i} s_ij
+    LSE_neg(i) = logsumexp_{j: y_j != y_i}     s_ij
+    z_i        = LSE_neg(i) - LSE_pos(i)
+    loss_i     = -log(sum_pos / (sum_pos + sum_neg)) = softplus(z_i)
+
+Writing the loss as softplus(LSE_neg - LSE_pos), each log-sum-exp shifted by its
+own maximum, keeps it exact in every regime: when every exp(s) underflows (points
+far apart relative to T) the shifted sums still hold a term equal to 1, and when
+the classes are well separated softplus(z) = exp(z) is computed without the
+cancellation of log(den) - log(num).
+
+Gradient with respect to the logits, for anchor weight w_i:
+
+    dL/ds_ij = w_i * sigmoid(z_i) * ( N_ij - Q_ij )
+    N_ij = exp(s_ij - LSE_neg(i)) for negatives (0 otherwise)
+    Q_ij = exp(s_ij - LSE_pos(i)) for positives (0 otherwise)
+
+Every block of B anchor rows is processed once: one (B, D) x (D, N) product for
+the logits and, when a gradient is needed, two products for the gradient (rows:
+G X, columns: G^T X_B), so forward and backward take three N x N x D products in
+total and O(B x N) extra memory. No N x N matrix is ever built.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+# A block holds about this many float32 logits (B x N); 2**20 floats = 4 MiB.
+_BLOCK_ELEMENTS = 2**20
+
+
+@dataclass(frozen=True)
+class SortedBatch:
+    """Points permuted so that each class is one contiguous range of rows."""
+
+    perm: Tensor  # (N,) original index of each sorted row
+    starts: tuple[int, ...]  # (C,) first sorted row of each class
+    ends: tuple[int, ...]  # (C,) one past the last sorted row of each class
+    valid: Tensor  # (N,) bool, in original order: the anchor has a positive
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.starts)
+
+    @property
+    def num_valid(self) -> int:
+        return int(self.valid.sum())
+
+
+def sort_by_class(labels: Tensor) -> SortedBatch:
+    """Stable sort of the points by label; class ranges and which anchors have a positive."""
+    perm = torch.argsort(labels, stable=True)
+    _, counts = torch.unique_consecutive(labels[perm], return_counts=True)
+    ends = torch.cumsum(counts, 0)
+    starts = ends - counts
+    valid_sorted = torch.repeat_interleave(counts >= 2, counts)
+    valid = torch.empty_like(valid_sorted)
+    valid[perm] = valid_sorted
+    return SortedBatch(perm, tuple(starts.tolist()), tuple(ends.tolist()), valid)
+
+
+def default_block_rows(n: int) -> int:
+    return max(1, min(n, _BLOCK_ELEMENTS // max(n, 1)))
+
+
+def _row_blocks(batch: SortedBatch, block_rows: int):
+    """Yield (class start, class end, row start, row end) over classes with >= 2 points."""
+    for s, e in zip(batch.starts, batch.ends, strict=True):
+        if e - s < 2:
+            continue
+        for r0 in range(s, e, block_rows):
+            yield s, e, r0, min(e, r0 + block_rows)
+
+
+def _block_logits(xs: Tensor, bias_t: Tensor, a_t: float, r0: int, r1: int) -> Tensor:
+    """(B, N) logits of rows r0:r1, self pairs set to -inf exactly."""
+    logits = torch.addmm(bias_t.unsqueeze(0), xs[r0:r1], xs.T, alpha=a_t)
+    rows = torch.arange(r1 - r0, device=xs.device)
+    logits[rows, rows + r0] = -math.inf
+    return logits
+
+
+def _lse_parts(logits: Tensor, s: int, e: int, multiclass: bool):
+    """Split a logits block into positives [s, e) and negatives (in place).
+
+    Returns (z, neg_sum, pos_probs): on return ``logits`` holds exp(s - max_neg)
+    on the negative columns and 0 on the positive ones.
+    """
+    pos = logits[:, s:e].clone()  # (B, n_c)
+    pos_max = pos.amax(1, keepdim=True)
+    pos.sub_(pos_max).exp_()
+    pos_sum = pos.sum(1, keepdim=True)
+    lse_pos = pos_max + pos_sum.log()
+    pos.div_(pos_sum)  # Q, softmax over the positives
+    if not multiclass:
+        # Only one class: sum_neg = 0, loss = softplus(-inf) = 0, zero gradient.
+        logits.zero_()
+        neg_sum = torch.ones_like(pos_sum)
+        z = torch.full_like(lse_pos, -math.inf)
+        return z.squeeze(1), neg_sum.squeeze(1), pos
+    logits[:, s:e] = -math.inf
+    neg_max = logits.amax(1, keepdim=True)
+    logits.sub_(neg_max).exp_()
+    neg_sum = logits.sum(1, keepdim=True)
+    z = neg_max + neg_sum.log() - lse_pos
+    return z.squeeze(1), neg_sum.squeeze(1), pos
+
+
+def snnl_pass(
+    xs: Tensor,
+    batch: SortedBatch,
+    temperature: float,
+    euclidean: bool,
+    weights: Tensor | None,
+    block_rows: int | None = None,
+) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """One blocked pass over sorted points ``xs`` (N, D).
+
+    Returns the per-anchor loss in sorted order (N,) (NaN for anchors without
+    a positive) and, when ``weights`` (N,) in sorted order is given, the gradient
+    of sum_i weights_i * loss_i with respect to ``xs`` (N, D) and to T (0-dim).
+    """
+    n, _ = xs.shape
+    block_rows = block_rows or default_block_rows(n)
+    a = 2.0 if euclidean else 1.0
+    inv_t = 1.0 / temperature
+    bias = -(xs * xs).sum(1) if euclidean else xs.new_zeros(n)
+    bias_t = bias * inv_t
+    loss = xs.new_full((n,), math.nan)
+    multiclass = batch.num_classes > 1
+    need_grad = weights is not None
+    if need_grad:
+        grad_rows = torch.zeros_like(xs)  # sum_j G_ij x_j
+        grad_cols = torch.zeros_like(xs)  # sum_i G_ij x_i
+        col_sum = xs.new_zeros(n)  # sum_i G_ij
+    for s, e, r0, r1 in _row_blocks(batch, block_rows):
+        logits = _block_logits(xs, bias_t, a * inv_t, r0, r1)
+        z, neg_sum, pos_probs = _lse_parts(logits, s, e, multiclass)
+        loss[r0:r1] = torch.nn.functional.softplus(z)
+        if not need_grad:
+            continue
+        # G = coef[:, None] * M, with M = exp(s - max_neg) on negatives and
+        # -Q * neg_sum on positives, so that G = w * sigmoid(z) * (N - Q).
+        coef = weights[r0:r1] * torch.sigmoid(z) / neg_sum
+        logits[:, s:e] = pos_probs.mul_(-neg_sum.unsqueeze(1))
+        grad_rows[r0:r1] = coef.unsqueeze(1) * (logits @ xs)
+        grad_cols.addmm_(logits.T, coef.unsqueeze(1) * xs[r0:r1])
+        col_sum.addmv_(logits.T, coef)
+    if not need_grad:
+        return loss, None, None
+    # s_ij = (a <x_i, x_j> + b_j) / T, b_j = -|x_j|^2 (euclidean)
+    grad_x = (grad_rows + grad_cols).mul_(a * inv_t)
+    if euclidean:
+        grad_x.addcmul_(col_sum.unsqueeze(1), xs, value=-2.0 * inv_t)
+    # dL/dT = -(1/T) sum_ij G_ij s_ij
+    g_dot_s = (a * (xs * grad_rows).sum() + (bias * col_sum).sum()) * inv_t
+    grad_t = -g_dot_s * inv_t
+    return loss, grad_x, grad_t
+
+
+def snnl_temperature_grid(
+    xs: Tensor,
+    batch: SortedBatch,
+    temperatures: Tensor,
+    euclidean: bool,
+    block_rows: int | None = None,
+) -> Tensor:
+    """Per-anchor loss (len(temperatures), N) in sorted order, one product per block.
+
+    The logits at temperature T are raw / T, so the (B, N) product is computed
+    once per block and reused for every temperature.
+    """
+    n, _ = xs.shape
+    block_rows = block_rows or default_block_rows(n)
+    a = 2.0 if euclidean else 1.0
+    bias = -(xs * xs).sum(1) if euclidean else xs.new_zeros(n)
+    out = xs.new_full((len(temperatures), n), math.nan)
+    multiclass = batch.num_classes > 1
+    for s, e, r0, r1 in _row_blocks(batch, block_rows):
+        raw = _block_logits(xs, bias, a, r0, r1)
+        for k, t in enumerate(temperatures.tolist()):
+            z, _, _ = _lse_parts(raw / t, s, e, multiclass)
+            out[k, r0:r1] = torch.nn.functional.softplus(z)
+    return out
