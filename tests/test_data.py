@@ -773,3 +773,9 @@ def test_features_errors(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(ValueError, match="junk.npz"):
         load_features(tmp_path / "junk.npz")
+
+
+def test_notmnist_too_small_for_stratified_split(tmp_path):
+    write_notmnist(tmp_path, np.random.default_rng(10), per_class=1)
+    with pytest.raises(ValueError, match=r"stratified split.*class counts \[1, 1"):
+        load_dataset("notmnist", data_dir=tmp_path)

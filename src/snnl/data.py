@@ -339,7 +339,16 @@ def _stratified_split(
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))
-    tr, te = train_test_split(idx, test_size=float(test_fraction), random_state=seed, stratify=y)
+    try:
+        tr, te = train_test_split(
+            idx, test_size=float(test_fraction), random_state=seed, stratify=y
+        )
+    except ValueError as err:  # e.g. a class with a single sample, or too few test slots
+        counts = np.bincount(y).tolist()
+        raise ValueError(
+            f"cannot make a stratified split with test_fraction={test_fraction} of "
+            f"{len(y)} samples with class counts {counts}: {err}"
+        ) from err
     return x[tr], y[tr], x[te], y[te]
 
 
