@@ -231,7 +231,8 @@ def bim(
             x_adv = xb.clone()
             for _ in range(steps):
                 grad = _input_grad(model, x_adv, yb)
-                x_adv = torch.clamp(x_adv + direction * step_size * grad.sign(), lower, upper)
+                # in place (x_adv is our own copy): x_adv <- clip(x_adv + s * a * sign(g))
+                x_adv.add_(grad.sign_(), alpha=direction * step_size).clamp_(lower, upper)
             out[sl] = x_adv
     return out
 
@@ -320,24 +321,24 @@ def pgd(
     with _eval_mode(model):
         for sl in _chunks(x.shape[0], batch_size):
             xb, yb = x[sl], y[sl]
-            x_adv = xb.clone() if delta0 is None else (xb + delta0[sl]).clamp(0.0, 1.0)
+            x_adv = xb.clone() if delta0 is None else (xb + delta0[sl]).clamp_(0.0, 1.0)
             if norm_name == "inf":
                 lower, upper = (xb - eps).clamp(min=0.0), (xb + eps).clamp(max=1.0)
-                x_adv = torch.clamp(x_adv, lower, upper)
+                x_adv.clamp_(lower, upper)
                 for _ in range(steps):
                     grad = _input_grad(model, x_adv, yb)
-                    x_adv = torch.clamp(x_adv + direction * step_size * grad.sign(), lower, upper)
+                    x_adv.add_(grad.sign_(), alpha=direction * step_size).clamp_(lower, upper)
             else:
                 for _ in range(steps):
                     grad = _input_grad(model, x_adv, yb)
                     gnorm = _l2_norm(grad)
-                    grad = grad / torch.where(gnorm > 0, gnorm, torch.ones_like(gnorm))
-                    delta = x_adv + direction * step_size * grad - xb
+                    grad.div_(torch.where(gnorm > 0, gnorm, 1.0))  # zero gradient: no step
+                    delta = x_adv.add_(grad, alpha=direction * step_size).sub_(xb)
                     dnorm = _l2_norm(delta)
                     # rescale onto the sphere only when outside the ball (dnorm > eps >= 0)
                     scale = torch.where(dnorm > eps, eps / torch.where(dnorm > 0, dnorm, 1.0), 1.0)
                     # clipping to the box moves each coordinate towards x: stays in the ball
-                    x_adv = (xb + delta * scale).clamp(0.0, 1.0)
+                    x_adv = delta.mul_(scale).add_(xb).clamp_(0.0, 1.0)
             out[sl] = x_adv
     return out
 
