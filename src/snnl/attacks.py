@@ -366,6 +366,9 @@ def lbfgs(
     sum of independent per-example terms (each with its own c), so its
     minimiser is the per-example one; L-BFGS-B's curvature memory and stopping
     test are shared. The model runs in x's dtype; scipy works in float64.
+    Each objective evaluation is a round trip torch -> numpy -> scipy; for small
+    models on a few busy cores torch's intra-op threads can spin against scipy
+    (seen here: 30x slower), and ``torch.set_num_threads(1)`` is then faster.
 
     Search over c (per example, ``c_steps`` solves): a larger c penalises the
     perturbation more, so the smallest successful perturbation comes from the
