@@ -38,8 +38,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-# A block holds about this many float32 logits (B x N); 2**20 floats = 4 MiB.
-_BLOCK_ELEMENTS = 2**20
+# A block holds about this many float32 logits (B x N); 2**22 floats = 16 MiB.
+_BLOCK_ELEMENTS = 2**22
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,114 @@
-"""The ``snnl`` command line."""
+"""The ``snnl`` command line: every command is also a plain Python call."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+__all__ = ["main", "build_parser"]
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit status 2."""
+
+
+def _entanglement(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from snnl.data import load_dataset, load_features
+    from snnl.loss import optimal_temperature, snnl_temperature_curve, soft_nearest_neighbor_loss
+
+    if args.file is not None:
+        features, labels = load_features(args.file, args.labels)
+        source = str(args.file)
+    else:
+        ds = load_dataset(args.dataset, data_dir=args.data_dir)
+        features = torch.cat([ds.x_train, ds.x_test])
+        labels = torch.cat([ds.y_train, ds.y_test])
+        source = f"dataset {ds.name} (inputs, train + test)"
+    features = features.reshape(features.shape[0], -1)
+    n, d = features.shape
+    classes = int(torch.unique(labels).numel())
+    print(f"source      : {source}")
+    print(f"points      : {n} x {d} features, {classes} classes")
+    print(f"distance    : {args.distance}")
+    bounds = (args.t_min, args.t_max)
+    if args.temperature is None:
+        t, value = optimal_temperature(features, labels, distance=args.distance, bounds=bounds)
+        print(f"temperature : {t:.6g} (optimal within [{bounds[0]:g}, {bounds[1]:g}])")
+    else:
+        t = args.temperature
+        with torch.no_grad():
+            value = float(soft_nearest_neighbor_loss(features, labels, t, distance=args.distance))
+        print(f"temperature : {t:.6g} (given)")
+    print(f"SNNL        : {value:.6f}   (log C = {np.log(max(classes, 1)):.4f})")
+    if args.plot is not None:
+        from snnl.figures import save_figure, temperature_curve_figure
+
+        lo = min(bounds[0], t)
+        hi = max(bounds[1], t)
+        grid = np.logspace(np.log10(lo), np.log10(hi), 200)
+        curve = snnl_temperature_curve(features, labels, grid, distance=args.distance).numpy()
+        name = Path(source).name if args.file is not None else args.dataset
+        fig = temperature_curve_figure(grid, curve, best=(t, value), title=f"SNNL of {name}")
+        save_figure(fig, args.plot)
+        print(f"plot        : {args.plot}")
+    return 0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="snnl", description=__doc__)
-    parser.add_subparsers(dest="command", required=True)
+    from snnl.data import available_datasets
+
+    parser = argparse.ArgumentParser(
+        prog="snnl",
+        description="Measure and shape the class geometry of neural-network representations.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    datasets = sorted(available_datasets())
+
+    ent = sub.add_parser(
+        "entanglement",
+        help="SNNL of saved features (or a dataset's inputs) at the optimal or a given T",
+        description="Print the Soft Nearest Neighbor Loss of features and labels read from "
+        "FILE (.npz with 'features' and 'labels', .pt dict, or .npy with a labels .npy), or "
+        "of an embedded dataset's inputs, at the optimal temperature or --temperature.",
+    )
+    ent.add_argument("file", nargs="?", type=Path, help=".npz / .pt / .npy features file")
+    ent.add_argument("--labels", type=Path, default=None, help="labels .npy for a .npy FILE")
+    ent.add_argument("--dataset", default="digits", choices=datasets, help="when no FILE")
+    ent.add_argument("--data-dir", type=Path, default=None, help="folder of users' data files")
+    ent.add_argument("--temperature", type=_positive_float, default=None)
+    ent.add_argument("--distance", choices=("euclidean", "cosine"), default="euclidean")
+    ent.add_argument("--t-min", type=_positive_float, default=1e-4, help="search bound")
+    ent.add_argument("--t-max", type=_positive_float, default=1e4, help="search bound")
+    ent.add_argument("--plot", type=Path, default=None, help="save the SNNL-vs-T curve (PNG)")
+    ent.set_defaults(func=_entanglement)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (CommandError, ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+        print(f"snnl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"snnl {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
