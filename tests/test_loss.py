@@ -1,0 +1,985 @@
+"""Tests for snnl.loss against independent float64 references.
+
+Two references, neither sharing code with the package:
+- ``reference.snnl_reference``: a plain float64 loop over anchors straight from eq. 1
+  (explicit squared differences, log-sum-exp), used for every value;
+- ``_torch_reference`` below: float64 torch with explicit pairwise differences and
+  ``torch.logsumexp``, differentiated by autograd, used for every gradient.
+
+Float32 results are compared with the reference evaluated on the float32 input (cast
+to float64), so input rounding is not counted as an error.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import minimize_scalar
+from scipy.special import logsumexp
+
+from reference import snnl_reference, snnl_reference_mean
+from snnl.loss import (
+    SNNLWarning,
+    SoftNearestNeighborLoss,
+    entanglement,
+    optimal_temperature,
+    snnl_temperature_curve,
+    soft_nearest_neighbor_loss,
+)
+
+DISTANCES = ("euclidean", "cosine")
+REDUCTIONS = ("mean", "sum", "none")
+SATURATION = -math.log(1e-5)  # 11.51: what exp-then-log-with-epsilon code returns
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # Tiny problems: intra-op threads only add contention on a shared 2-core box.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def _torch_reference(
+    x: torch.Tensor, y: torch.Tensor, t, distance: str = "euclidean", reduction: str = "mean"
+) -> torch.Tensor:
+    """Float64 SNNL with explicit pairwise differences and torch.logsumexp (autograd-able).
+
+    Independent of the package: no centring, no |a|^2 + |b|^2 - 2ab expansion, no blocks.
+    """
+    n = x.shape[0]
+    x = x.reshape(n, -1)
+    if distance == "euclidean":
+        d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)  # (N, N)
+    else:
+        u = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        d = 1.0 - (u[:, None, :] * u[None, :, :]).sum(-1)
+    eye = torch.eye(n, dtype=torch.bool)
+    pos = (y[:, None] == y[None, :]) & ~eye
+    valid = pos.any(1)
+    logits = -d / t
+    ninf = torch.tensor(-math.inf, dtype=logits.dtype)
+    den = torch.logsumexp(torch.where(eye, ninf, logits)[valid], 1)
+    num = torch.logsumexp(torch.where(pos, logits, ninf)[valid], 1)
+    per = den - num
+    if reduction == "mean":
+        return per.mean()
+    if reduction == "sum":
+        return per.sum()
+    out = torch.full((n,), math.nan, dtype=per.dtype)
+    out[valid] = per
+    return out
+
+
+def _reference_grads(x, y, t, distance="euclidean", reduction="mean", weights=None):
+    """Float64 reference value and gradients w.r.t. features and T (via autograd)."""
+    x64 = x.detach().double().requires_grad_(True)
+    t64 = torch.tensor(float(t), dtype=torch.float64, requires_grad=True)
+    out = _torch_reference(x64, y, t64, distance, reduction)
+    scalar = out if reduction != "none" else (out.nan_to_num() * weights.double()).sum()
+    gx, gt = torch.autograd.grad(scalar, (x64, t64))
+    return out.detach(), gx, gt
+
+
+def _curve_reference(x, y, temperatures, distance="euclidean") -> np.ndarray:
+    """Vectorised float64 numpy SNNL (mean over anchors with a positive) at many temperatures."""
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    y = np.asarray(y)
+    n = len(x)
+    if distance == "euclidean":
+        d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    else:
+        u = x / np.maximum(np.sqrt((x * x).sum(1)), 1e-12)[:, None]
+        d = 1.0 - (u[:, None, :] * u[None, :, :]).sum(-1)
+    eye = np.eye(n, dtype=bool)
+    pos = (y[:, None] == y[None, :]) & ~eye
+    valid = pos.any(1)
+    logits = -d[None] / np.asarray(temperatures, dtype=np.float64)[:, None, None]  # (K, N, N)
+    den = logsumexp(np.where(eye, -np.inf, logits), axis=2)
+    num = logsumexp(np.where(pos, logits, -np.inf), axis=2)
+    return (den - num)[:, valid].mean(1)
+
+
+def _rel(a, b) -> float:
+    """Max relative error of a against reference b (scaled by the largest |b|)."""
+    a = np.asarray(torch.as_tensor(a).detach().double())
+    b = np.asarray(torch.as_tensor(b).detach().double())
+    assert np.array_equal(np.isnan(a), np.isnan(b)), (a, b)
+    ok = ~np.isnan(b)
+    scale = max(np.abs(b[ok]).max(initial=0.0), 1e-300)
+    return float(np.abs(a[ok] - b[ok]).max(initial=0.0) / scale)
+
+
+def _rel_elementwise(a, b) -> float:
+    """Max over elements of |a - b| / |b| (NaN positions must agree)."""
+    a = np.asarray(torch.as_tensor(a).detach().double())
+    b = np.asarray(torch.as_tensor(b).detach().double())
+    assert np.array_equal(np.isnan(a), np.isnan(b)), (a, b)
+    ok = ~np.isnan(b)
+    return float((np.abs(a[ok] - b[ok]) / np.abs(b[ok])).max(initial=0.0))
+
+
+def _reduce_reference(per_anchor: np.ndarray, reduction: str):
+    if reduction == "mean":
+        return np.nanmean(per_anchor)
+    if reduction == "sum":
+        return np.nansum(per_anchor)
+    return per_anchor
+
+
+def _data(n=24, d=5, classes=3, seed=0, spread=1.5):
+    """Gaussian blobs with overlapping classes: per-anchor losses of order 0.1 to 2."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    centres = torch.randn(classes, d, generator=g) * spread
+    x = centres[y] + torch.randn(n, d, generator=g)
+    return x, y
+
+
+def test_references_agree():
+    x, y = _data(n=15, d=3, seed=1)
+    y = y.clone()
+    y[0] = 7  # one anchor without a positive
+    for distance in DISTANCES:
+        for t in (0.3, 2.0):
+            r = snnl_reference(x.double().numpy(), y.numpy(), t, distance)
+            tr = _torch_reference(x.double(), y, t, distance, "none")
+            assert _rel(tr, r) < 1e-12
+            curve = _curve_reference(x.numpy(), y.numpy(), [t], distance)
+            assert curve[0] == pytest.approx(np.nanmean(r), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_float32_value_and_gradients_match_float64_reference(distance, reduction, scale):
+    x0, y = _data()
+    x = (x0 * scale).float().requires_grad_(True)
+    t0 = 4.0 if distance == "euclidean" else 0.2
+    t_val = t0 * scale**2 if distance == "euclidean" else t0
+    t = torch.tensor(t_val, dtype=torch.float32, requires_grad=True)
+    w = torch.rand(len(x), generator=torch.Generator().manual_seed(3)) + 0.5
+
+    out = soft_nearest_neighbor_loss(x, y, t, distance=distance, reduction=reduction)
+    assert out.dtype == torch.float32
+    assert out.shape == (() if reduction != "none" else (len(x),))
+    per = snnl_reference(x.detach().double().numpy(), y.numpy(), t_val, distance)
+    expected = _reduce_reference(per, reduction)
+    if reduction == "none":
+        assert _rel_elementwise(out, expected) < 1e-5
+    else:
+        assert abs(out.item() - expected) <= 1e-5 * abs(expected)
+
+    scalar = out if reduction != "none" else (out * w).sum()
+    scalar.backward()
+    _, gx, gt = _reference_grads(x, y, t_val, distance, reduction, w)
+    assert _rel(x.grad, gx) < 1e-4
+    assert abs(t.grad.item() - gt.item()) <= 1e-4 * abs(gt.item())
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_float64_matches_reference_tightly(distance):
+    x, y = _data(n=20, d=4, seed=5)
+    x = x.double().requires_grad_(True)
+    t = 3.0 if distance == "euclidean" else 0.3
+    out = soft_nearest_neighbor_loss(x, y, t, distance=distance)
+    assert out.dtype == torch.float64
+    assert out.item() == pytest.approx(snnl_reference_mean(x.detach(), y, t, distance), rel=1e-12)
+    out.backward()
+    _, gx, _ = _reference_grads(x, y, t, distance)
+    assert _rel(x.grad, gx) < 1e-10
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_half_precision_inputs_computed_in_float32(dtype, distance):
+    x0, y = _data(n=16, d=4, seed=2)
+    x = x0.to(dtype).requires_grad_(True)
+    t = 4.0 if distance == "euclidean" else 0.2
+    out = soft_nearest_neighbor_loss(x, y, t, distance=distance)
+    assert out.dtype == torch.float32
+    # reference of the rounded input: float32-level agreement, not half-level
+    expected = snnl_reference_mean(x.detach().double().numpy(), y.numpy(), t, distance)
+    assert abs(out.item() - expected) <= 1e-5 * abs(expected)
+    out.backward()
+    assert x.grad is not None and x.grad.dtype == dtype
+    _, gx, _ = _reference_grads(x, y, t, distance)
+    assert _rel(x.grad.float(), gx) < 1e-2  # the gradient is stored in the input's dtype
+
+
+def test_features_are_flattened():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(10, 2, 3, 2, generator=g, dtype=torch.float64)
+    y = torch.arange(10) % 2
+    for distance in DISTANCES:
+        expected = snnl_reference(x.numpy(), y.numpy(), 5.0, distance)
+        out = soft_nearest_neighbor_loss(x, y, 5.0, distance=distance, reduction="none")
+        assert _rel_elementwise(out, expected) < 1e-12
+
+
+@pytest.mark.parametrize("label_dtype", [torch.int32, torch.uint8, torch.int16])
+def test_other_integer_label_dtypes(label_dtype):
+    x, y = _data(n=12, d=3, seed=6)
+    out = soft_nearest_neighbor_loss(x.double(), y.to(label_dtype), 2.0)
+    assert out.item() == pytest.approx(snnl_reference_mean(x.double(), y, 2.0), rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- regimes
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_underflow_regime_positives_farther_than_negatives(distance):
+    """Every exp(-d/T) underflows in float32 (and float64); the loss is large and exact."""
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(12, 8, generator=g) * 40).requires_grad_(True)  # d ~ 1e4
+    y = torch.arange(12) % 3
+    t = 1.0 if distance == "euclidean" else 1e-4
+    d = torch.cdist(x.detach().double(), x.detach().double()) ** 2
+    if distance == "euclidean":
+        assert float((-d[~torch.eye(12, dtype=torch.bool)] / t).max()) < -200  # exp < 1e-87
+    per = snnl_reference(x.detach().double().numpy(), y.numpy(), t, distance)
+    assert np.nanmax(per) > 100  # positives far beyond the nearest negative
+    out = soft_nearest_neighbor_loss(x, y, t, distance=distance, reduction="none")
+    assert torch.isfinite(out).all()
+    assert _rel_elementwise(out[per > 1], per[per > 1]) < 1e-5
+    assert not torch.isclose(out, torch.tensor(SATURATION), atol=0.05).any()
+    mean = out.mean()
+    assert mean.item() == pytest.approx(np.mean(per), rel=1e-5)
+    mean.backward()
+    _, gx, _ = _reference_grads(x, y, t, distance)
+    assert x.grad.abs().max() > 0
+    assert _rel(x.grad, gx) < 1e-4
+
+
+def test_underflow_regime_two_point_hand_case():
+    """Anchor at 0, positive at 150, negative at 100 (1-D), T = 1: loss = d_pos - d_neg + tiny."""
+    x = torch.tensor([[0.0], [150.0], [100.0], [250.0]], requires_grad=True)
+    y = torch.tensor([0, 0, 1, 1])
+    out = soft_nearest_neighbor_loss(x, y, 1.0, reduction="none")
+    # anchor 0: num = e^-22500, den = e^-22500 + e^-10000 + e^-62500 -> 12500 + log1p(e^-12500)
+    assert out[0].item() == pytest.approx(12500.0, rel=1e-6)
+    expected = snnl_reference(x.detach().double().numpy(), y.numpy(), 1.0)
+    assert _rel_elementwise(out, expected) < 1e-6
+    out.sum().backward()
+    _, gx, _ = _reference_grads(x, y, 1.0, reduction="sum")
+    assert (x.grad != 0).any() and _rel(x.grad, gx) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_underflow_regime_moderate_loss(dtype):
+    """All exp(-d/T) underflow but the loss is O(1): d(A,C) = 1e4, d(A,B) = 1e4 + 3.
+
+    Float64 inputs must match the reference to 1e-9. In float32 the logits (~1e4) carry an
+    unavoidable absolute error ~1e4 * 2^-24 even for a direct-difference implementation,
+    so the bound there is absolute: 1e-6 x the largest logit.
+    """
+    b = math.sqrt(10003.0)
+    x = torch.tensor([[0.0, 0.0], [b, 0.0], [0.0, 100.0], [b, 100.0]], dtype=dtype)
+    x.requires_grad_(True)
+    y = torch.tensor([0, 0, 1, 1])
+    out = soft_nearest_neighbor_loss(x, y, 1.0, reduction="none")
+    per = snnl_reference(x.detach().double().numpy(), y.numpy(), 1.0)
+    if dtype == torch.float64:  # float32 rounds sqrt(10003)
+        assert per[0] == pytest.approx(3 + math.log1p(math.exp(-3)), rel=1e-9)
+    if dtype == torch.float64:
+        assert _rel_elementwise(out, per) < 1e-9
+    else:
+        assert np.abs(out.detach().double().numpy() - per).max() < 1e-6 * 2e4
+    assert not torch.isclose(out, torch.tensor(SATURATION, dtype=dtype), atol=0.05).any()
+    out.sum().backward()
+    _, gx, _ = _reference_grads(x, y, 1.0, reduction="sum")
+    assert _rel(x.grad, gx) < (1e-9 if dtype == torch.float64 else 1e-3)
+
+
+def test_well_separated_loss_is_tiny_not_zero_or_negative():
+    """Classes far apart: loss = log1p(e^-z) ~ e^-z, kept without cancellation."""
+    x = torch.tensor([[0.0], [1.0], [5.0], [6.0]], dtype=torch.float32)
+    y = torch.tensor([0, 0, 1, 1])
+    out = soft_nearest_neighbor_loss(x, y, 1.0, reduction="none")
+    # anchor 0: num e^-1, den e^-1 + e^-25 + e^-36 -> log1p(e^-24 + e^-35)
+    expected0 = math.log1p(math.exp(-24) + math.exp(-35))
+    assert out[0].item() == pytest.approx(expected0, rel=1e-5)
+    assert (out > 0).all()
+
+
+def test_self_pair_excluded_with_duplicates():
+    """Exact duplicates (same and different classes): d = 0 pairs are real pairs, d_ii is not."""
+    base = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.5], [1.0, 0.5], [2.0, 1.0], [2.0, 1.0]])
+    y = torch.tensor([0, 0, 0, 1, 1, 2])
+    for scale in (1.0, 1e3):
+        x = (base * scale).requires_grad_(True)
+        t = 0.7 * scale**2
+        with pytest.warns(SNNLWarning, match="1 of 6"):
+            out = soft_nearest_neighbor_loss(x, y, t, reduction="none")
+        per = snnl_reference(x.detach().double().numpy(), y.numpy(), t)
+        assert math.isnan(out[5].item())
+        assert _rel_elementwise(out, per) < 1e-5
+        # anchor 0: its duplicate is a positive at distance 0, so the loss is below log(#others)
+        assert 0 < out[0].item() < math.log(5)
+    # all points identical, one class: the numerator equals the denominator -> exactly 0
+    same = torch.ones(5, 3) * 3.0
+    out = soft_nearest_neighbor_loss(same, torch.zeros(5, dtype=torch.int64), 1.0)
+    assert out.item() == 0.0
+    # identical points, two classes: every pair at d = 0 -> log(#others / #positives)
+    out = soft_nearest_neighbor_loss(same[:4], torch.tensor([0, 0, 1, 1]), 1.0, reduction="none")
+    assert torch.allclose(out, torch.full((4,), math.log(3.0)), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("offset", [2.0**14, -(2.0**14), 2.0**20])
+def test_huge_common_offset_translation_invariance(offset):
+    """x + c with c >> spread: the norm expansion would give d_ii != 0 and wrong d_ij.
+
+    Points lie on a 1/16 grid so that x + c is exact in float32 for |c| = 2^14; for 2^20
+    the input is exact for multiples of 1/8 (see below).
+    """
+    g = torch.Generator().manual_seed(8)
+    step = 1 / 16 if abs(offset) <= 2**14 else 1 / 8
+    x = (torch.randint(-48, 48, (18, 4), generator=g) * step).float()
+    y = torch.arange(18) % 3
+    shifted = (x + offset).requires_grad_(True)
+    assert torch.equal(shifted.detach() - offset, x)  # the translated input is exact
+    t = 2.0
+    per = snnl_reference(x.double().numpy(), y.numpy(), t)
+    out = soft_nearest_neighbor_loss(shifted, y, t, reduction="none")
+    assert _rel_elementwise(out, per) < 1e-5
+    mean = soft_nearest_neighbor_loss(shifted, y, t)
+    assert mean.item() == pytest.approx(np.nanmean(per), rel=1e-5)
+    mean.backward()
+    _, gx, _ = _reference_grads(x, y, t)
+    assert _rel(shifted.grad, gx) < 1e-4
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="float32 |a|^2+|b|^2-2ab expansion loses the small within-cluster distances of "
+    "clusters far from the centroid (centring only removes a common offset)",
+)
+def test_far_apart_clusters_float32_exact():
+    """Two clusters at +-1000 (spread 1), each holding both classes, T = 1.
+
+    The loss depends only on within-cluster distances (~1): a float32 computation by
+    explicit differences is exact to ~1e-7 here, and the reference sees the same input.
+    """
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[1000.0, 0.0], [-1000.0, 0.0]])
+    x = torch.cat(
+        [centres[0] + torch.randn(6, 2, generator=g), centres[1] + torch.randn(6, 2, generator=g)]
+    )
+    y = torch.tensor([0, 1] * 6)
+    expected = snnl_reference_mean(x.double().numpy(), y.numpy(), 1.0)
+    out = soft_nearest_neighbor_loss(x, y, 1.0)
+    assert out.item() == pytest.approx(expected, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- anchors left out
+
+
+def test_anchors_without_positive_are_left_out_with_warning():
+    x, _ = _data(n=7, d=3, seed=9)
+    x = x.double().requires_grad_(True)
+    y = torch.tensor([0, 0, 1, 1, 1, 2, 3])  # anchors 5 and 6 have no positive
+    per = snnl_reference(x.detach().numpy(), y.numpy(), 2.0)
+    assert np.isnan(per[5]) and np.isnan(per[6])
+    for reduction in REDUCTIONS:
+        with pytest.warns(SNNLWarning, match=r"\b2 of 7 anchors"):
+            out = soft_nearest_neighbor_loss(x, y, 2.0, reduction=reduction)
+        expected = _reduce_reference(per, reduction)
+        if reduction == "none":
+            assert torch.isnan(out[5:]).all() and not torch.isnan(out[:5]).any()
+            assert _rel_elementwise(out, expected) < 1e-12
+        else:
+            assert out.item() == pytest.approx(expected, rel=1e-12)
+    with pytest.warns(SNNLWarning):
+        mean = soft_nearest_neighbor_loss(x, y, 2.0)
+    mean.backward()
+    _, gx, _ = _reference_grads(x, y, 2.0)
+    assert _rel(x.grad, gx) < 1e-10
+    # the left-out anchors still act as negatives of the others: their gradient is non-zero
+    assert x.grad[5:].abs().sum() > 0
+
+
+def test_no_warning_when_every_anchor_has_a_positive():
+    x, y = _data(n=10, d=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        soft_nearest_neighbor_loss(x, y, 1.0)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_no_anchor_with_positive_gives_zero_and_zero_gradient(reduction):
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(10)).requires_grad_(True)
+    t = torch.tensor(2.0, requires_grad=True)
+    y = torch.arange(5)
+    with pytest.warns(SNNLWarning, match="no label occurs twice") as record:
+        out = soft_nearest_neighbor_loss(x, y, t, reduction=reduction)
+    assert "5" in str(record[0].message)
+    assert out.item() == 0.0 and torch.isfinite(out)
+    out.backward()
+    assert x.grad is not None and torch.equal(x.grad, torch.zeros_like(x))
+    assert t.grad is not None and t.grad.item() == 0.0
+
+
+def test_no_anchor_with_positive_reduction_none_is_all_nan():
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(11))
+    with pytest.warns(SNNLWarning):
+        out = soft_nearest_neighbor_loss(x, torch.tensor([3, 1, 0, 2]), 1.0, reduction="none")
+    assert out.shape == (4,) and torch.isnan(out).all()
+
+
+def test_single_class_loss_is_zero():
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(12)).requires_grad_(True)
+    y = torch.full((6,), 4)
+    out = soft_nearest_neighbor_loss(x, y, 0.5)
+    assert out.item() == 0.0 == snnl_reference_mean(x.detach(), y, 0.5)
+    out.backward()
+    assert torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_reduction_none_backward_ignores_undefined_anchors():
+    x, _ = _data(n=8, d=3, seed=13)
+    x = x.double().requires_grad_(True)
+    y = torch.tensor([0, 1, 0, 1, 2, 0, 1, 5])
+    with pytest.warns(SNNLWarning):
+        out = soft_nearest_neighbor_loss(x, y, 1.5, reduction="none", block_size=3)
+    valid = ~torch.isnan(out)
+    w = torch.linspace(0.5, 2.0, 8, dtype=torch.float64)
+    (out[valid] * w[valid]).sum().backward()
+    _, gx, _ = _reference_grads(x, y, 1.5, reduction="none", weights=w)
+    assert _rel(x.grad, gx) < 1e-10
+
+
+# ----------------------------------------------------------------------------- temperature
+
+
+def test_tensor_temperature_gradient_matches_reference():
+    x, y = _data(n=14, d=3, seed=14)
+    for distance, t0 in (("euclidean", 3.0), ("cosine", 0.25)):
+        t = torch.tensor(t0, dtype=torch.float64, requires_grad=True)
+        out = soft_nearest_neighbor_loss(x.double(), y, t, distance=distance)
+        out.backward()
+        _, _, gt = _reference_grads(x, y, t0, distance)
+        assert gt.abs().item() > 1e-6
+        assert t.grad.item() == pytest.approx(gt.item(), rel=1e-10)
+
+
+def test_float_temperature_tensor_with_other_dtype():
+    x, y = _data(n=10, d=3, seed=15)
+    t = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    out = soft_nearest_neighbor_loss(x, y, t)  # float32 features, float64 temperature
+    assert out.dtype == torch.float32
+    out.backward()
+    _, _, gt = _reference_grads(x, y, 2.0)
+    assert t.grad is not None and t.grad.item() == pytest.approx(gt.item(), rel=1e-4)
+
+
+def test_integer_temperature_accepted():
+    x, y = _data(n=10, d=3, seed=15)
+    out = soft_nearest_neighbor_loss(x.double(), y, 2)
+    assert out.item() == pytest.approx(snnl_reference_mean(x.double(), y, 2.0), rel=1e-12)
+
+
+def test_no_grad_context_and_detached_inputs():
+    x, y = _data(n=10, d=3, seed=16)
+    with torch.no_grad():
+        out = soft_nearest_neighbor_loss(x.requires_grad_(True), y, 2.0)
+    assert not out.requires_grad
+    assert out.item() == pytest.approx(snnl_reference_mean(x.detach(), y, 2.0), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- gradcheck
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gradcheck_features(distance, reduction):
+    g = torch.Generator().manual_seed(17)
+    x = torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 0, 1, 2, 2, 0])
+    t = 1.3 if distance == "euclidean" else 0.4
+
+    def f(x):
+        return soft_nearest_neighbor_loss(x, y, t, distance=distance, reduction=reduction)
+
+    assert torch.autograd.gradcheck(f, (x,), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gradcheck_log_temperature(distance, reduction):
+    g = torch.Generator().manual_seed(18)
+    x = torch.randn(7, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 0, 1, 2, 2, 0])
+    log_t = torch.tensor(math.log(1.3 if distance == "euclidean" else 0.4), dtype=torch.float64)
+    log_t.requires_grad_(True)
+
+    def f(x, log_t):
+        return soft_nearest_neighbor_loss(
+            x, y, log_t.exp(), distance=distance, reduction=reduction, block_size=2
+        )
+
+    assert torch.autograd.gradcheck(f, (x, log_t), eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_gradcheck_with_left_out_anchor():
+    g = torch.Generator().manual_seed(19)
+    x = torch.randn(6, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([0, 1, 0, 1, 1, 9])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SNNLWarning)
+        assert torch.autograd.gradcheck(
+            lambda x: soft_nearest_neighbor_loss(x, y, 0.8), (x,), eps=1e-6, atol=1e-7
+        )
+
+
+# ----------------------------------------------------------------------------- blocks
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_block_size_independence(distance, reduction):
+    x, _ = _data(n=11, d=3, seed=20)
+    y = torch.tensor([2, 0, 1, 2, 0, 0, 1, 2, 2, 0, 1])  # unsorted labels, uneven classes
+    x = x.double()
+    t = 1.7 if distance == "euclidean" else 0.3
+    w = torch.linspace(0.2, 1.0, 11, dtype=torch.float64)
+    per = snnl_reference(x.numpy(), y.numpy(), t, distance)
+    expected = _reduce_reference(per, reduction)
+    _, gx, _ = _reference_grads(x, y, t, distance, reduction, w)
+    results = []
+    for block in (1, 3, len(x), 1000):
+        xb = x.clone().requires_grad_(True)
+        out = soft_nearest_neighbor_loss(
+            xb, y, t, distance=distance, reduction=reduction, block_size=block
+        )
+        assert _rel(out, expected) < 1e-12
+        (out if reduction != "none" else (out * w).sum()).backward()
+        assert _rel(xb.grad, gx) < 1e-10
+        results.append((out.detach(), xb.grad))
+    for out, grad in results[1:]:
+        assert torch.allclose(out, results[0][0], rtol=1e-13, atol=0)
+        assert torch.allclose(grad, results[0][1], rtol=1e-11, atol=1e-14)
+
+
+# ----------------------------------------------------------------------------- properties
+
+_coords = st.integers(-32, 32).map(lambda v: v / 8)  # dyadic: translations stay exact
+
+
+@st.composite
+def _problems(draw):
+    n = draw(st.integers(3, 10))
+    d = draw(st.integers(1, 4))
+    x = np.array(draw(st.lists(_coords, min_size=n * d, max_size=n * d))).reshape(n, d)
+    labels = draw(st.lists(st.integers(0, 2), min_size=n, max_size=n))
+    if len(set(labels)) == n:  # make sure at least one anchor has a positive
+        labels[1] = labels[0]
+    return torch.tensor(x, dtype=torch.float64), torch.tensor(labels)
+
+
+_props = settings(max_examples=25, deadline=None, derandomize=True)
+
+
+def _quiet_mean(x, y, t, distance="euclidean"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SNNLWarning)
+        return soft_nearest_neighbor_loss(x, y, t, distance=distance).item()
+
+
+@_props
+@given(_problems(), st.floats(0.05, 20.0), st.randoms(use_true_random=False))
+def test_property_permutation_invariance(problem, t, rnd):
+    x, y = problem
+    perm = list(range(len(x)))
+    rnd.shuffle(perm)
+    perm = torch.tensor(perm)
+    expected = snnl_reference_mean(x.numpy(), y.numpy(), t)
+    for distance in DISTANCES:
+        a = _quiet_mean(x, y, t, distance)
+        b = _quiet_mean(x[perm], y[perm], t, distance)
+        assert b == pytest.approx(a, rel=1e-10, abs=1e-12)
+    assert _quiet_mean(x[perm], y[perm], t) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+@_props
+@given(_problems(), st.floats(0.05, 20.0), st.lists(st.integers(-4096, 4096), min_size=4))
+def test_property_translation_invariance(problem, t, shift):
+    x, y = problem
+    c = torch.tensor(shift[: x.shape[1]] + [0] * (x.shape[1] - len(shift)), dtype=torch.float64)
+    expected = snnl_reference_mean(x.numpy(), y.numpy(), t)
+    assert _quiet_mean(x + c, y, t) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert _quiet_mean(x.float() + c.float(), y, t) == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+@_props
+@given(_problems(), st.floats(0.05, 20.0), st.floats(1e-3, 1e3))
+def test_property_scaling_equals_temperature_rescaling(problem, t, c):
+    x, y = problem
+    # SNNL(c x, T) == SNNL(x, T / c^2): both against the reference of the unscaled points
+    expected = snnl_reference_mean(x.numpy(), y.numpy(), t / c**2)
+    assert _quiet_mean(x * c, y, t) == pytest.approx(expected, rel=1e-8, abs=1e-12)
+    assert _quiet_mean(x, y, t / c**2) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+@_props
+@given(_problems(), st.floats(0.05, 5.0), st.lists(st.floats(0.01, 100.0), min_size=10))
+def test_property_cosine_invariant_to_positive_scaling(problem, t, factors):
+    x, y = problem
+    s = torch.tensor(factors[: len(x)], dtype=torch.float64).unsqueeze(1)
+    expected = snnl_reference_mean(x.numpy(), y.numpy(), t, "cosine")
+    assert _quiet_mean(x * s, y, t, "cosine") == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+@_props
+@given(_problems(), st.floats(0.05, 20.0))
+def test_property_float32_close_to_reference(problem, t):
+    x, y = problem
+    x32 = x.float()
+    for distance in DISTANCES:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SNNLWarning)
+            out = soft_nearest_neighbor_loss(x32, y, t, distance=distance, reduction="none")
+        per = snnl_reference(x.numpy(), y.numpy(), t, distance)
+        # the absolute error of a float32 loss is bounded by ~eps x the largest logit |d / T|
+        span = 2 * 32.0 * x.shape[1] / t if distance == "euclidean" else 2.0 / t
+        ok = ~np.isnan(per)
+        assert np.array_equal(ok, ~torch.isnan(out).numpy())
+        err = np.abs(out.double().numpy()[ok] - per[ok])
+        assert (err <= 1e-5 * np.abs(per[ok]) + 1e-6 * span).all()
+        assert (out.numpy()[ok] >= 0).all()
+
+
+# ----------------------------------------------------------------------------- module
+
+
+def test_module_fixed_temperature_equals_functional_and_reference():
+    x, y = _data(n=12, d=3, seed=21)
+    for distance in DISTANCES:
+        for reduction in REDUCTIONS:
+            m = SoftNearestNeighborLoss(0.7, distance=distance, reduction=reduction)
+            assert isinstance(m, torch.nn.Module)
+            assert list(m.parameters()) == []
+            assert "log_temperature" in m.state_dict()
+            expected = _reduce_reference(
+                snnl_reference(x.double().numpy(), y.numpy(), 0.7, distance), reduction
+            )
+            out = m(x, y)
+            assert out.dtype == torch.float32
+            assert _rel(out, expected) < 1e-5
+            f = soft_nearest_neighbor_loss(x, y, 0.7, distance=distance, reduction=reduction)
+            assert torch.allclose(out, f, rtol=1e-6, atol=0, equal_nan=True)
+            # float64 features: log T is stored in float32, so T = 0.7 holds to ~1e-7 only
+            out64 = m(x.double(), y)
+            assert _rel(out64, expected) < 1e-7
+            t_stored = float(m.temperature)
+            f64 = soft_nearest_neighbor_loss(
+                x.double(), y, t_stored, distance=distance, reduction=reduction
+            )
+            assert torch.allclose(out64, f64, rtol=1e-12, atol=0, equal_nan=True)
+
+
+def test_module_learned_temperature_gets_reference_gradient():
+    x, y = _data(n=12, d=3, seed=22)
+    x = x.double()
+    m = SoftNearestNeighborLoss(2.5, learn_temperature=True)
+    params = dict(m.named_parameters())
+    assert list(params) == ["log_temperature"]
+    assert m.log_temperature.item() == pytest.approx(math.log(2.5), rel=1e-6)
+    loss = m(x, y)
+    loss.backward()
+    t = float(m.temperature.detach())
+    assert loss.item() == pytest.approx(snnl_reference_mean(x, y, t), rel=1e-10)
+    _, _, gt = _reference_grads(x, y, t)
+    # d/dlogT = T * d/dT
+    assert m.log_temperature.grad.item() == pytest.approx(t * gt.item(), rel=1e-5)
+    # one optimiser step moves T in the descent direction and keeps it positive
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    opt.step()
+    assert float(m.temperature.detach()) > 0
+    with torch.no_grad():
+        assert m(x, y).item() < loss.item()
+
+
+def test_module_bad_arguments():
+    with pytest.raises(ValueError, match="temperature"):
+        SoftNearestNeighborLoss(0.0)
+    with pytest.raises(ValueError, match="distance"):
+        SoftNearestNeighborLoss(1.0, distance="manhattan")
+    with pytest.raises(ValueError, match="reduction"):
+        SoftNearestNeighborLoss(1.0, reduction="avg")
+
+
+# ----------------------------------------------------------------------------- temperature curve
+
+
+def test_temperature_curve_matches_reference():
+    x, y = _data(n=15, d=3, seed=23)
+    y = y.clone()
+    y[0] = 9
+    temps = [0.01, 0.3, 1.0, 7.0, 300.0]
+    for distance in DISTANCES:
+        with pytest.warns(SNNLWarning):
+            curve = snnl_temperature_curve(x.double(), y, temps, distance=distance)
+        expected = _curve_reference(x.numpy(), y.numpy(), temps, distance)
+        assert curve.shape == (5,)
+        assert _rel_elementwise(curve, expected) < 1e-10
+    with pytest.raises(ValueError, match="temperatures"):
+        snnl_temperature_curve(x, y, [1.0, -1.0])
+    with pytest.raises(ValueError, match="temperatures"):
+        snnl_temperature_curve(x, y, [])
+
+
+# ----------------------------------------------------------------------------- optimal temperature
+
+GRID = np.logspace(-4, 4, 400)
+
+
+def _multiscale(seed=0):
+    """Two nested scales: tight same-class pairs inside coarse mixed clusters."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(4, 3, generator=g) * 30
+    pair = torch.randn(12, 3, generator=g)
+    x = torch.cat(
+        [coarse[k % 4] + pair[k] + 0.05 * torch.randn(2, 3, generator=g) for k in range(12)]
+    )
+    y = torch.tensor([(k // 4) % 3 for k in range(12) for _ in range(2)])
+    return x, y
+
+
+OPT_CASES = {
+    "blobs-euclidean": (lambda: _data(n=30, d=4, seed=24), "euclidean"),
+    "blobs-cosine": (lambda: _data(n=30, d=4, seed=25), "cosine"),
+    "multiscale": (lambda: _multiscale(1), "euclidean"),
+    "random-labels": (
+        lambda: (
+            torch.randn(30, 3, generator=torch.Generator().manual_seed(26)),
+            torch.arange(30) % 2,
+        ),
+        "euclidean",
+    ),
+    "separated": (
+        lambda: (
+            torch.tensor([[0.0], [0.1], [0.2], [9.0], [9.1], [9.3]]),
+            torch.tensor([0, 0, 0, 1, 1, 1]),
+        ),
+        "euclidean",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(OPT_CASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_optimal_temperature_not_above_reference_grid(case, dtype):
+    make, distance = OPT_CASES[case]
+    x, y = make()
+    x = x.to(dtype)
+    t_opt, value = optimal_temperature(x, y, distance=distance)
+    assert isinstance(t_opt, float) and isinstance(value, float)
+    assert 1e-4 <= t_opt <= 1e4
+    curve = _curve_reference(x.double().numpy(), y.numpy(), GRID, distance)
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    assert value <= curve.min() + tol * abs(curve.min()) + 1e-12
+    at_t = snnl_reference_mean(x.double().numpy(), y.numpy(), t_opt, distance)
+    assert value == pytest.approx(at_t, rel=tol, abs=1e-12)
+
+
+def test_optimal_temperature_respects_bounds():
+    x, y = _data(n=20, d=3, seed=27)
+    x = x.double()
+    # restricted to large temperatures, the minimum sits at (or next to) the lower bound
+    t_opt, value = optimal_temperature(x, y, bounds=(1e3, 1e4))
+    assert 1e3 <= t_opt <= 1e4
+    grid = np.logspace(3, 4, 200)
+    curve = _curve_reference(x.numpy(), y.numpy(), grid)
+    assert value <= curve.min() + 1e-10 * curve.min()
+    assert value == pytest.approx(snnl_reference_mean(x.numpy(), y.numpy(), t_opt), rel=1e-10)
+
+
+def test_optimal_temperature_without_positives():
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(28))
+    with pytest.warns(SNNLWarning):
+        _, value = optimal_temperature(x, torch.arange(4))
+    assert value == 0.0
+
+
+# ----------------------------------------------------------------------------- entanglement
+
+
+def test_entanglement_fixed_temperature_matches_reference():
+    g = torch.Generator().manual_seed(29)
+    a = torch.randn(10, 2, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    b = (torch.randn(12, 2, 3, generator=g, dtype=torch.float64) + 0.5).requires_grad_(True)
+    union = torch.cat([a.detach().reshape(10, -1), b.detach().reshape(12, -1)])
+    labels = torch.tensor([0] * 10 + [1] * 12)
+    for distance, t in (("euclidean", 4.0), ("cosine", 0.3)):
+        e = entanglement(a, b, temperature=t, distance=distance)
+        assert e.shape == ()
+        assert e.item() == pytest.approx(
+            snnl_reference_mean(union.numpy(), labels.numpy(), t, distance), rel=1e-12
+        )
+        a.grad = b.grad = None
+        e.backward()
+        _, gx, _ = _reference_grads(union, labels, t, distance)
+        assert _rel(torch.cat([a.grad.reshape(10, -1), b.grad.reshape(12, -1)]), gx) < 1e-10
+
+
+def test_entanglement_optimal_temperature_matches_reference_minimum():
+    g = torch.Generator().manual_seed(30)
+    a = torch.randn(15, 3, generator=g, dtype=torch.float64)
+    b = torch.randn(15, 3, generator=g, dtype=torch.float64) + 1.0
+    union, labels = torch.cat([a, b]).numpy(), np.array([0] * 15 + [1] * 15)
+    curve = _curve_reference(union, labels, GRID)
+    k = int(np.argmin(curve))
+    res = minimize_scalar(
+        lambda lt: _curve_reference(union, labels, [10.0**lt])[0],
+        bounds=(math.log10(GRID[max(k - 1, 0)]), math.log10(GRID[min(k + 1, len(GRID) - 1)])),
+        method="bounded",
+        options={"xatol": 1e-8},
+    )
+    e = entanglement(a.requires_grad_(True), b)
+    assert e.item() <= curve.min() + 1e-10
+    assert e.item() == pytest.approx(res.fun, rel=1e-7)
+    e.backward()
+    assert a.grad is not None and a.grad.abs().sum() > 0
+    # far-apart sets are less entangled than overlapping ones
+    assert entanglement(a.detach(), b + 20).item() < e.item()
+
+
+def test_entanglement_bad_shapes():
+    with pytest.raises(ValueError, match="same shape per point"):
+        entanglement(torch.randn(5, 3), torch.randn(5, 4))
+    with pytest.raises(ValueError, match="same shape per point"):
+        entanglement(torch.randn(5, 2, 3), torch.randn(5, 3, 2))
+    with pytest.raises(ValueError, match=r"shape \(N, \.\.\.\)"):
+        entanglement(torch.randn(5), torch.randn(5))
+    with pytest.raises(TypeError, match="must be a torch.Tensor"):
+        entanglement(np.zeros((5, 3)), torch.randn(5, 3))
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _x(n=6, d=3):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(31))
+
+
+def _y(n=6):
+    return torch.zeros(n, dtype=torch.long)
+
+
+def _case(name, error, message, *, x=None, y=None, t=1.0, **kwargs):
+    x = _x() if x is None else x
+    y = _y() if y is None else y
+    return pytest.param(x, y, t, kwargs, error, message, id=name)
+
+
+def _with(value, rows):
+    return _x().index_fill(0, torch.tensor(rows), value)
+
+
+BAD_INPUTS = [
+    _case("one point", ValueError, "at least 2 points", x=_x(1), y=_y(1)),
+    _case("no points", ValueError, "at least 2 points", x=_x(0), y=_y(0)),
+    _case("1-D features", ValueError, r"shape \(N, \.\.\.\)", x=torch.randn(6)),
+    _case("labels 2-D", ValueError, r"labels must have shape \(6,\)", y=_y().unsqueeze(1)),
+    _case("labels too long", ValueError, r"labels must have shape \(6,\).*\(7,\)", y=_y(7)),
+    _case("labels float", TypeError, "labels must be an integer.*float32", y=_y().float()),
+    _case("labels bool", TypeError, "labels must be an integer.*bool", y=_y().bool()),
+    _case("labels list", TypeError, "labels must be a torch.Tensor", y=[0, 0, 1, 1, 2, 2]),
+    _case("features int", TypeError, "floating-point.*int64", x=torch.ones(6, 3, dtype=torch.long)),
+    _case("features numpy", TypeError, "features must be a torch.Tensor", x=np.zeros((6, 3))),
+    _case("features NaN", ValueError, r"NaN or Inf \(in 1 of 6", x=_with(math.nan, [2])),
+    _case("features Inf", ValueError, r"NaN or Inf \(in 2 of 6", x=_with(-math.inf, [1, 4])),
+    _case("T zero", ValueError, "temperature must be positive", t=0.0),
+    _case("T negative", ValueError, "temperature must be positive", t=-1.0),
+    _case("T nan", ValueError, "temperature must be positive and finite", t=math.nan),
+    _case("T inf", ValueError, "temperature must be positive and finite", t=math.inf),
+    _case("T tensor nan", ValueError, "positive and finite", t=torch.tensor(math.nan)),
+    _case("T tensor inf", ValueError, "positive and finite", t=torch.tensor(math.inf)),
+    _case("T tensor negative", ValueError, "positive", t=torch.tensor(-2.0)),
+    _case("T vector", ValueError, "temperature must be a scalar", t=torch.tensor([1.0, 2.0])),
+    _case("T matrix", ValueError, "temperature must be a scalar", t=torch.ones(1, 1)),
+    _case("T string", TypeError, "temperature must be a float", t="1.0"),
+    _case("T bool", TypeError, "temperature must be a float", t=True),
+    _case("distance", ValueError, "unknown distance 'l1'.*euclidean, cosine", distance="l1"),
+    _case("reduction", ValueError, "unknown reduction 'avg'.*mean, sum, none", reduction="avg"),
+    _case("block_size", ValueError, "block_size must be a positive integer", block_size=0),
+]
+
+
+@pytest.mark.parametrize(("x", "y", "t", "kwargs", "error", "message"), BAD_INPUTS)
+def test_bad_input_raises_clear_error(x, y, t, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        soft_nearest_neighbor_loss(x, y, t, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "bounds", [(0.0, 1.0), (-1.0, 1.0), (10.0, 1.0), (1.0, 1.0), (1.0, math.inf), (math.nan, 1.0)]
+)
+def test_optimal_temperature_bad_bounds(bounds):
+    x, y = _data(n=6, d=2)
+    with pytest.raises(ValueError, match="bounds"):
+        optimal_temperature(x, y, bounds=bounds)
+
+
+def test_optimal_temperature_and_curve_validate_inputs():
+    x, y = _data(n=6, d=2)
+    with pytest.raises(ValueError, match="unknown distance"):
+        optimal_temperature(x, y, distance="l1")
+    with pytest.raises(TypeError, match="labels must be an integer"):
+        optimal_temperature(x, y.float())
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        snnl_temperature_curve(x.index_fill(0, torch.tensor([0]), math.nan), y, [1.0])
+
+
+# ----------------------------------------------------------------------------- memory (slow)
+
+
+def _vm_hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_whole_dataset_memory_is_bounded():
+    """N = 60,000, D = 256 forward + backward: peak RSS grows by far less than N x N floats."""
+    n, d = 60_000, 256
+    previous = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        g = torch.Generator().manual_seed(32)
+        x = torch.randn(n, d, generator=g).requires_grad_(True)
+        y = torch.randint(0, 10, (n,), generator=g)
+        with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
+            f.write("5")
+        before = _vm_hwm_bytes()
+        loss = soft_nearest_neighbor_loss(x, y, temperature=float(2 * d))
+        loss.backward()
+        growth = _vm_hwm_bytes() - before
+    finally:
+        torch.set_num_threads(previous)
+    full_matrix = n * n * 4  # 14.4 GB
+    print(f"\nSNNL N={n} D={d}: peak RSS growth {growth / 2**20:.0f} MiB (N x N float32 = "
+          f"{full_matrix / 2**30:.1f} GiB), loss {loss.item():.6f}")  # fmt: skip
+    assert math.isfinite(loss.item())
+    # random labels, random points, T = 2D (~ the typical distance): loss ~ log(10) at large T
+    assert 0.5 < loss.item() < math.log(10) + 0.1
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert growth < 2 * 2**30
