@@ -58,6 +58,69 @@ def _entanglement(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from snnl.train import TrainConfig, train
+
+    layers = args.layers if args.layers else "hidden"
+    config = TrainConfig(
+        dataset=args.dataset,
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        alpha=args.alpha,
+        temperature=args.temperature,
+        learn_temperature=not args.fixed_temperature,
+        distance=args.distance,
+        layers=layers,
+        seed=args.seed,
+        data_dir=str(args.data_dir) if args.data_dir else None,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+    )
+    res = train(config, args.out, resume=args.resume, force=args.force)
+    final = res["final"]
+    print(f"run         : {args.out}")
+    print(f"test acc    : {final['test_accuracy']:.4f}")
+    for layer, value in final["probe_snnl"].items():
+        print(f"SNNL {layer:<7}: {value:.4f}")
+    return 0
+
+
+def _reproduce_config(args: argparse.Namespace):
+    from snnl.experiments import ReproduceConfig
+
+    return ReproduceConfig(
+        dataset=args.dataset,
+        seeds=args.seeds,
+        full=args.full,
+        data_dir=str(args.data_dir) if args.data_dir else None,
+        experiments=list(args.experiments or []),
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+        epochs=args.epochs,
+        model=args.model,
+    )
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from snnl.report import reproduce
+
+    config = _reproduce_config(args)
+    reproduce(config, args.out)
+    print(f"report      : {args.out / 'report.html'}")
+    print(f"              {args.out / 'report.md'}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from snnl.report import write_report
+
+    path = write_report(args.dir)
+    print(f"report      : {path}")
+    return 0
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -95,6 +158,57 @@ def build_parser() -> argparse.ArgumentParser:
     ent.add_argument("--t-max", type=_positive_float, default=1e4, help="search bound")
     ent.add_argument("--plot", type=Path, default=None, help="save the SNNL-vs-T curve (PNG)")
     ent.set_defaults(func=_entanglement)
+
+    from snnl.experiments import registry
+    from snnl.models import available_models
+
+    tr = sub.add_parser(
+        "train",
+        help="train a normal (alpha = 0) or entangled (alpha > 0) model",
+        description="Train one model with loss = CE - alpha * sum of hidden-layer SNNL (eq. 3), "
+        "logging per epoch the SNNL of every hidden layer at its optimal temperature.",
+    )
+    tr.add_argument("--dataset", default="digits", choices=datasets)
+    tr.add_argument("--data-dir", type=Path, default=None)
+    tr.add_argument("--model", default="mlp", choices=available_models())
+    tr.add_argument("--epochs", type=int, default=20)
+    tr.add_argument("--batch-size", type=int, default=128)
+    tr.add_argument("--lr", type=_positive_float, default=1e-3)
+    tr.add_argument("--alpha", type=float, default=0.0, help="> 0 entangles, < 0 separates")
+    tr.add_argument("--temperature", type=_positive_float, default=100.0, help="initial T")
+    tr.add_argument("--fixed-temperature", action="store_true", help="do not learn T")
+    tr.add_argument("--distance", choices=("euclidean", "cosine"), default="euclidean")
+    tr.add_argument("--layers", nargs="+", default=None, help="layer names (default: hidden)")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--limit-train", type=int, default=None)
+    tr.add_argument("--limit-test", type=int, default=None)
+    tr.add_argument("--out", type=Path, required=True, help="run folder")
+    tr.add_argument("--resume", action="store_true", help="continue an unfinished run")
+    tr.add_argument("--force", action="store_true", help="overwrite a run in --out")
+    tr.set_defaults(func=_train)
+
+    rp = sub.add_parser(
+        "reproduce",
+        help="run the registered experiments and write a report with figures",
+        description="Run the experiments (" + ", ".join(registry()) + ") and write "
+        "OUT/report.html, OUT/report.md, OUT/results.json and OUT/figures/. Trained models "
+        "are kept in OUT/runs and reused by the next call.",
+    )
+    rp.add_argument("--dataset", default="digits", choices=datasets)
+    rp.add_argument("--data-dir", type=Path, default=None)
+    rp.add_argument("--seeds", type=int, default=3)
+    rp.add_argument("--full", action="store_true", help="longer settings")
+    rp.add_argument("--experiments", nargs="+", choices=list(registry()), default=None)
+    rp.add_argument("--epochs", type=int, default=None, help="override the default epochs")
+    rp.add_argument("--model", choices=available_models(), default=None)
+    rp.add_argument("--limit-train", type=int, default=None)
+    rp.add_argument("--limit-test", type=int, default=None)
+    rp.add_argument("--out", type=Path, default=Path("snnl-report"))
+    rp.set_defaults(func=_reproduce)
+
+    rep = sub.add_parser("report", help="rebuild the report of DIR from its saved results")
+    rep.add_argument("dir", type=Path)
+    rep.set_defaults(func=_report)
     return parser
 
 
