@@ -61,10 +61,10 @@ def _torch_reference(
     n = x.shape[0]
     x = x.reshape(n, -1)
     if distance == "euclidean":
-        d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)  # (N, N)
+        d = sum((x[:, k, None] - x[None, :, k]) ** 2 for k in range(x.shape[1]))  # (N, N)
     else:
         u = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        d = 1.0 - (u[:, None, :] * u[None, :, :]).sum(-1)
+        d = 1.0 - sum(u[:, k, None] * u[None, :, k] for k in range(x.shape[1]))
     eye = torch.eye(n, dtype=torch.bool)
     pos = (y[:, None] == y[None, :]) & ~eye
     valid = pos.any(1)
@@ -236,6 +236,42 @@ def test_other_integer_label_dtypes(label_dtype):
     x, y = _data(n=12, d=3, seed=6)
     out = soft_nearest_neighbor_loss(x.double(), y.to(label_dtype), 2.0)
     assert out.item() == pytest.approx(snnl_reference_mean(x.double(), y, 2.0), rel=1e-12)
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+def test_default_blocks_with_classes_split_across_blocks(distance):
+    """N = 3000 with two classes of 1500: the default block size splits every class."""
+    g = torch.Generator().manual_seed(40)
+    n = 3000
+    y = (torch.arange(n) * 7) % 2  # interleaved, unsorted
+    x = (torch.randn(n, 3, generator=g) + y[:, None] * 0.7).requires_grad_(True)
+    t = 0.5 if distance == "euclidean" else 0.05
+    out = soft_nearest_neighbor_loss(x, y, t, distance=distance)
+    ref, gx, _ = _reference_grads(x, y, t, distance)
+    assert abs(out.item() - ref.item()) <= 1e-5 * ref.item()
+    out.backward()
+    assert _rel(x.grad, gx) < 1e-4
+
+
+def test_cosine_zero_vector_has_cosine_zero():
+    x = torch.randn(6, 3, generator=torch.Generator().manual_seed(41), dtype=torch.float64)
+    x[2] = 0.0
+    y = torch.tensor([0, 0, 1, 1, 0, 1])
+    out = soft_nearest_neighbor_loss(x, y, 0.5, distance="cosine", reduction="none")
+    per = snnl_reference(x.numpy(), y.numpy(), 0.5, "cosine")
+    assert _rel_elementwise(out, per) < 1e-12
+    # anchor 2 sees cosine 0 (d = 1) to everyone: -log(#positives / #others)
+    assert out[2].item() == pytest.approx(math.log(5 / 2), rel=1e-12)
+
+
+def test_arbitrary_label_values_and_non_contiguous_features():
+    g = torch.Generator().manual_seed(42)
+    x = torch.randn(3, 9, generator=g, dtype=torch.float64).T  # (9, 3), non-contiguous
+    assert not x.is_contiguous()
+    y = torch.tensor([-5, 10**12, -5, 10**12, 7, 7, -5, 7, 10**12])
+    expected = snnl_reference(x.numpy(), y.numpy(), 0.9)
+    out = soft_nearest_neighbor_loss(x, y, 0.9, reduction="none")
+    assert _rel_elementwise(out, expected) < 1e-12
 
 
 # ----------------------------------------------------------------------------- regimes
