@@ -995,7 +995,10 @@ def _vm_hwm_bytes() -> int:
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
 def test_whole_dataset_memory_is_bounded():
-    """N = 60,000, D = 256 forward + backward: peak RSS grows by far less than N x N floats."""
+    """N = 60,000, D = 256 forward + backward: peak RSS grows by far less than N x N floats.
+
+    Also checks 16 anchors of the per-anchor loss against float64 direct distances.
+    """
     n, d = 60_000, 256
     previous = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
@@ -1003,11 +1006,14 @@ def test_whole_dataset_memory_is_bounded():
         g = torch.Generator().manual_seed(32)
         x = torch.randn(n, d, generator=g).requires_grad_(True)
         y = torch.randint(0, 10, (n,), generator=g)
+        t = float(2 * d)  # ~ the typical squared distance
         with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
             f.write("5")
         before = _vm_hwm_bytes()
-        loss = soft_nearest_neighbor_loss(x, y, temperature=float(2 * d))
+        loss = soft_nearest_neighbor_loss(x, y, temperature=t)
         loss.backward()
+        with torch.no_grad():
+            per = soft_nearest_neighbor_loss(x, y, temperature=t, reduction="none")
         growth = _vm_hwm_bytes() - before
     finally:
         torch.set_num_threads(previous)
@@ -1015,7 +1021,13 @@ def test_whole_dataset_memory_is_bounded():
     print(f"\nSNNL N={n} D={d}: peak RSS growth {growth / 2**20:.0f} MiB (N x N float32 = "
           f"{full_matrix / 2**30:.1f} GiB), loss {loss.item():.6f}")  # fmt: skip
     assert math.isfinite(loss.item())
-    # random labels, random points, T = 2D (~ the typical distance): loss ~ log(10) at large T
-    assert 0.5 < loss.item() < math.log(10) + 0.1
+    assert loss.item() == pytest.approx(per.double().mean().item(), rel=1e-5)
+    x64 = x.detach().double()
+    for i in torch.randperm(n, generator=g)[:16].tolist():
+        logits = -((x64 - x64[i]) ** 2).sum(1) / t  # (N,)
+        logits[i] = -math.inf
+        same = y == y[i]
+        expected = torch.logsumexp(logits, 0) - torch.logsumexp(logits[same], 0)
+        assert per[i].item() == pytest.approx(expected.item(), rel=1e-5)
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert growth < 2 * 2**30
