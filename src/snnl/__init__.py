@@ -1,5 +1,16 @@
 """snnl: measure and shape the class geometry of neural-network representations."""
 
+from snnl.attacks import TransferResult, bim, fgsm, lbfgs, pgd, transfer_matrix
+from snnl.data import (
+    Dataset,
+    available_datasets,
+    generated_letters,
+    load_dataset,
+    load_features,
+    load_outliers,
+    rotate_images,
+)
+from snnl.dknn import AgreementReport, DkNN, DkNNResult
 from snnl.loss import (
     SNNLWarning,
     SoftNearestNeighborLoss,
@@ -8,13 +19,42 @@ from snnl.loss import (
     snnl_temperature_curve,
     soft_nearest_neighbor_loss,
 )
+from snnl.models import MLP, ReferenceCNN, ResNet20, available_models, build_model
+from snnl.regularizers import EntanglementOutput, EntanglementRegularizer
+from snnl.taps import LayerTap, capture, resolve_layers
 
 __all__ = [
+    "AgreementReport",
+    "Dataset",
+    "DkNN",
+    "DkNNResult",
+    "EntanglementOutput",
+    "EntanglementRegularizer",
+    "LayerTap",
+    "MLP",
+    "ReferenceCNN",
+    "ResNet20",
     "SNNLWarning",
     "SoftNearestNeighborLoss",
+    "TransferResult",
+    "available_datasets",
+    "available_models",
+    "bim",
+    "build_model",
+    "capture",
     "entanglement",
+    "fgsm",
+    "generated_letters",
+    "lbfgs",
+    "load_dataset",
+    "load_features",
+    "load_outliers",
     "optimal_temperature",
+    "pgd",
+    "resolve_layers",
+    "rotate_images",
     "snnl_temperature_curve",
     "soft_nearest_neighbor_loss",
+    "transfer_matrix",
 ]
 __version__ = "0.1.0"

@@ -71,6 +71,7 @@ def _train(args: argparse.Namespace) -> int:
         alpha=args.alpha,
         temperature=args.temperature,
         learn_temperature=not args.fixed_temperature,
+        temperature_lr=args.temperature_lr,
         distance=args.distance,
         layers=layers,
         seed=args.seed,
@@ -175,7 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch-size", type=int, default=128)
     tr.add_argument("--lr", type=_positive_float, default=1e-3)
     tr.add_argument("--alpha", type=float, default=0.0, help="> 0 entangles, < 0 separates")
-    tr.add_argument("--temperature", type=_positive_float, default=100.0, help="initial T")
+    tr.add_argument(
+        "--temperature",
+        type=_positive_float,
+        default=None,
+        help="initial T of the regularised layers (default: each layer's optimal T at init)",
+    )
+    tr.add_argument("--temperature-lr", type=_positive_float, default=0.05)
     tr.add_argument("--fixed-temperature", action="store_true", help="do not learn T")
     tr.add_argument("--distance", choices=("euclidean", "cosine"), default="euclidean")
     tr.add_argument("--layers", nargs="+", default=None, help="layer names (default: hidden)")

@@ -60,8 +60,12 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3  # Adam, as in the reference code
     alpha: float = 0.0  # eq. 3: loss = CE - alpha * sum_l SNNL_l; > 0 entangles
-    temperature: float = 100.0  # initial T of every regularised layer (reference: 100)
+    # initial T of the regularised layers; None: each layer's optimal temperature for the
+    # initial model on the probe subset (the reference code's fixed 100 is far too hot
+    # for small activations: there maximising SNNL shrinks the representation instead)
+    temperature: float | None = None
     learn_temperature: bool = True  # T_l follows argmin_T SNNL_l, no gradient to the net
+    temperature_lr: float = 0.05  # Adam on log T
     distance: str = "euclidean"
     layers: list[str] | str = "hidden"  # regularised and probed layers
     seed: int = 0  # model initialisation and data order
@@ -81,8 +85,11 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not math.isfinite(self.alpha):
             raise ValueError(f"alpha must be finite, got {self.alpha}")
-        if not (math.isfinite(self.temperature) and self.temperature > 0):
-            raise ValueError(f"temperature must be positive and finite, got {self.temperature}")
+        t = self.temperature
+        if t is not None and not (math.isfinite(t) and t > 0):
+            raise ValueError(f"temperature must be positive and finite, got {t}")
+        if not (math.isfinite(self.temperature_lr) and self.temperature_lr > 0):
+            raise ValueError(f"temperature_lr must be positive, got {self.temperature_lr}")
         if self.probe_size < 2:
             raise ValueError(f"probe_size must be >= 2, got {self.probe_size}")
         if isinstance(self.layers, tuple):
@@ -206,14 +213,22 @@ def train(
     model = build_run_model(config, dataset)
     layers = resolve_layers(model, config.layers)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    probe = _probe_indices(dataset.y_train, config.probe_size, config.seed)
+    x_probe, y_probe = dataset.x_train[probe], dataset.y_train[probe]
     reg = None
     if config.alpha != 0:
+        if config.temperature is None:  # recomputed identically on resume, then overwritten
+            _, initial_t = _profile(model, x_probe, y_probe, layers, config.distance)
+            temperature: float | dict[str, float] = {n: initial_t[n] for n in layers}
+        else:
+            temperature = config.temperature
         reg = EntanglementRegularizer(
             model,
             list(layers),
             alpha=config.alpha,
-            temperature=config.temperature,
+            temperature=temperature,
             learn_temperature=config.learn_temperature,
+            temperature_lr=config.temperature_lr,
             distance=config.distance,
         )
     history: list[dict[str, Any]] = []
@@ -229,8 +244,6 @@ def train(
     else:
         _io.write_json(out / CONFIG, asdict(config))
 
-    probe = _probe_indices(dataset.y_train, config.probe_size, config.seed)
-    x_probe, y_probe = dataset.x_train[probe], dataset.y_train[probe]
     show = sys.stderr.isatty() if progress is None else progress
     n = len(dataset.y_train)
     from tqdm.auto import tqdm

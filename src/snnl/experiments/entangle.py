@@ -45,7 +45,7 @@ def settings(config: ReproduceConfig) -> dict[str, Any]:
         "batch_size": 128,
         "lr": 1e-3,
         "alpha": 1.0,
-        "temperature": 100.0,
+        "temperature": None,
         "learn_temperature": True,
         "probe_size": 500,
         "model_kwargs": {"widths": [256, 256, 256]} if model == "mlp" and not config.full else {},
