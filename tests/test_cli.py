@@ -7,8 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
-from reference import snnl_reference_mean
 
+from reference import snnl_reference_mean
 from snnl.cli import main
 
 

@@ -80,7 +80,9 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, small_digits, kill):
             train(_config(), run, dataset=small_digits)
     resumed = train(_config(), run, dataset=small_digits, resume=True)
     assert resumed["history"] == full["history"]
-    assert (run / "metrics.jsonl").read_bytes() == (tmp_path / "full" / "metrics.jsonl").read_bytes()
+    assert (run / "metrics.jsonl").read_bytes() == (
+        tmp_path / "full" / "metrics.jsonl"
+    ).read_bytes()
     # checkpoints load with weights_only=True
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert set(state) >= {"model", "optimizer", "regularizer", "history"}
