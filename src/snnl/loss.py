@@ -87,7 +87,8 @@ def _check_temperature(temperature: float | Tensor) -> float | Tensor:
     if isinstance(temperature, Tensor):
         if temperature.numel() != 1 or temperature.dim() > 1:
             raise ValueError(
-                f"temperature must be a scalar (0-dim tensor), got shape {tuple(temperature.shape)}"
+                f"temperature must be a scalar (0-dim or one-element 1-D tensor), got shape "
+                f"{tuple(temperature.shape)}"
             )
         value = float(temperature.detach())
     elif isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
