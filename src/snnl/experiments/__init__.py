@@ -58,9 +58,9 @@ class Section:
 
 def registry() -> dict[str, ModuleType]:
     """Experiment name -> module, in the order they run and appear in the report."""
-    from snnl.experiments import entangle
+    from snnl.experiments import dknn, entangle, transfer
 
-    modules = [entangle]
+    modules = [entangle, dknn, transfer]
     return {m.NAME: m for m in modules}
 
 
