@@ -203,10 +203,13 @@ def _study_model(
         res = dknn.predict(x)
         agreement = dknn.compare_agreement(res)
         soft_conf, soft_pred = _softmax(model, x)
+        # rounded to 12 decimals: credibility and agreement are ratios of small
+        # integers, and the float noise of summing them in another order must not
+        # break their ties (it would change the AUROCs)
         s = {
-            "credibility": res.credibility.numpy().astype(np.float64),
-            "softmax": soft_conf,
-            "agreement": agreement.mean_fraction.numpy().astype(np.float64),
+            "credibility": res.credibility.numpy().astype(np.float64).round(12),
+            "softmax": soft_conf.round(12),
+            "agreement": agreement.mean_fraction.numpy().astype(np.float64).round(12),
         }
         scores[name] = s
         entry: dict[str, Any] = {
@@ -228,7 +231,7 @@ def _study_model(
             entry["dknn_accuracy"] = float(correct[name]["credibility"].mean())
             entry["softmax_accuracy"] = float(correct[name]["softmax"].mean())
         keep = np.sort(sample_rng.permutation(len(x))[:SAMPLE_SIZE])
-        entry["score_sample"] = {score: v[keep].round(6).tolist() for score, v in s.items()}
+        entry["score_sample"] = {score: v[keep].tolist() for score, v in s.items()}
         sets[name] = entry
     aurocs = {
         name: {score: auroc(scores["clean"][score], scores[name][score]) for score in SCORES}
