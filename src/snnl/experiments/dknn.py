@@ -111,7 +111,7 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = N_BINS)
 
     >>> r = reliability(np.array([0.05, 0.95, 0.95, 1.0]), np.array([0, 1, 0, 1]), bins=2)
     >>> r["count"], r["correct"], round(r["ece"], 4)
-    ([1, 3], [0, 2], 0.2667)
+    ([1, 3], [0, 2], 0.2375)
     """
     conf = np.asarray(confidence, dtype=np.float64)
     ok = np.asarray(correct, dtype=bool)
