@@ -317,7 +317,9 @@ def _reliability_figure(results: dict[str, Any], path: Path) -> None:
             conf = np.array(r["confidence_sum"])[nz] / count[nz]
             acc = np.array(r["correct"])[nz] / count[nz]
             label = f"{kind} (ECE {r['ece']:.3f})"
-            ax.plot(conf, acc, "o-", color=colors[kind], label=label, ms=4)
+            ax.plot(conf, acc, "-", color=colors[kind], label=label)
+            # marker area proportional to the number of inputs in the bin
+            ax.scatter(conf, acc, s=200 * count[nz] / count.sum() + 6, color=colors[kind])
         ax.set_title(f"{'DkNN credibility' if score == 'credibility' else 'softmax confidence'}")
         ax.set_xlabel("mean confidence in bin")
         ax.set_xlim(0, 1)
@@ -325,7 +327,7 @@ def _reliability_figure(results: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(frameon=False, fontsize=8)
     axes[0].set_ylabel("accuracy in bin")
-    fig.suptitle("Reliability on clean + FGSM inputs pooled")
+    fig.suptitle("Reliability on clean + FGSM inputs pooled (marker area ~ inputs in bin)")
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -366,7 +368,7 @@ def _credibility_figure(results: dict[str, Any], path: Path) -> None:
     handles = [
         plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.5) for c in ("C0", "C3")
     ]  # legend proxies
-    axes[0].legend(handles, list(KINDS), frameon=False, fontsize=8, loc="lower left")
+    fig.legend(handles, list(KINDS), frameon=False, fontsize=9, loc="upper right")
     axes[0].set_ylabel("score (box: quartiles, whiskers: min/max, triangle: mean)")
     fig.suptitle("Scores per input set and model")
     fig.tight_layout()

@@ -284,18 +284,20 @@ def _projection_figure(results: dict[str, Any], path: Path) -> None:
 
     d = results["directions"]
     labels = np.array(d["labels"])
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
     sc = None
     for ax, kind in zip(axes, KINDS, strict=True):
         pts = np.array(d["projection"][kind])
         sc = ax.scatter(pts[:, 0], pts[:, 1], c=labels, cmap="tab10", s=6, vmin=-0.5, vmax=9.5)
         c = d["per_model"][f"{kind}-0"]["sign"]
-        ax.set_title(f"{kind}-0: silhouette {c['silhouette']:.3f}, SNNL* {c['snnl']:.3f}")
+        ax.set_title(
+            f"{kind}-0\nsilhouette {c['silhouette']:.3f}, SNNL* {c['snnl']:.3f}", fontsize=10
+        )
         ax.set_xticks([])
         ax.set_yticks([])
     assert sc is not None
     fig.colorbar(sc, ax=axes, ticks=range(10), label="true class")
-    fig.suptitle("t-SNE of FGSM directions sign(grad_x loss)")
+    fig.suptitle("t-SNE of FGSM directions sign(grad_x loss)", y=1.05)
     save_figure(fig, path)
 
 
