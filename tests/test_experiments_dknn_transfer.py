@@ -353,3 +353,24 @@ def test_report_with_all_three_experiments(tiny):
     md = (out / "report.md").read_text()
     for fname in ("dknn_reliability.png", "transfer_matrix.png", "transfer_directions.png"):
         assert f"figures/{fname}" in md
+
+
+def test_outlier_sets_with_and_without_notmnist(tmp_path):
+    from PIL import Image
+
+    dataset = entangle.load_data(CONFIG)
+    rng = np.random.default_rng(0)
+    for letter in "ABCDEFGHIJ":
+        (tmp_path / letter).mkdir()
+        for i in range(3):
+            img = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+            Image.fromarray(img).save(tmp_path / letter / f"{i}.png")
+    with_dir = ReproduceConfig(dataset="digits", data_dir=str(tmp_path))
+    sets, skipped = dknn._input_sets(with_dir, dataset, 20)
+    assert list(sets) == ["letters", "rotated", "notmnist"] and not skipped
+    assert all(tuple(x.shape) == (20, 1, 8, 8) for x in sets.values())
+    sets, skipped = dknn._input_sets(with_dir, dataset, 40)  # only 30 images on disk
+    assert "notmnist" not in sets and "n=40" in skipped["notmnist"]
+    empty = ReproduceConfig(dataset="digits", data_dir=str(tmp_path / "A"))
+    sets, skipped = dknn._input_sets(empty, dataset, 20)
+    assert "notmnist" not in sets and "missing letter folder" in skipped["notmnist"]
