@@ -104,6 +104,17 @@ class TrainConfig:
         return cls(**data)
 
 
+def load_config_dataset(config: TrainConfig) -> Dataset:
+    """The dataset (and fixed split) a run's config names."""
+    return load_dataset(
+        config.dataset,
+        data_dir=config.data_dir,
+        seed=config.split_seed,
+        limit_train=config.limit_train,
+        limit_test=config.limit_test,
+    )
+
+
 def evaluate_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1024) -> float:
     """Fraction of ``x`` that ``model`` classifies as ``y`` (eval mode, mode restored)."""
     logits = capture(model, x, ["logits"], batch_size=batch_size)["logits"]
@@ -203,13 +214,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     start_from_ckpt = _prepare_dir(out, config, resume, force)
     if dataset is None:
-        dataset = load_dataset(
-            config.dataset,
-            data_dir=config.data_dir,
-            seed=config.split_seed,
-            limit_train=config.limit_train,
-            limit_test=config.limit_test,
-        )
+        dataset = load_config_dataset(config)
     model = build_run_model(config, dataset)
     layers = resolve_layers(model, config.layers)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -335,13 +340,7 @@ def load_run(out_dir: str | Path, *, dataset: Dataset | None = None) -> tuple[nn
     results = json.loads((out / RESULTS).read_text())
     config = TrainConfig.from_dict(results["config"])
     if dataset is None:
-        dataset = load_dataset(
-            config.dataset,
-            data_dir=config.data_dir,
-            seed=config.split_seed,
-            limit_train=config.limit_train,
-            limit_test=config.limit_test,
-        )
+        dataset = load_config_dataset(config)
     model = build_run_model(config, dataset)
     state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
