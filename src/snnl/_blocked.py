@@ -34,12 +34,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 # A block holds about this many float32 logits (B x N); 2**22 floats = 16 MiB.
 _BLOCK_ELEMENTS = 2**22
+# Up to this many pairs (N <= 1024) the whole problem is one masked block.
+_WHOLE_ELEMENTS = 2**20
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class SortedBatch:
     starts: tuple[int, ...]  # (C,) first sorted row of each class
     ends: tuple[int, ...]  # (C,) one past the last sorted row of each class
     valid: Tensor  # (N,) bool, in original order: the anchor has a positive
+    group: Tensor  # (N,) class index 0..C-1 of each sorted row
 
     @property
     def num_classes(self) -> int:
@@ -69,7 +73,8 @@ def sort_by_class(labels: Tensor) -> SortedBatch:
     valid_sorted = torch.repeat_interleave(counts >= 2, counts)
     valid = torch.empty_like(valid_sorted)
     valid[perm] = valid_sorted
-    return SortedBatch(perm, tuple(starts.tolist()), tuple(ends.tolist()), valid)
+    group = torch.repeat_interleave(torch.arange(len(counts), device=labels.device), counts)
+    return SortedBatch(perm, tuple(starts.tolist()), tuple(ends.tolist()), valid, group)
 
 
 def default_block_rows(n: int) -> int:
@@ -88,13 +93,33 @@ def _exp_floor(dtype: torch.dtype) -> float:
     return math.log(torch.finfo(dtype).tiny) + 0.01
 
 
-def _row_blocks(batch: SortedBatch, block_rows: int):
-    """Yield (class start, class end, row start, row end) over classes with >= 2 points."""
+class Block(NamedTuple):
+    """Anchor rows r0:r1; their positives are the columns s:e, or (s is None) given
+    by a class mask over all columns."""
+
+    r0: int
+    r1: int
+    s: int | None
+    e: int | None
+
+
+def _row_blocks(batch: SortedBatch, n: int, block_rows: int | None):
+    """Yield the blocks of a pass.
+
+    Small problems (N^2 <= _WHOLE_ELEMENTS, default block size) are one masked
+    block: a handful of tensor operations instead of several per class, which is
+    what makes mini-batch regularisation cheap. Otherwise one class at a time, in
+    row blocks, with its positives as one contiguous column range.
+    """
+    if block_rows is None and n * n <= _WHOLE_ELEMENTS:
+        yield Block(0, n, None, None)
+        return
+    rows = block_rows or default_block_rows(n)
     for s, e in zip(batch.starts, batch.ends, strict=True):
         if e - s < 2:
             continue
-        for r0 in range(s, e, block_rows):
-            yield s, e, r0, min(e, r0 + block_rows)
+        for r0 in range(s, e, rows):
+            yield Block(r0, min(e, r0 + rows), s, e)
 
 
 def _block_logits(xs: Tensor, bias_t: Tensor, a_t: float, r0: int, r1: int) -> Tensor:
@@ -105,12 +130,18 @@ def _block_logits(xs: Tensor, bias_t: Tensor, a_t: float, r0: int, r1: int) -> T
     return logits
 
 
-def _lse_parts(logits: Tensor, s: int, e: int, r0: int, multiclass: bool):
-    """Split a logits block into positives [s, e) and negatives (in place).
+def _lse_parts(logits: Tensor, block: Block, batch: SortedBatch, build_m: bool):
+    """Split a logits block into positives and negatives, in place.
 
-    Returns (z, neg_sum, pos_probs): on return ``logits`` holds exp(s - max_neg)
-    on the negative columns and 0 on the positive ones.
+    Returns (z, neg_sum) per row, z = LSE_neg - LSE_pos (NaN for a row without a
+    positive, -inf for a row without a negative). On return ``logits`` holds
+    exp(s - max_neg) on the negatives and 0 elsewhere or, with ``build_m``, the
+    gradient matrix M = exp(s - max_neg) on negatives and -Q * neg_sum on the
+    positives (Q = softmax over the positives), so that dL/ds = coef * M.
     """
+    if block.s is None:
+        return _masked_parts(logits, block, batch, build_m)
+    s, e, r0 = block.s, block.e, block.r0
     floor = _exp_floor(logits.dtype)
     pos = logits[:, s:e].clone()  # (B, n_c)
     pos_max = pos.amax(1, keepdim=True)
@@ -120,19 +151,52 @@ def _lse_parts(logits: Tensor, s: int, e: int, r0: int, multiclass: bool):
     pos_sum = pos.sum(1, keepdim=True)
     lse_pos = pos_max + pos_sum.log()
     pos.div_(pos_sum)  # Q, softmax over the positives
-    if not multiclass:
+    if batch.num_classes == 1:
         # Only one class: sum_neg = 0, loss = softplus(-inf) = 0, zero gradient.
         logits.zero_()
         neg_sum = torch.ones_like(pos_sum)
         z = torch.full_like(lse_pos, -math.inf)
-        return z.squeeze(1), neg_sum.squeeze(1), pos
-    logits[:, s:e] = -math.inf
+    else:
+        logits[:, s:e] = -math.inf
+        neg_max = logits.amax(1, keepdim=True)
+        logits.sub_(neg_max).clamp_(min=floor).exp_()
+        logits[:, s:e] = 0.0  # positives are not negatives, exactly
+        neg_sum = logits.sum(1, keepdim=True)
+        z = neg_max + neg_sum.log() - lse_pos
+    if build_m:
+        logits[:, s:e] = pos.mul_(-neg_sum)
+    return z.squeeze(1), neg_sum.squeeze(1)
+
+
+def _masked_parts(logits: Tensor, block: Block, batch: SortedBatch, build_m: bool):
+    """:func:`_lse_parts` for a block whose positives are given by a class mask."""
+    r0, r1 = block.r0, block.r1
+    floor = _exp_floor(logits.dtype)
+    same = batch.group[r0:r1, None] == batch.group[None, :]  # (B, N), self included
+    rows = torch.arange(r1 - r0, device=logits.device)
+    pos = logits.masked_fill(~same, -math.inf)  # self pair is already -inf
+    pos_max = pos.amax(1, keepdim=True)
+    has_pos = torch.isfinite(pos_max)
+    pos_max = torch.where(has_pos, pos_max, torch.zeros_like(pos_max))
+    pos.sub_(pos_max).clamp_(min=floor).exp_()
+    pos.masked_fill_(~same, 0.0)
+    pos[rows, rows + r0] = 0.0  # the self pair, exactly
+    pos_sum = torch.where(has_pos, pos.sum(1, keepdim=True), torch.ones_like(pos_max))
+    lse_pos = pos_max + pos_sum.log()
+    pos.div_(pos_sum)
+    logits.masked_fill_(same, -math.inf)
     neg_max = logits.amax(1, keepdim=True)
+    has_neg = torch.isfinite(neg_max)
+    neg_max = torch.where(has_neg, neg_max, torch.zeros_like(neg_max))
     logits.sub_(neg_max).clamp_(min=floor).exp_()
-    logits[:, s:e] = 0.0  # positives are not negatives, exactly
+    logits.masked_fill_(same, 0.0)
     neg_sum = logits.sum(1, keepdim=True)
-    z = neg_max + neg_sum.log() - lse_pos
-    return z.squeeze(1), neg_sum.squeeze(1), pos
+    z = torch.where(has_neg, neg_max + neg_sum.log() - lse_pos, -math.inf)
+    z = torch.where(has_pos, z, math.nan)
+    neg_sum = torch.where(has_neg, neg_sum, torch.ones_like(neg_sum))
+    if build_m:
+        logits.sub_(pos.mul_(neg_sum))
+    return z.squeeze(1), neg_sum.squeeze(1)
 
 
 def snnl_pass(
@@ -150,28 +214,27 @@ def snnl_pass(
     of sum_i weights_i * loss_i with respect to ``xs`` (N, D) and to T (0-dim).
     """
     n, _ = xs.shape
-    block_rows = block_rows or default_block_rows(n)
     a = 2.0 if euclidean else 1.0
     inv_t = 1.0 / temperature
     bias = -(xs * xs).sum(1) if euclidean else xs.new_zeros(n)
     bias_t = bias * inv_t
     loss = xs.new_full((n,), math.nan)
-    multiclass = batch.num_classes > 1
     need_grad = weights is not None
     if need_grad:
         grad_rows = torch.zeros_like(xs)  # sum_j G_ij x_j
         grad_cols = torch.zeros_like(xs)  # sum_i G_ij x_i
         col_sum = xs.new_zeros(n)  # sum_i G_ij
-    for s, e, r0, r1 in _row_blocks(batch, block_rows):
+    for block in _row_blocks(batch, n, block_rows):
+        r0, r1 = block.r0, block.r1
         logits = _block_logits(xs, bias_t, a * inv_t, r0, r1)
-        z, neg_sum, pos_probs = _lse_parts(logits, s, e, r0, multiclass)
+        z, neg_sum = _lse_parts(logits, block, batch, need_grad)
         loss[r0:r1] = torch.nn.functional.softplus(z)
         if not need_grad:
             continue
         # G = coef[:, None] * M, with M = exp(s - max_neg) on negatives and
         # -Q * neg_sum on positives, so that G = w * sigmoid(z) * (N - Q).
-        coef = weights[r0:r1] * torch.sigmoid(z) / neg_sum
-        logits[:, s:e] = pos_probs.mul_(-neg_sum.unsqueeze(1))
+        sig = torch.nan_to_num(torch.sigmoid(z), nan=0.0)  # rows without a positive
+        coef = weights[r0:r1] * sig / neg_sum
         grad_rows[r0:r1] = coef.unsqueeze(1) * (logits @ xs)
         grad_cols.addmm_(logits.T, coef.unsqueeze(1) * xs[r0:r1])
         col_sum.addmv_(logits.T, coef)
@@ -200,14 +263,12 @@ def snnl_temperature_grid(
     once per block and reused for every temperature.
     """
     n, _ = xs.shape
-    block_rows = block_rows or default_block_rows(n)
     a = 2.0 if euclidean else 1.0
     bias = -(xs * xs).sum(1) if euclidean else xs.new_zeros(n)
     out = xs.new_full((len(temperatures), n), math.nan)
-    multiclass = batch.num_classes > 1
-    for s, e, r0, r1 in _row_blocks(batch, block_rows):
-        raw = _block_logits(xs, bias, a, r0, r1)
+    for block in _row_blocks(batch, n, block_rows):
+        raw = _block_logits(xs, bias, a, block.r0, block.r1)
         for k, t in enumerate(temperatures.tolist()):
-            z, _, _ = _lse_parts(raw / t, s, e, r0, multiclass)
-            out[k, r0:r1] = torch.nn.functional.softplus(z)
+            z, _ = _lse_parts(raw / t, block, batch, False)
+            out[k, block.r0 : block.r1] = torch.nn.functional.softplus(z)
     return out
