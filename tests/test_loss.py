@@ -403,11 +403,6 @@ def test_huge_common_offset_translation_invariance(offset):
     assert _rel(shifted.grad, gx) < 1e-4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="float32 |a|^2+|b|^2-2ab expansion loses the small within-cluster distances of "
-    "clusters far from the centroid (centring only removes a common offset)",
-)
 def test_far_apart_clusters_float32_exact():
     """Two clusters at +-1000 (spread 1), each holding both classes, T = 1.
 
@@ -421,8 +416,16 @@ def test_far_apart_clusters_float32_exact():
     )
     y = torch.tensor([0, 1] * 6)
     expected = snnl_reference_mean(x.double().numpy(), y.numpy(), 1.0)
+    x.requires_grad_(True)
     out = soft_nearest_neighbor_loss(x, y, 1.0)
+    assert out.dtype == torch.float32
     assert out.item() == pytest.approx(expected, rel=1e-5)
+    out.backward()
+    _, gx, _ = _reference_grads(x.detach(), y, 1.0)
+    assert _rel(x.grad, gx) < 1e-4
+    per = soft_nearest_neighbor_loss(x.detach(), y, 1.0, reduction="none")
+    ref = snnl_reference(x.detach().double().numpy(), y.numpy(), 1.0)
+    assert _rel_elementwise(per, ref) < 1e-5
 
 
 # ----------------------------------------------------------------------------- anchors left out

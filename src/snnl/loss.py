@@ -149,7 +149,7 @@ class _SNNLFunction(torch.autograd.Function):
         xs = x[batch.perm]
         ctx.batch, ctx.euclidean, ctx.t, ctx.block_rows = batch, euclidean, t, block_rows
         if weights is None:  # reduction "none"
-            loss_sorted, _, _ = _blocked.snnl_pass(xs, batch, t, euclidean, None, block_rows)
+            loss_sorted, _, _ = _blocked.exact_pass(xs, batch, t, euclidean, None, block_rows)
             out = torch.empty_like(loss_sorted)
             out[batch.perm] = loss_sorted
             if needs_grad:
@@ -157,7 +157,7 @@ class _SNNLFunction(torch.autograd.Function):
             ctx.mode = "none"
             return out
         w_sorted = weights[batch.perm]
-        loss_sorted, grad_xs, grad_t = _blocked.snnl_pass(
+        loss_sorted, grad_xs, grad_t = _blocked.exact_pass(
             xs, batch, t, euclidean, w_sorted if needs_grad else None, block_rows
         )
         valid = ~torch.isnan(loss_sorted)
@@ -180,7 +180,7 @@ class _SNNLFunction(torch.autograd.Function):
         batch = ctx.batch
         w = torch.nan_to_num(grad_out, nan=0.0, posinf=0.0, neginf=0.0)
         w = torch.where(batch.valid, w, torch.zeros_like(w))[batch.perm]
-        _, grad_xs, grad_t = _blocked.snnl_pass(
+        _, grad_xs, grad_t = _blocked.exact_pass(
             xs, batch, ctx.t, ctx.euclidean, w.contiguous(), ctx.block_rows
         )
         grad_x = torch.empty_like(grad_xs)
@@ -408,7 +408,7 @@ def optimal_temperature(
         )
 
         def value_at(log_t: float) -> float:
-            loss, _, _ = _blocked.snnl_pass(xs, batch, 10.0**log_t, euclidean, None)
+            loss, _, _ = _blocked.exact_pass(xs, batch, 10.0**log_t, euclidean, None)
             return float(loss.double().nanmean())
 
         best_log, best_value = float(log_grid[np.argmin(grid_values)]), float(grid_values.min())
