@@ -292,14 +292,15 @@ def _float32_pass_is_exact(
     valid = torch.nonzero(~torch.isnan(loss)).squeeze(1)
     if len(valid) == 0:
         return True
-    pick = valid[torch.linspace(0, len(valid) - 1, min(_CHECK_ANCHORS, len(valid))).long()]
+    spread = torch.linspace(0, len(valid) - 1, min(_CHECK_ANCHORS, len(valid)), device=xs.device)
+    pick = valid[spread.long()]
     x64 = xs.double()
     if euclidean:
         d = torch.cdist(x64[pick], x64, compute_mode="donot_use_mm_for_euclid_dist") ** 2
     else:
         d = 1.0 - x64[pick] @ x64.T
     logits = -d / temperature
-    logits[torch.arange(len(pick)), pick] = -math.inf
+    logits[torch.arange(len(pick), device=pick.device), pick] = -math.inf
     same = batch.group[pick, None] == batch.group[None, :]
     lse_pos = torch.logsumexp(logits.masked_fill(~same, -math.inf), 1)
     lse_neg = torch.logsumexp(logits.masked_fill(same, -math.inf), 1)
