@@ -31,9 +31,8 @@ users expect):
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,24 +41,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from snnl.taps import eval_mode
+
 __all__ = ["fgsm", "bim", "pgd", "lbfgs", "transfer_matrix", "TransferResult"]
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode; restore every submodule's flag on exit."""
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in flags:
-            m.training = training
 
 
 def _check_inputs(x: Tensor, y: Tensor, *, y_name: str = "y") -> None:
@@ -175,7 +162,7 @@ def fgsm(
     _check_eps(eps)
     direction = -1.0 if targeted else 1.0
     out = torch.empty_like(x)
-    with _eval_mode(model):
+    with eval_mode(model):
         for sl in _chunks(x.shape[0], batch_size):
             xb = x[sl].detach()
             grad = _input_grad(model, xb, y[sl])
@@ -224,7 +211,7 @@ def bim(
     _check_steps(step_size, steps)
     direction = -1.0 if targeted else 1.0
     out = torch.empty_like(x)
-    with _eval_mode(model):
+    with eval_mode(model):
         for sl in _chunks(x.shape[0], batch_size):
             xb, yb = x[sl].detach(), y[sl]
             lower, upper = (xb - eps).clamp(min=0.0), (xb + eps).clamp(max=1.0)  # ball & box
@@ -318,7 +305,7 @@ def pgd(
     x = x.detach()
     delta0 = _random_start(x, eps, norm_name, generator) if random_start else None
     out = torch.empty_like(x)
-    with _eval_mode(model):
+    with eval_mode(model):
         for sl in _chunks(x.shape[0], batch_size):
             xb, yb = x[sl], y[sl]
             x_adv = xb.clone() if delta0 is None else (xb + delta0[sl]).clamp_(0.0, 1.0)
@@ -409,7 +396,7 @@ def lbfgs(
     x = x.detach()
     out = x.clone()
     success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    with _eval_mode(model):
+    with eval_mode(model):
         for sl in _chunks(x.shape[0], batch_size):
             out[sl], success[sl] = _lbfgs_chunk(model, x[sl], target[sl], c_init, c_steps, max_iter)
     return out, success
@@ -543,7 +530,7 @@ def transfer_matrix(
     def errors(inputs: Tensor, labels: Tensor) -> Tensor:  # (S,) misclassified counts
         wrong = torch.zeros(s, dtype=torch.float64)
         for t, net in enumerate(nets):
-            with _eval_mode(net), torch.no_grad():
+            with eval_mode(net), torch.no_grad():
                 pred = _logits(net, inputs).argmax(dim=1)
             wrong[t] = (pred != labels).sum().item()
         return wrong

@@ -17,7 +17,8 @@ returns flattened, detached activations for analysis (DkNN, measures).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["LayerTap", "resolve_layers", "capture", "ACTIVATION_TYPES"]
+__all__ = ["LayerTap", "resolve_layers", "capture", "eval_mode", "ACTIVATION_TYPES"]
 
 #: Module types :func:`resolve_layers` treats as activations for ``"hidden"``.
 ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
@@ -210,6 +211,29 @@ def _device_of(model: nn.Module, fallback: torch.device) -> torch.device:
     return fallback
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode; restore every submodule's train/eval flag on exit.
+
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout())
+    >>> _ = net[1].eval()
+    >>> with eval_mode(net):
+    ...     net.training
+    False
+    >>> net.training, net[1].training
+    (True, False)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
 def capture(
     model: nn.Module,
     x: Tensor,
@@ -243,23 +267,17 @@ def capture(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     taps, order = _split_logits(model, layers)
     device = _device_of(model, x.device)
-    modes = [(m, m.training) for m in model.modules()]
     chunks: dict[str, list[Tensor]] = {n: [] for n in order}
-    model.eval()
-    try:
-        tap_context: LayerTap | _Null = LayerTap(model, taps) if taps else _Null()
-        with torch.set_grad_enabled(grad), tap_context as tap:
-            for start in range(0, x.shape[0], batch_size):
-                xb = x[start : start + batch_size].to(device)
-                out = model(xb)
-                got = dict(tap.outputs) if taps else {}
-                got.setdefault("logits", out)
-                for n in order:
-                    t = got[n]
-                    chunks[n].append(t.reshape(t.shape[0], -1).to(x.device))
-    finally:
-        for m, mode in modes:
-            m.training = mode
+    tap_context: LayerTap | _Null = LayerTap(model, taps) if taps else _Null()
+    with eval_mode(model), torch.set_grad_enabled(grad), tap_context as tap:
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start : start + batch_size].to(device)
+            out = model(xb)
+            got = dict(tap.outputs) if taps else {}
+            got.setdefault("logits", out)
+            for n in order:
+                t = got[n]
+                chunks[n].append(t.reshape(t.shape[0], -1).to(x.device))
     return {n: torch.cat(c) for n, c in chunks.items()}
 
 

@@ -41,6 +41,7 @@ from snnl.attacks import fgsm, transfer_matrix
 from snnl.experiments import ReproduceConfig, Section, mean_std
 from snnl.experiments import entangle as ent
 from snnl.loss import optimal_temperature
+from snnl.taps import eval_mode
 from snnl.train import load_run
 
 NAME = "transfer"
@@ -87,16 +88,10 @@ def gradient_directions(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Ten
     >>> d["sign"].shape, bool(torch.allclose(d["normalised"].norm(dim=1), torch.ones(5)))
     (torch.Size([5, 4]), True)
     """
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
+    with eval_mode(model), torch.enable_grad():
         xg = x.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            loss = F.cross_entropy(model(xg), y, reduction="sum")
-            (g,) = torch.autograd.grad(loss, xg)
-    finally:
-        for m, mode in flags:
-            m.training = mode
+        loss = F.cross_entropy(model(xg), y, reduction="sum")
+        (g,) = torch.autograd.grad(loss, xg)
     g = g.flatten(1)
     return {"sign": g.sign(), "normalised": g / g.norm(dim=1, keepdim=True).clamp_min(1e-30)}
 
