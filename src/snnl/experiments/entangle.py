@@ -30,15 +30,11 @@ PROJECTION_POINTS = 600
 
 def settings(config: ReproduceConfig) -> dict[str, Any]:
     """Training settings for the dataset; ``--full`` gives the longer ones."""
-    image = config.dataset not in {"digits", "mnist1d"}
-    model = config.model or ("cnn" if image and config.dataset != "cifar10" else "mlp")
-    if config.dataset in {"cifar10", "svhn"} and config.model is None:
-        model = "resnet20" if config.dataset == "cifar10" else "cnn"
-    epochs = config.epochs or (
-        (40 if config.full else 12)
-        if config.dataset in {"digits", "mnist1d"}
-        else (20 if config.full else 6)
-    )
+    small = config.dataset in {"digits", "mnist1d"}  # MLP-sized inputs
+    default_model = "mlp" if small else "resnet20" if config.dataset == "cifar10" else "cnn"
+    model = config.model or default_model
+    long_epochs, short_epochs = (40, 12) if small else (20, 6)
+    epochs = config.epochs or (long_epochs if config.full else short_epochs)
     return {
         "model": model,
         "epochs": epochs,
