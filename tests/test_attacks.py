@@ -440,3 +440,31 @@ def test_transfer_matrix_against_independent_errors(model, model_b, batch):
     chunked = transfer_matrix([model, model_b], x, y, attack, batch_size=64)
     assert chunked.names == ("model_0", "model_1")
     np.testing.assert_allclose(chunked.matrix.numpy(), expected, rtol=0, atol=0.02)
+
+
+def test_lbfgs_finds_the_analytic_minimal_perturbation_of_a_linear_model():
+    """For a 2-class linear model the smallest L2 step to the target class is
+    |margin| / ||w_1 - w_0|| (the distance to the decision plane, box inactive here):
+    the search over c must get close to it, and can never beat it."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(0)
+        d = 20
+        lin = torch.nn.Linear(d, 2).double()
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(2, d, generator=g, dtype=torch.float64))
+            lin.bias.copy_(torch.randn(2, generator=g, dtype=torch.float64))
+        x = (0.5 + 0.1 * torch.randn(40, d, generator=g, dtype=torch.float64)).clamp(0, 1)
+        target = 1 - lin(x).argmax(1)
+        w = lin.weight[1] - lin.weight[0]
+        b = lin.bias[1] - lin.bias[0]
+        analytic = ((x @ w + b).abs() / w.norm()).detach()
+        adv, ok = lbfgs(lin, x, target, c_steps=8)
+        assert bool(ok.all())
+        assert bool((lin(adv).argmax(1) == target).all())
+        ratio = ((adv - x).norm(dim=1) / analytic).detach()
+        assert float(ratio.min()) >= 1 - 1e-6
+        assert float(ratio.mean()) < 1.1
+    finally:
+        torch.set_num_threads(old)
