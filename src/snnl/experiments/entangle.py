@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from sklearn.decomposition import PCA
 
-from snnl.data import Dataset, load_dataset
+from snnl.data import Dataset
 from snnl.experiments import ReproduceConfig, Section, mean_std
-from snnl.train import TrainConfig, load_run, train
+from snnl.train import TrainConfig, load_config_dataset, load_run, train
 
 NAME = "entangle"
 TITLE = "Entangled training (eq. 3): accuracy and per-layer SNNL"
@@ -49,12 +49,8 @@ def settings(config: ReproduceConfig) -> dict[str, Any]:
 
 
 def load_data(config: ReproduceConfig) -> Dataset:
-    return load_dataset(
-        config.dataset,
-        data_dir=config.data_dir,
-        limit_train=config.limit_train,
-        limit_test=config.limit_test,
-    )
+    """The dataset (and fixed split) the experiment's runs are trained on."""
+    return load_config_dataset(train_config(config, "normal", 0))
 
 
 def train_config(config: ReproduceConfig, kind: str, seed: int) -> TrainConfig:
