@@ -17,7 +17,7 @@ from PIL import Image
 from snnl.data import (
     CIFAR10_CLASSES,
     FASHION_CLASSES,
-    Dataset,
+    DataSplits,
     available_datasets,
     generated_letters,
     load_dataset,
@@ -108,7 +108,7 @@ def rows_as_multiset(x: np.ndarray) -> dict[bytes, int]:
 
 
 # --------------------------------------------------------------------------------------
-# Dataset container
+# DataSplits container
 # --------------------------------------------------------------------------------------
 
 
@@ -119,7 +119,7 @@ def _toy(**kw):
         name="toy", x_train=x, y_train=y, x_test=x[:3], y_test=y[:3], classes=("a", "b", "c")
     )
     args.update(kw)
-    return Dataset(**args)
+    return DataSplits(**args)
 
 
 def test_dataset_properties_and_repr():
@@ -636,7 +636,7 @@ def test_rotate_bad_input():
 def test_outliers_letters_and_rotated(digits):
     let = load_outliers("letters", like=digits, n=12, seed=3)
     assert let.shape == (12, 1, 8, 8) and let.min() >= 0 and let.max() <= 1
-    rgb = Dataset("rgb", torch.rand(4, 3, 16, 16), torch.arange(4) % 2, torch.rand(2, 3, 16, 16),
+    rgb = DataSplits("rgb", torch.rand(4, 3, 16, 16), torch.arange(4) % 2, torch.rand(2, 3, 16, 16),
                   torch.tensor([0, 1]), ("a", "b"))  # fmt: skip
     let3 = load_outliers("letters", like=rgb, n=5)
     assert let3.shape == (5, 3, 16, 16) and torch.equal(let3[:, 0], let3[:, 2])
@@ -664,7 +664,7 @@ def test_outliers_errors(digits):
         load_outliers("gaussian", like=digits, n=5)
     with pytest.raises(ValueError, match="360 test inputs"):
         load_outliers("rotated", like=digits, n=361)
-    sig = Dataset("sig", torch.rand(4, 1, 40), torch.arange(4) % 2, torch.rand(2, 1, 40),
+    sig = DataSplits("sig", torch.rand(4, 1, 40), torch.arange(4) % 2, torch.rand(2, 1, 40),
                   torch.tensor([0, 1]), ("a", "b"))  # fmt: skip
     with pytest.raises(ValueError, match="image dataset"):
         load_outliers("letters", like=sig, n=3)

@@ -29,6 +29,7 @@ from snnl.loss import (
     SNNLWarning,
     SoftNearestNeighborLoss,
     entanglement,
+    entanglement_between,
     optimal_temperature,
     snnl_temperature_curve,
     soft_nearest_neighbor_loss,
@@ -868,7 +869,7 @@ def test_entanglement_fixed_temperature_matches_reference():
     union = torch.cat([a.detach().reshape(10, -1), b.detach().reshape(12, -1)])
     labels = torch.tensor([0] * 10 + [1] * 12)
     for distance, t in (("euclidean", 4.0), ("cosine", 0.3)):
-        e = entanglement(a, b, temperature=t, distance=distance)
+        e = entanglement_between(a, b, temperature=t, distance=distance)
         assert e.shape == ()
         assert e.item() == pytest.approx(
             snnl_reference_mean(union.numpy(), labels.numpy(), t, distance), rel=1e-12
@@ -892,24 +893,24 @@ def test_entanglement_optimal_temperature_matches_reference_minimum():
         method="bounded",
         options={"xatol": 1e-8},
     )
-    e = entanglement(a.requires_grad_(True), b)
+    e = entanglement_between(a.requires_grad_(True), b)
     assert e.item() <= curve.min() + 1e-10
     assert e.item() == pytest.approx(res.fun, rel=1e-7)
     e.backward()
     assert a.grad is not None and a.grad.abs().sum() > 0
     # far-apart sets are less entangled than overlapping ones
-    assert entanglement(a.detach(), b + 20).item() < e.item()
+    assert entanglement_between(a.detach(), b + 20).item() < e.item()
 
 
 def test_entanglement_bad_shapes():
     with pytest.raises(ValueError, match="same shape per point"):
-        entanglement(torch.randn(5, 3), torch.randn(5, 4))
+        entanglement_between(torch.randn(5, 3), torch.randn(5, 4))
     with pytest.raises(ValueError, match="same shape per point"):
-        entanglement(torch.randn(5, 2, 3), torch.randn(5, 3, 2))
+        entanglement_between(torch.randn(5, 2, 3), torch.randn(5, 3, 2))
     with pytest.raises(ValueError, match=r"shape \(N, \.\.\.\)"):
-        entanglement(torch.randn(5), torch.randn(5))
+        entanglement_between(torch.randn(5), torch.randn(5))
     with pytest.raises(TypeError, match="must be a torch.Tensor"):
-        entanglement(np.zeros((5, 3)), torch.randn(5, 3))
+        entanglement_between(np.zeros((5, 3)), torch.randn(5, 3))
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -1038,3 +1039,11 @@ def test_whole_dataset_memory_is_bounded():
         assert per[i].item() == pytest.approx(expected.item(), rel=1e-5)
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert growth < 2 * 2**30
+
+
+def test_entanglement_alias_is_deprecated_and_equal():
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(20, 3, generator=g), torch.randn(20, 3, generator=g) + 1
+    with pytest.warns(DeprecationWarning, match="entanglement_between"):
+        old = entanglement(a, b, temperature=1.0)
+    assert old.item() == entanglement_between(a, b, temperature=1.0).item()

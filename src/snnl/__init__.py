@@ -1,8 +1,10 @@
 """snnl: measure and shape the class geometry of neural-network representations."""
 
+from importlib import metadata as _metadata
+
 from snnl.attacks import TransferResult, bim, fgsm, lbfgs, pgd, transfer_matrix
 from snnl.data import (
-    Dataset,
+    DataSplits,
     available_datasets,
     generated_letters,
     load_dataset,
@@ -15,6 +17,7 @@ from snnl.loss import (
     SNNLWarning,
     SoftNearestNeighborLoss,
     entanglement,
+    entanglement_between,
     optimal_temperature,
     snnl_temperature_curve,
     soft_nearest_neighbor_loss,
@@ -25,7 +28,7 @@ from snnl.taps import LayerTap, capture, resolve_layers
 
 __all__ = [
     "AgreementReport",
-    "Dataset",
+    "DataSplits",
     "DkNN",
     "DkNNResult",
     "EntanglementOutput",
@@ -43,6 +46,7 @@ __all__ = [
     "build_model",
     "capture",
     "entanglement",
+    "entanglement_between",
     "fgsm",
     "generated_letters",
     "lbfgs",
@@ -57,4 +61,7 @@ __all__ = [
     "soft_nearest_neighbor_loss",
     "transfer_matrix",
 ]
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("snnl")
+except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"

@@ -1,6 +1,6 @@
 """Datasets: embedded offline sets, loaders for users' own files, generated outlier sets.
 
-Every dataset comes back as a :class:`Dataset`: float32 inputs in [0, 1] shaped
+Every dataset comes back as a :class:`DataSplits`: float32 inputs in [0, 1] shaped
 ``(N, C, H, W)`` (images) or ``(N, C, L)`` (1-D signals) and int64 labels ``(N,)``.
 
 Embedded, always available offline (no download ever happens):
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "Dataset",
+    "DataSplits",
     "available_datasets",
     "load_dataset",
     "read_idx",
@@ -107,19 +107,19 @@ _IDX_SETS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class Dataset:
-    """A train/test pair of inputs in [0, 1] and integer labels, validated on construction.
+class DataSplits:
+    """A train/test pair (not a ``torch.utils.data.Dataset``: the whole splits as tensors) of inputs in [0, 1] and integer labels, validated on construction.
 
     Shapes: ``x_*`` float32 ``(N, C, H, W)`` or ``(N, C, L)``; ``y_*`` int64 ``(N,)`` with
     values in ``[0, len(classes))``. Train and test share ``input_shape``.
 
     >>> x = torch.rand(4, 1, 2, 2)
     >>> y = torch.tensor([0, 1, 0, 1])
-    >>> ds = Dataset("toy", x, y, x[:2], y[:2], ("a", "b"))
+    >>> ds = DataSplits("toy", x, y, x[:2], y[:2], ("a", "b"))
     >>> ds.input_shape, ds.num_classes
     ((1, 2, 2), 2)
     >>> ds
-    Dataset(name='toy', train=4, test=2, input_shape=(1, 2, 2), classes=2)
+    DataSplits(name='toy', train=4, test=2, input_shape=(1, 2, 2), classes=2)
     """
 
     name: str
@@ -131,62 +131,62 @@ class Dataset:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
-            raise TypeError(f"Dataset.name must be a non-empty str, got {self.name!r}")
+            raise TypeError(f"DataSplits.name must be a non-empty str, got {self.name!r}")
         if not isinstance(self.classes, tuple) or not self.classes:
             raise TypeError(
-                f"Dataset.classes must be a non-empty tuple of str, got {self.classes!r}"
+                f"DataSplits.classes must be a non-empty tuple of str, got {self.classes!r}"
             )
         if not all(isinstance(c, str) for c in self.classes):
-            raise TypeError(f"Dataset.classes must hold str only, got {self.classes!r}")
+            raise TypeError(f"DataSplits.classes must hold str only, got {self.classes!r}")
         shapes = []
         for split in ("train", "test"):
             x = getattr(self, f"x_{split}")
             y = getattr(self, f"y_{split}")
             if not isinstance(x, Tensor) or not isinstance(y, Tensor):
                 raise TypeError(
-                    f"Dataset {self.name!r}: x_{split} and y_{split} must be torch tensors, "
+                    f"DataSplits {self.name!r}: x_{split} and y_{split} must be torch tensors, "
                     f"got {type(x).__name__} and {type(y).__name__}"
                 )
             if x.dtype != torch.float32:
-                raise TypeError(f"Dataset {self.name!r}: x_{split} must be float32, got {x.dtype}")
+                raise TypeError(f"DataSplits {self.name!r}: x_{split} must be float32, got {x.dtype}")
             if x.dim() not in (3, 4):
                 raise ValueError(
-                    f"Dataset {self.name!r}: x_{split} must be (N, C, H, W) or (N, C, L), "
+                    f"DataSplits {self.name!r}: x_{split} must be (N, C, H, W) or (N, C, L), "
                     f"got shape {tuple(x.shape)}"
                 )
             if y.dtype != torch.int64 or y.dim() != 1:
                 raise TypeError(
-                    f"Dataset {self.name!r}: y_{split} must be int64 of shape (N,), "
+                    f"DataSplits {self.name!r}: y_{split} must be int64 of shape (N,), "
                     f"got {y.dtype} of shape {tuple(y.shape)}"
                 )
             if y.shape[0] != x.shape[0]:
                 raise ValueError(
-                    f"Dataset {self.name!r}: x_{split} has {x.shape[0]} samples "
+                    f"DataSplits {self.name!r}: x_{split} has {x.shape[0]} samples "
                     f"but y_{split} has {y.shape[0]}"
                 )
             if x.numel() > 0:
                 if not bool(torch.isfinite(x).all()):
-                    raise ValueError(f"Dataset {self.name!r}: x_{split} contains NaN or inf")
+                    raise ValueError(f"DataSplits {self.name!r}: x_{split} contains NaN or inf")
                 lo, hi = float(x.min()), float(x.max())
                 if lo < 0.0 or hi > 1.0:
                     raise ValueError(
-                        f"Dataset {self.name!r}: x_{split} values must lie in [0, 1], "
+                        f"DataSplits {self.name!r}: x_{split} values must lie in [0, 1], "
                         f"got [{lo:g}, {hi:g}]"
                     )
             if y.numel() > 0:
                 ylo, yhi = int(y.min()), int(y.max())
                 if ylo < 0 or yhi >= len(self.classes):
                     raise ValueError(
-                        f"Dataset {self.name!r}: y_{split} labels must lie in "
+                        f"DataSplits {self.name!r}: y_{split} labels must lie in "
                         f"[0, {len(self.classes) - 1}] ({len(self.classes)} classes), "
                         f"got [{ylo}, {yhi}]"
                     )
             shapes.append(tuple(x.shape[1:]))
         if self.x_train.shape[0] == 0:
-            raise ValueError(f"Dataset {self.name!r}: the training split is empty")
+            raise ValueError(f"DataSplits {self.name!r}: the training split is empty")
         if shapes[0] != shapes[1]:
             raise ValueError(
-                f"Dataset {self.name!r}: train inputs are {shapes[0]} but test inputs {shapes[1]}"
+                f"DataSplits {self.name!r}: train inputs are {shapes[0]} but test inputs {shapes[1]}"
             )
 
     @property
@@ -201,7 +201,7 @@ class Dataset:
 
     def __repr__(self) -> str:
         return (
-            f"Dataset(name={self.name!r}, train={len(self.x_train)}, test={len(self.x_test)}, "
+            f"DataSplits(name={self.name!r}, train={len(self.x_train)}, test={len(self.x_test)}, "
             f"input_shape={self.input_shape}, classes={self.num_classes})"
         )
 
@@ -212,7 +212,7 @@ class Dataset:
 
 
 def available_datasets() -> dict[str, str]:
-    """Dataset names accepted by :func:`load_dataset`, each with a one-line description.
+    """DataSplits names accepted by :func:`load_dataset`, each with a one-line description.
 
     >>> sorted(available_datasets())[:3]
     ['cifar10', 'digits', 'fashion-mnist']
@@ -228,7 +228,7 @@ def load_dataset(
     test_fraction: float = 0.2,
     limit_train: int | None = None,
     limit_test: int | None = None,
-) -> Dataset:
+) -> DataSplits:
     """Load a dataset by name (see :func:`available_datasets`).
 
     Splits: ``digits``, ``mnist5k`` and ``notmnist`` get a stratified train/test split
@@ -303,7 +303,7 @@ def load_dataset(
     if limit_test is not None:
         keep = _stratified_subset(yte, limit_test, np.random.default_rng([seed, 2]))
         xte, yte = xte[keep], yte[keep]
-    return Dataset(
+    return DataSplits(
         name=key,
         x_train=_to_unit_tensor(xtr, scale),
         y_train=torch.from_numpy(np.ascontiguousarray(ytr, dtype=np.int64)),
@@ -895,7 +895,7 @@ def rotate_images(x: Tensor, degrees: float) -> Tensor:
 def load_outliers(
     name: str,
     *,
-    like: Dataset,
+    like: DataSplits,
     n: int,
     seed: int = 0,
     data_dir: str | Path | None = None,
@@ -919,8 +919,8 @@ def load_outliers(
     key = name.strip().lower() if isinstance(name, str) else name
     if key not in known:
         raise ValueError(f"unknown outlier set {name!r}; known: {', '.join(known)}")
-    if not isinstance(like, Dataset):
-        raise TypeError(f"like must be a Dataset, got {type(like).__name__}")
+    if not isinstance(like, DataSplits):
+        raise TypeError(f"like must be a DataSplits, got {type(like).__name__}")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     if len(like.input_shape) != 3:
@@ -1150,3 +1150,16 @@ def load_features(path: str | Path, labels_path: str | Path | None = None) -> tu
         labels = _load_npy(lpath, "labels")
         lsrc = str(lpath)
     return _check_features_labels(feats, labels, str(path), lsrc)
+
+
+def __getattr__(name: str) -> object:
+    if name == "Dataset":
+        import warnings
+
+        warnings.warn(
+            "snnl.data.Dataset was renamed DataSplits (it is not a torch.utils.data.Dataset)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return DataSplits
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,6 +33,7 @@ __all__ = [
     "soft_nearest_neighbor_loss",
     "SoftNearestNeighborLoss",
     "optimal_temperature",
+    "entanglement_between",
     "entanglement",
 ]
 
@@ -422,7 +423,7 @@ def optimal_temperature(
     return float(10**best_log), best_value
 
 
-def entanglement(
+def entanglement_between(
     a: Tensor,
     b: Tensor,
     *,
@@ -447,7 +448,7 @@ def entanglement(
         >>> real = torch.randn(50, 2, generator=g)
         >>> fake_far = torch.randn(50, 2, generator=g) + 20
         >>> fake_near = torch.randn(50, 2, generator=g)
-        >>> bool(entanglement(real, fake_far) < entanglement(real, fake_near))
+        >>> bool(entanglement_between(real, fake_far) < entanglement_between(real, fake_near))
         True
     """
     for name, t in (("a", a), ("b", b)):
@@ -469,3 +470,24 @@ def entanglement(
     if temperature is None:
         temperature, _ = optimal_temperature(features.detach(), labels, distance=distance)
     return soft_nearest_neighbor_loss(features, labels, temperature, distance=distance)
+
+
+def entanglement(
+    a: Tensor,
+    b: Tensor,
+    *,
+    temperature: float | Tensor | None = None,
+    distance: Distance = "euclidean",
+) -> Tensor:
+    """Deprecated alias of :func:`entanglement_between` (two sets labelled by membership).
+
+    The name read as the class entanglement of labelled features (what the
+    ``snnl entanglement`` command measures); use :func:`entanglement_between`.
+    """
+    warnings.warn(
+        "snnl.entanglement(a, b) is deprecated: use snnl.entanglement_between(a, b) "
+        "(the SNNL of two sets labelled by membership)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return entanglement_between(a, b, temperature=temperature, distance=distance)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from snnl import _io
-from snnl.data import Dataset, load_dataset
+from snnl.data import DataSplits, load_dataset
 from snnl.loss import optimal_temperature
 from snnl.models import build_model
 from snnl.regularizers import EntanglementRegularizer
@@ -104,7 +104,7 @@ class TrainConfig:
         return cls(**data)
 
 
-def load_config_dataset(config: TrainConfig) -> Dataset:
+def load_config_dataset(config: TrainConfig) -> DataSplits:
     """The dataset (and fixed split) a run's config names."""
     return load_dataset(
         config.dataset,
@@ -134,7 +134,7 @@ def _normalisation(x: Tensor) -> tuple[list[float], list[float]]:
     return x.mean(dims).tolist(), x.std(dims).clamp_min(1e-6).tolist()
 
 
-def build_run_model(config: TrainConfig, dataset: Dataset) -> nn.Module:
+def build_run_model(config: TrainConfig, dataset: DataSplits) -> nn.Module:
     mean, std = _normalisation(dataset.x_train)
     torch.manual_seed(config.seed)
     return build_model(
@@ -192,7 +192,7 @@ def train(
     *,
     resume: bool = False,
     force: bool = False,
-    dataset: Dataset | None = None,
+    dataset: DataSplits | None = None,
     progress: bool | None = None,
     on_step: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
@@ -332,7 +332,7 @@ def train(
     return results
 
 
-def load_run(out_dir: str | Path, *, dataset: Dataset | None = None) -> tuple[nn.Module, dict]:
+def load_run(out_dir: str | Path, *, dataset: DataSplits | None = None) -> tuple[nn.Module, dict]:
     """Rebuild the trained model of a finished run and return (model in eval mode, results)."""
     out = Path(out_dir)
     if not (out / RESULTS).exists():

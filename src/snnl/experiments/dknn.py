@@ -42,7 +42,7 @@ from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 
 from snnl.attacks import fgsm
-from snnl.data import Dataset, load_outliers
+from snnl.data import DataSplits, load_outliers
 from snnl.dknn import DkNN
 from snnl.experiments import ReproduceConfig, Section
 from snnl.experiments import entangle as ent
@@ -162,7 +162,7 @@ def _softmax(model: nn.Module, x: Tensor) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _input_sets(
-    config: ReproduceConfig, dataset: Dataset, n: int
+    config: ReproduceConfig, dataset: DataSplits, n: int
 ) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Outlier sets of ``n`` points each, and {set: reason} for the ones left out."""
     sets: dict[str, Tensor] = {}
@@ -183,7 +183,7 @@ def _input_sets(
 
 def _study_model(
     model: nn.Module,
-    dataset: Dataset,
+    dataset: DataSplits,
     cal: Tensor,
     ev: Tensor,
     outliers: dict[str, Tensor],

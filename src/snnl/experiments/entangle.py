@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from sklearn.decomposition import PCA
 
-from snnl.data import Dataset
+from snnl.data import DataSplits
 from snnl.experiments import ReproduceConfig, Section, mean_std
 from snnl.train import TrainConfig, load_config_dataset, load_run, train
 
@@ -48,7 +48,7 @@ def settings(config: ReproduceConfig) -> dict[str, Any]:
     }
 
 
-def load_data(config: ReproduceConfig) -> Dataset:
+def load_data(config: ReproduceConfig) -> DataSplits:
     """The dataset (and fixed split) the experiment's runs are trained on."""
     return load_config_dataset(train_config(config, "normal", 0))
 
@@ -78,7 +78,7 @@ def run_dir(out: Path, kind: str, seed: int) -> Path:
 
 
 def trained_models(
-    config: ReproduceConfig, out: Path, dataset: Dataset, seeds: int | None = None
+    config: ReproduceConfig, out: Path, dataset: DataSplits, seeds: int | None = None
 ) -> dict[str, list[Path]]:
     """Train (or reuse finished / resume unfinished) normal and entangled runs per seed.
 
