@@ -244,12 +244,14 @@ def test_class_selectivity_only_present_classes_count() -> None:
 def test_class_selectivity_negative_activations_warn_and_are_unbounded() -> None:
     y = torch.tensor([0, 0, 1, 1])
     a = torch.tensor([[1.0], [1.0], [-0.9], [-0.9]], dtype=torch.float64)
-    with pytest.warns(UserWarning, match="negative activations"):
+    with pytest.warns(UserWarning, match="class mean activation is negative"):
         si = class_selectivity(a, y)
     assert si.item() == pytest.approx(1.9 / (0.1 + 1e-7), rel=1e-9) and si.item() > 1
+    mixed = torch.tensor([[1.0], [-0.5], [0.2], [0.0]], dtype=torch.float64)  # means 0.25, 0.1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         class_selectivity(a.abs(), y)  # non-negative: no warning
+        assert class_selectivity(mixed, y).item() == pytest.approx(0.15 / (0.35 + 1e-7))
 
 
 def test_class_selectivity_gradient_matches_finite_differences() -> None:

@@ -286,10 +286,11 @@ def class_selectivity(
     - Classes: only classes present in ``labels`` count (a class absent from a
       mini-batch is left out of both means); at least two must be present.
       ``num_classes`` only validates the labels (``0 <= label < num_classes``).
-    - Meant for post-ReLU (non-negative) activations, where SI is in [0, 1]: 0 = the
+    - Meant for post-ReLU (non-negative) activations, where SI is in [0, 1): 0 = the
       same mean response to every class, 1 = responds to one class only (up to
-      epsilon). With negative activations SI is not bounded (the denominator can
-      vanish or change sign); a ``UserWarning`` says so.
+      epsilon). It stays in [0, 1) whenever every class mean is >= 0; when a class
+      mean is negative SI is not bounded (the denominator can vanish or change
+      sign) and a ``UserWarning`` says so.
     - A dead unit (every class mean 0) gets SI = 0 / epsilon = 0.
     - Gradient: that of the formula, with ``max`` routing the gradient to the
       largest class mean (split evenly between tied maxima).
@@ -317,16 +318,16 @@ def class_selectivity(
             f"class selectivity needs at least two classes present, got {n_classes} "
             f"({classes.tolist()})"
         )
-    if bool((a < 0).any()):
-        warnings.warn(
-            "class_selectivity got negative activations: the index is only bounded in "
-            "[0, 1] for non-negative (post-ReLU) activations",
-            UserWarning,
-            stacklevel=2,
-        )
     counts = torch.bincount(index, minlength=n_classes).to(a.dtype)
     sums = torch.zeros(n_classes, a.shape[1], dtype=a.dtype, device=a.device)
     means = sums.index_add(0, index, a) / counts[:, None]  # (K, units)
+    if bool((means.detach() < 0).any()):
+        warnings.warn(
+            "class_selectivity: a class mean activation is negative, so the index is not "
+            "bounded in [0, 1]; it is meant for non-negative (post-ReLU) activations",
+            UserWarning,
+            stacklevel=2,
+        )
     mu_max = means.amax(0)
     mu_rest = (means.sum(0) - mu_max) / (n_classes - 1)
     return (mu_max - mu_rest) / (mu_max + mu_rest + SELECTIVITY_EPS)
