@@ -66,7 +66,11 @@ def test_total_and_gradient_match_float64_reference_mlp(learn: bool) -> None:
     temps = {"relu1": 0.7, "relu2": 2.0}
     alpha = 0.5
     reg = EntanglementRegularizer(
-        model, "hidden", alpha=alpha, temperature=temps, learn_temperature=learn
+        model,
+        "hidden",
+        alpha=alpha,
+        temperature=temps,
+        temperature_mode="learned" if learn else "fixed",
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SNNLWarning)
@@ -100,7 +104,7 @@ def test_total_matches_reference_cnn_flattened() -> None:
     model = ReferenceCNN((1, 8, 8), 8, channels=2)
     x, y = _batch(20, seed=3)
     alpha = -0.3
-    reg = EntanglementRegularizer(model, alpha=alpha, temperature=1.5, learn_temperature=False)
+    reg = EntanglementRegularizer(model, alpha=alpha, temperature=1.5, temperature_mode="fixed")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SNNLWarning)
         out = reg(x, y)
@@ -119,7 +123,7 @@ def test_alpha_zero_skips_snnl(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     model = MLP((1, 8, 8), 8, widths=(6,))
     x, y = _batch()
-    reg = EntanglementRegularizer(model, alpha=0.0, temperature=3.0)
+    reg = EntanglementRegularizer(model, alpha=0.0, temperature=3.0, temperature_mode="learned")
 
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("SNNL computed although alpha == 0")
@@ -132,7 +136,9 @@ def test_alpha_zero_skips_snnl(monkeypatch: pytest.MonkeyPatch) -> None:
     assert out.total.item() == pytest.approx(ce.item(), rel=1e-6)
     assert reg.temperatures["relu1"] == pytest.approx(3.0)  # nothing updated
 
-    logged = EntanglementRegularizer(model, alpha=0.0, temperature=3.0, always_compute_snnl=True)
+    logged = EntanglementRegularizer(
+        model, alpha=0.0, temperature=3.0, always_compute_snnl=True, temperature_mode="fixed"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SNNLWarning)
         out = logged(x, y)
@@ -155,7 +161,9 @@ def digits() -> tuple[torch.Tensor, torch.Tensor]:
 def _train(x: torch.Tensor, y: torch.Tensor, alpha: float, steps: int = 40) -> dict[str, float]:
     torch.manual_seed(0)
     model = MLP((64,), 10, widths=(32, 32))
-    reg = EntanglementRegularizer(model, alpha=alpha, temperature=0.1, temperature_lr=0.05)
+    reg = EntanglementRegularizer(
+        model, alpha=alpha, temperature=0.1, temperature_lr=0.05, temperature_mode="learned"
+    )
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     for s in range(steps):
         idx = torch.randint(400, len(x), (128,), generator=torch.Generator().manual_seed(s))
@@ -186,7 +194,9 @@ def test_learned_temperature_moves_to_minimiser(digits: tuple[torch.Tensor, torc
     t_star, _ = optimal_temperature(capture(model, xb, ["relu1"])["relu1"], yb)
     for offset in (3.0, -2.0):  # start e^3 times too hot, e^2 times too cold
         start = t_star * math.exp(offset)
-        reg = EntanglementRegularizer(model, ["relu1"], alpha=1.0, temperature=start)
+        reg = EntanglementRegularizer(
+            model, ["relu1"], alpha=1.0, temperature=start, temperature_mode="learned"
+        )
         gaps = []
         for _ in range(150):  # fixed features: the model is never stepped
             reg(xb, yb)
@@ -201,8 +211,8 @@ def test_network_gradient_equals_fixed_temperature_gradient() -> None:
     twin = copy.deepcopy(model)
     x, y = _batch()
     y[-1] = 0
-    learned = EntanglementRegularizer(model, alpha=2.0, temperature=0.5)
-    fixed = EntanglementRegularizer(twin, alpha=2.0, temperature=0.5, learn_temperature=False)
+    learned = EntanglementRegularizer(model, alpha=2.0, temperature=0.5, temperature_mode="learned")
+    fixed = EntanglementRegularizer(twin, alpha=2.0, temperature=0.5, temperature_mode="fixed")
     out_l = learned(x, y)
     moved = learned.temperatures
     out_f = fixed(x, y)
@@ -220,7 +230,7 @@ def test_no_grad_call_does_not_update_temperature() -> None:
     model = MLP((1, 8, 8), 8, widths=(6,))
     x, y = _batch()
     y[-1] = 0
-    reg = EntanglementRegularizer(model, alpha=1.0, temperature=0.5)
+    reg = EntanglementRegularizer(model, alpha=1.0, temperature=0.5, temperature_mode="learned")
     with torch.no_grad():
         out = reg(x, y)
     assert reg.temperatures["relu1"] == pytest.approx(0.5, rel=1e-12)
@@ -234,14 +244,14 @@ def test_state_dict_round_trip_resumes_exactly(tmp_path) -> None:
     model = MLP((1, 8, 8), 8, widths=(16, 12))
     x, y = _batch()
     y[-1] = 0
-    reg = EntanglementRegularizer(model, alpha=1.0, temperature=0.3)
+    reg = EntanglementRegularizer(model, alpha=1.0, temperature=0.3, temperature_mode="learned")
     for _ in range(5):
         reg(x, y)
     path = tmp_path / "reg.pt"
     torch.save(reg.state_dict(), path)
     state = torch.load(path, weights_only=True)
 
-    resumed = EntanglementRegularizer(model, alpha=1.0, temperature=9.0)
+    resumed = EntanglementRegularizer(model, alpha=1.0, temperature=9.0, temperature_mode="learned")
     resumed.load_state_dict(state)
     assert resumed.temperatures == reg.temperatures
     for _ in range(5):
@@ -250,11 +260,11 @@ def test_state_dict_round_trip_resumes_exactly(tmp_path) -> None:
         assert resumed.temperatures == reg.temperatures  # bit-exact, Adam moments included
 
     # the optimiser state matters: log T alone does not reproduce the updates
-    fresh = EntanglementRegularizer(model, alpha=1.0, temperature=9.0)
+    fresh = EntanglementRegularizer(model, alpha=1.0, temperature=9.0, temperature_mode="learned")
     with torch.no_grad():
         for n, p in fresh._log_t.items():
             p.copy_(state["log_temperature"][n])
-    reg2 = EntanglementRegularizer(model, alpha=1.0, temperature=9.0)
+    reg2 = EntanglementRegularizer(model, alpha=1.0, temperature=9.0, temperature_mode="learned")
     reg2.load_state_dict(state)
     reg2(x, y)
     fresh(x, y)
@@ -264,7 +274,7 @@ def test_state_dict_round_trip_resumes_exactly(tmp_path) -> None:
 def test_warns_once_about_anchors_without_positive() -> None:
     model = MLP((1, 8, 8), 8, widths=(6, 5))
     x, y = _batch()
-    reg = EntanglementRegularizer(model, alpha=1.0, temperature=1.0)
+    reg = EntanglementRegularizer(model, alpha=1.0, temperature=1.0, temperature_mode="fixed")
     with pytest.warns(SNNLWarning, match="1 of 24 anchors") as record:
         out = reg(x, y)
         reg(x, y)
@@ -296,17 +306,17 @@ def test_bad_inputs_raise() -> None:
     with pytest.raises(ValueError, match="distance"):
         EntanglementRegularizer(model, alpha=1.0, distance="manhattan")
 
-    reg = EntanglementRegularizer(model, alpha=1.0, learn_temperature=False)
+    reg = EntanglementRegularizer(model, alpha=1.0, temperature_mode="fixed")
     x, y = _batch()
     with pytest.raises(TypeError, match="integer"):
         reg(x, y.float())
     with pytest.raises(ValueError, match="shape"):
         reg(x, y[:-1])
-    with pytest.raises(ValueError, match="learn_temperature"):
+    with pytest.raises(ValueError, match="temperature_mode"):
         reg(x, y, update_temperature=True)
-    other = EntanglementRegularizer(model, ["fc1"], alpha=1.0, learn_temperature=False)
+    other = EntanglementRegularizer(model, ["fc1"], alpha=1.0, temperature_mode="fixed")
     with pytest.raises(ValueError, match="layers"):
         reg.load_state_dict(other.state_dict())
-    learned = EntanglementRegularizer(model, alpha=1.0)
-    with pytest.raises(ValueError, match="learn_temperature"):
+    learned = EntanglementRegularizer(model, alpha=1.0, temperature_mode="learned")
+    with pytest.raises(ValueError, match="temperature_mode"):
         learned.load_state_dict(reg.state_dict())

@@ -8,8 +8,18 @@ import warnings
 import pytest
 import torch
 
+from snnl._io import RunLockedError, folder_lock
 from snnl.data import load_dataset
-from snnl.train import RunExistsError, TrainConfig, load_run, train
+from snnl.regularizers import TEMPERATURE_MODES
+from snnl.train import (
+    DamagedRunError,
+    RunExistsError,
+    TrainConfig,
+    health_verdict,
+    load_run,
+    snnl_upper_bound,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +71,7 @@ def test_same_seed_identical_and_files(tmp_path, small_digits):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
     rec = json.loads(lines[-1])
     assert set(rec["probe_snnl"]) == {"relu1", "relu2", "logits"}
-    assert set(rec["batch_snnl"]) == {"relu1", "relu2"}
+    assert set(rec["batch_terms"]["snnl"]) == {"relu1", "relu2"}
     assert 0.0 <= rec["test_accuracy"] <= 1.0
     # a different seed gives a different run
     c = train(_config(seed=1), tmp_path / "c", dataset=small_digits)
@@ -85,7 +95,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, small_digits, kill):
     ).read_bytes()
     # checkpoints load with weights_only=True
     state = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert set(state) >= {"model", "optimizer", "regularizer", "history"}
+    assert set(state) >= {"model", "optimizer", "regularizers", "history"}
 
 
 def test_resume_of_normal_model(tmp_path, small_digits):
@@ -134,3 +144,113 @@ def test_bad_config():
         TrainConfig(batch_size=1)
     with pytest.raises(ValueError, match="unknown TrainConfig fields"):
         TrainConfig.from_dict({"epochz": 3})
+
+
+@pytest.mark.parametrize("mode", TEMPERATURE_MODES)
+def test_every_temperature_mode_resumes_bit_exactly(tmp_path, small_digits, mode):
+    cfg = _config(temperature_mode=mode, epochs=2)
+    full = train(cfg, tmp_path / "full", dataset=small_digits)
+    with pytest.raises(_Kill):
+        train(cfg, tmp_path / "k", dataset=small_digits, on_step=_kill_at(1, 2))
+    resumed = train(cfg, tmp_path / "k", dataset=small_digits, resume=True)
+    assert resumed["history"] == full["history"]
+    assert resumed["health"] == full["health"]
+
+
+def test_reference_formula_run_resumes(tmp_path, small_digits):
+    cfg = _config(
+        temperature_mode="reference", snnl_formula="reference", temperature=100.0, epochs=2
+    )
+    full = train(cfg, tmp_path / "full", dataset=small_digits)
+    with pytest.raises(_Kill):
+        train(cfg, tmp_path / "k", dataset=small_digits, on_step=_kill_at(1, 1))
+    assert (
+        train(cfg, tmp_path / "k", dataset=small_digits, resume=True)["history"] == full["history"]
+    )
+
+
+def test_a_second_process_on_the_same_folder_is_refused(tmp_path, small_digits):
+    run = tmp_path / "r"
+    with folder_lock(run):  # stands for another live `snnl train` holding the folder
+        with pytest.raises(RunLockedError, match=str(run)):
+            train(_config(epochs=1), run, dataset=small_digits)
+        with pytest.raises(RunLockedError):
+            train(_config(epochs=1), run, dataset=small_digits, force=True)
+    # a lock file left behind by a killed process does not block --resume
+    (run / ".snnl.lock").write_text("99999")
+    assert train(_config(epochs=1), run, dataset=small_digits, resume=True)["history"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "random"])
+def test_damaged_checkpoint_names_the_file(tmp_path, small_digits, damage):
+    run = tmp_path / "r"
+    with pytest.raises(_Kill):
+        train(_config(), run, dataset=small_digits, on_step=_kill_at(1, 1))
+    ckpt = run / "checkpoint.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(
+        {"truncated": data[: len(data) // 2], "empty": b"", "random": bytes(range(256)) * 8}[damage]
+    )
+    with pytest.raises(DamagedRunError) as err:
+        train(_config(), run, dataset=small_digits, resume=True)
+    message = str(err.value)
+    assert str(ckpt) in message and "--force" in message
+    assert "weights_only" not in message and "unpickl" not in message.lower()
+
+
+def test_damaged_config_names_the_file(tmp_path, small_digits):
+    run = tmp_path / "r"
+    with pytest.raises(_Kill):
+        train(_config(), run, dataset=small_digits, on_step=_kill_at(1, 1))
+    (run / "config.json").write_text('{"alpha": ')
+    with pytest.raises(DamagedRunError, match="config.json"):
+        train(_config(), run, dataset=small_digits, resume=True)
+
+
+def test_failed_run_leaves_no_empty_folder(tmp_path, small_digits):
+    run = tmp_path / "new"
+    with pytest.raises(ValueError):
+        train(_config(layers=["nope"]), run, dataset=small_digits)
+    assert not run.exists()
+
+
+def test_health_of_runs_built_to_diverge_and_to_collapse(tmp_path, small_digits):
+    diverged = train(_config(alpha=0.0, lr=1e12, epochs=2), tmp_path / "d", dataset=small_digits)
+    assert diverged["health"]["verdict"] == "diverged", diverged["health"]
+    # maximising SNNL* with a huge weight makes the classes indistinguishable
+    collapsed = train(_config(alpha=1e4, epochs=3, lr=1e-2), tmp_path / "c", dataset=small_digits)
+    assert collapsed["health"]["verdict"] == "collapsed", collapsed["health"]
+    healthy = train(_config(alpha=0.0, epochs=3, lr=1e-2), tmp_path / "h", dataset=small_digits)
+    assert healthy["health"]["verdict"] == "ok", healthy["health"]
+
+
+def test_health_verdict_rules():
+    init = {"scale": {"r": 1.0}, "spread": {"r": 1.0}, "snnl": {"r": 0.5}}
+
+    def epoch(acc=0.9, scale=1.0, spread=1.0, snnl=0.5):
+        return {
+            "test_accuracy": acc,
+            "probe_scale": {"r": scale},
+            "probe_spread": {"r": spread},
+            "probe_snnl": {"r": snnl},
+        }
+
+    def verdict(*history, **kw):
+        return health_verdict(list(history), init, num_classes=10, bound=2.0, **kw)["verdict"]
+
+    assert verdict(epoch()) == "ok"
+    assert verdict(epoch(acc=0.12)) == "collapsed"
+    assert verdict(epoch(snnl=1.999)) == "collapsed"
+    assert verdict(epoch(spread=1e-5)) == "collapsed"
+    assert verdict(epoch(scale=1e5)) == "diverged"
+    assert verdict(epoch(snnl=float("nan"))) == "diverged"
+    assert verdict(epoch(), non_finite="non-finite loss at step 3") == "diverged"
+
+
+def test_snnl_upper_bound_is_the_large_temperature_limit():
+    from snnl.loss import soft_nearest_neighbor_loss
+
+    y = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2])
+    x = torch.randn(9, 3, generator=torch.Generator().manual_seed(0))
+    at_huge_t = soft_nearest_neighbor_loss(x.double(), y, 1e12).item()
+    assert snnl_upper_bound(y) == pytest.approx(at_huge_t, rel=1e-9)

@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "write_bytes", "write_text", "write_json", "save_torch"]
+__all__ = [
+    "atomic_open",
+    "write_bytes",
+    "write_text",
+    "write_json",
+    "save_torch",
+    "folder_lock",
+    "json_safe",
+    "RunLockedError",
+]
 
 
 @contextlib.contextmanager
@@ -66,6 +76,21 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
         f.write(text)
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float replaced by None (JSON has no NaN).
+
+    >>> json_safe({"a": [1.0, float("nan")], "b": float("inf")})
+    {'a': [1.0, None], 'b': None}
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically (NaN is not allowed)."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
@@ -77,3 +102,48 @@ def save_torch(path: str | os.PathLike[str], obj: Any) -> None:
 
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
+
+
+class RunLockedError(RuntimeError):
+    """Another live process holds the lock of this output folder."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Hold an exclusive lock on ``folder`` (its ``.snnl.lock`` file) for the block.
+
+    The lock is an ``fcntl.flock`` on the lock file: the kernel drops it when the
+    holder exits, however it exits, so a lock left by a killed process never
+    blocks the next run (``--resume``). While a live process holds it, a second
+    one gets :class:`RunLockedError` at once, naming the folder and the holder's pid.
+
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> with folder_lock(d):
+    ...     try:
+    ...         with folder_lock(d):
+    ...             pass
+    ...     except RunLockedError:
+    ...         print("locked")
+    locked
+    """
+    import fcntl
+
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    lock_path = path / ".snnl.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise RunLockedError(
+                f"{path} is in use by another snnl process (pid {holder}); wait for it to "
+                "finish or choose another output folder"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the flock

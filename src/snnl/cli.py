@@ -69,9 +69,12 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         alpha=args.alpha,
+        temperature_mode=args.temperature_mode,
+        snnl_formula=args.snnl_formula,
         temperature=args.temperature,
-        learn_temperature=not args.fixed_temperature,
         temperature_lr=args.temperature_lr,
+        selectivity_alpha=args.selectivity_alpha,
+        model_kwargs={"init": "authors"} if args.authors_init else {},
         distance=args.distance,
         layers=layers,
         seed=args.seed,
@@ -84,7 +87,14 @@ def _train(args: argparse.Namespace) -> int:
     print(f"run         : {args.out}")
     print(f"test acc    : {final['test_accuracy']:.4f}")
     for layer, value in final["probe_snnl"].items():
-        print(f"SNNL {layer:<7}: {value:.4f}")
+        print(f"SNNL* {layer:<6}: {value:.4f}   (upper bound {res['snnl_upper_bound']:.4f})")
+    health = res["health"]
+    print(f"health      : {health['verdict']}")
+    if health["verdict"] != "ok":
+        print(
+            f"snnl train: warning: run {health['verdict']}: {'; '.join(health['reasons'])}",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -162,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from snnl.experiments import registry
     from snnl.models import available_models
+    from snnl.regularizers import SNNL_FORMULAS, TEMPERATURE_MODES
 
     tr = sub.add_parser(
         "train",
@@ -177,13 +188,34 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--lr", type=_positive_float, default=1e-3)
     tr.add_argument("--alpha", type=float, default=0.0, help="> 0 entangles, < 0 separates")
     tr.add_argument(
+        "--temperature-mode",
+        choices=TEMPERATURE_MODES,
+        default="optimal",
+        help="how T of each layer is chosen: optimal (T* of every batch, the default), "
+        "learned (Adam on log T), reference (the authors' T = T0 / t), fixed",
+    )
+    tr.add_argument(
+        "--snnl-formula",
+        choices=SNNL_FORMULAS,
+        default="exact",
+        help="exact (log-space) or reference (the authors' exp-then-log, saturating at 11.51)",
+    )
+    tr.add_argument(
         "--temperature",
         type=_positive_float,
         default=None,
-        help="initial T of the regularised layers (default: each layer's optimal T at init)",
+        help="initial / fixed T (T0 of the reference mode); default: each layer's optimal T "
+        "at initialisation; not used by the optimal mode",
     )
     tr.add_argument("--temperature-lr", type=_positive_float, default=0.05)
-    tr.add_argument("--fixed-temperature", action="store_true", help="do not learn T")
+    tr.add_argument(
+        "--selectivity-alpha", type=float, default=0.0, help="class-selectivity regulariser"
+    )
+    tr.add_argument(
+        "--authors-init",
+        action="store_true",
+        help="reference CNN: the authors' initialisation (He-normal, zero biases, raw inputs)",
+    )
     tr.add_argument("--distance", choices=("euclidean", "cosine"), default="euclidean")
     tr.add_argument("--layers", nargs="+", default=None, help="layer names (default: hidden)")
     tr.add_argument("--seed", type=int, default=0)

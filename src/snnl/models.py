@@ -207,6 +207,12 @@ class ReferenceCNN(nn.Module):
 
     ``hidden_layer_names = ("relu1", "relu2", "relu3")``.
 
+    ``init="authors"`` reproduces the reference code's initialisation: every
+    weight (convolutions and logits) drawn from N(0, 2 / fan_in) (cleverhans'
+    ``HeReLuNormalInitializer``), biases zero, and no input normalisation
+    (raw [0, 1] inputs; ``mean``/``std`` are ignored). ``init="default"`` keeps
+    PyTorch's initialisation and normalises with ``mean``/``std``.
+
     >>> m = ReferenceCNN((1, 8, 8), 10, channels=4)
     >>> m(torch.zeros(2, 1, 8, 8)).shape, m.paddings
     (torch.Size([2, 10]), ('same', 'same', 'same'))
@@ -220,14 +226,18 @@ class ReferenceCNN(nn.Module):
         channels: int = 64,
         mean: Stat = 0.0,
         std: Stat = 1.0,
+        init: str = "default",
     ) -> None:
         super().__init__()
         c, h, w = _check_image_shape(input_shape, "ReferenceCNN")
         _check_classes(num_classes)
         if channels < 1:
             raise ValueError(f"ReferenceCNN: channels must be >= 1, got {channels}")
+        if init not in ("default", "authors"):
+            raise ValueError(f"ReferenceCNN: unknown init {init!r}; expected default or authors")
         self.input_shape = (c, h, w)
-        self.normalize = Normalize(mean, std)
+        self.init = init
+        self.normalize = Normalize(mean, std) if init == "default" else Normalize(0.0, 1.0)
         specs = [  # (out channels, kernel, stride, padding the reference uses)
             (channels, 8, 2, "same"),
             (2 * channels, 6, 2, "valid"),
@@ -252,6 +262,10 @@ class ReferenceCNN(nn.Module):
         self.flatten = nn.Flatten()
         self.logits = nn.Linear(in_c * h * w, num_classes)
         self.hidden_layer_names: tuple[str, ...] = ("relu1", "relu2", "relu3")
+        if init == "authors":
+            for layer in (self.conv1, self.conv2, self.conv3, self.logits):
+                nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(layer.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.normalize(x)

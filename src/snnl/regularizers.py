@@ -1,4 +1,4 @@
-"""Training-time regularisers on hidden-layer geometry.
+"""Training-time regularisers on hidden-layer geometry, composable in one forward pass.
 
 :class:`EntanglementRegularizer` is the objective of Frosst, Papernot & Hinton
 (2019), eq. 3:
@@ -12,19 +12,35 @@
 - ``h_l(x)`` is the output of the named module ``l``, flattened to (N, D)
   (conv activations included), captured with :class:`snnl.taps.LayerTap` so
   the gradient reaches the network.
-- A learned temperature is kept per layer as ``log T_l`` (owned by the
-  regulariser, not a model parameter) and, at every call with gradients
-  enabled, takes one Adam step that *minimises* that layer's SNNL, as the
-  reference code does (one gradient step on the temperature per evaluation,
-  its gradient not reaching the network).
 
-One kernel pass per layer: the SNNL of a layer is computed once with the
-network's features and a fresh leaf tensor ``T`` (a detached copy of
-``exp(log T)`` that requires grad). ``torch.autograd.grad(snnl, T)`` reads the
-temperature gradient the fused kernel already computed in its forward pass,
-and because ``T`` is not connected to ``log T``, ``total.backward()`` never
-moves the temperature. The network's gradient is therefore exactly the
-gradient with ``T`` held fixed at the value used.
+How T_l is chosen (``temperature_mode``):
+
+- ``"optimal"`` (default): T_l = argmin_T SNNL(h_l, y, T) of this batch, found
+  exactly (Newton steps in log T, warm-started from the previous batch's T*, on
+  the batch's distance matrix, with a coarse grid on the first call and every
+  ``regrid_every`` calls), then held fixed for the network's gradient. By the
+  envelope theorem that is the exact gradient of SNNL*(h_l) = min_T SNNL(h_l, T).
+  SNNL* is invariant to the scale of h and bounded above by its value for
+  indistinguishable classes, so maximising it can neither shrink the layer into
+  a collapse nor inflate distances without bound (FIELD_NOTES sections 1, 7).
+- ``"learned"``: one Adam step per call on log T_l that minimises that layer's
+  SNNL (its gradient does not reach the network).
+- ``"reference"``: the authors' scheme, T = T0 / t with t starting at 1; each
+  call takes one plain step t <- t - 0.1 dSNNL/dt (gradient not reaching the
+  network) and uses the new T. A step that would make t <= 0 or non-finite (the
+  authors' code lets it) is refused and counted in ``refused_steps``.
+- ``"fixed"``: T_l never changes.
+
+``snnl_formula``: ``"exact"`` (default) is :func:`snnl.loss.soft_nearest_neighbor_loss`
+(log-space, exact in every regime); ``"reference"`` is the authors' formula
+transcribed from their code (exp, then an epsilon of 1e-5 inside the log; it
+saturates at -log(1e-5) = 11.51 with zero gradient when every exp underflows),
+so that experiments can test whether a result depends on that saturation.
+
+Composition: every regulariser here has ``layers``, ``alpha`` and
+``penalty(outputs, y, update=...) -> (term, per_layer)``; :func:`regularized_loss`
+runs the model once with every regulariser's layers tapped and returns
+``CE - sum_r alpha_r * term_r``.
 """
 
 from __future__ import annotations
@@ -32,22 +48,63 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from snnl._checks import (
+    DISTANCES,
+    check_choice,
+    check_int,
+    check_labels,
+    check_positive,
+    check_real,
+)
 from snnl.loss import SNNLWarning, soft_nearest_neighbor_loss
 from snnl.taps import LayerTap, resolve_layers
 
-__all__ = ["EntanglementOutput", "EntanglementRegularizer"]
+__all__ = [
+    "EntanglementOutput",
+    "EntanglementRegularizer",
+    "RegularizedOutput",
+    "TEMPERATURE_MODES",
+    "SNNL_FORMULAS",
+    "reference_formula_snnl",
+    "regularized_loss",
+    "optimal_log_temperature",
+]
 
-#: Learned log-temperatures are clamped to this range (T in about [2e-9, 5e8]) so
-#: a layer whose SNNL keeps falling as T grows or shrinks cannot reach 0 or inf.
+TEMPERATURE_MODES: tuple[str, ...] = ("optimal", "learned", "reference", "fixed")
+SNNL_FORMULAS: tuple[str, ...] = ("exact", "reference")
+#: The authors' STABILITY_EPS (cleverhans SNNLCrossEntropy).
+REFERENCE_EPS = 1e-5
+#: The authors' step on t (T = T0 / t) per evaluation.
+REFERENCE_T_STEP = 0.1
+#: Learned log-temperatures are clamped to this range (T in about [2e-9, 5e8]).
 LOG_T_BOUNDS = (-20.0, 20.0)
-_DISTANCES = ("euclidean", "cosine")
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class RegularizedOutput:
+    """What :func:`regularized_loss` returns.
+
+    Attributes:
+        total: 0-dim loss to backpropagate, ``CE - sum_r alpha_r * term_r``.
+        cross_entropy: 0-dim mean cross-entropy (detached).
+        logits: (N, C) model output (with gradient).
+        terms: regulariser name -> layer -> 0-dim value on this batch (detached).
+    """
+
+    total: Tensor
+    cross_entropy: Tensor
+    logits: Tensor
+    terms: dict[str, dict[str, Tensor]] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,7 +116,7 @@ class EntanglementOutput:
         cross_entropy: 0-dim mean cross-entropy (detached).
         snnl: layer -> 0-dim SNNL of that layer on this batch (detached); empty when
             ``alpha == 0`` and the SNNL was not asked for.
-        temperatures: layer -> temperature used for this batch (before any update).
+        temperatures: layer -> temperature the SNNL was computed at on this batch.
         logits: (N, C) model output (with gradient).
         left_out: number of anchors in the batch with no other point of their class
             (left out of every layer's SNNL).
@@ -73,22 +130,292 @@ class EntanglementOutput:
     left_out: int
 
 
-def _check_real(name: str, value: Any, *, positive: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        if isinstance(value, Tensor) and value.numel() == 1:
-            value = float(value)
-        else:
-            raise TypeError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if positive and value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return value
+class LayerRegularizer(Protocol):
+    """What :func:`regularized_loss` needs of a regulariser."""
+
+    name: str
+    layers: tuple[str, ...]
+    alpha: float
+
+    def active(self) -> bool: ...
+
+    def penalty(
+        self, outputs: Mapping[str, Tensor], y: Tensor, *, update: bool
+    ) -> tuple[Tensor, dict[str, Tensor]]: ...
+
+
+def _check_batch(x: Any, y: Any) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 1:
+        raise ValueError(f"inputs must have shape (N, ...), got {tuple(x.shape)}")
+    return check_labels(y, x.shape[0], device=x.device)
+
+
+def regularized_loss(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    regularizers: Sequence[LayerRegularizer],
+    *,
+    update: bool | None = None,
+) -> RegularizedOutput:
+    """One forward pass of ``model`` with every regulariser's layers tapped.
+
+    .. math::
+        \\mathcal{L} = \\mathrm{CE}(f(x), y) - \\sum_r \\alpha_r \\, \\mathrm{term}_r
+
+    Args:
+        model: returns logits (N, C).
+        x: (N, ...) inputs; y: (N,) integer labels.
+        regularizers: e.g. an :class:`EntanglementRegularizer` and a
+            :class:`SelectivityRegularizer`; inactive ones (alpha 0) are skipped.
+        update: update the regularisers' state (temperatures); default: when
+            gradients are enabled.
+
+    Example:
+        >>> from snnl.models import MLP
+        >>> _ = torch.manual_seed(0)
+        >>> model = MLP((4,), 3, widths=(8, 8))
+        >>> reg = EntanglementRegularizer(model, alpha=0.1)
+        >>> out = regularized_loss(model, torch.rand(12, 4), torch.arange(12) % 3, [reg])
+        >>> sorted(out.terms["snnl"])
+        ['relu1', 'relu2']
+    """
+    y = _check_batch(x, y)
+    if update is None:
+        update = torch.is_grad_enabled()
+    active = [r for r in regularizers if r.active()]
+    layers: list[str] = []
+    for r in active:
+        layers += [name for name in r.layers if name not in layers]
+    if layers:
+        with LayerTap(model, layers) as tap:
+            logits = model(x)
+        outputs = tap.outputs
+    else:
+        logits, outputs = model(x), {}
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != y.shape[0]:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"model must return logits of shape (N, C), got {shape}")
+    ce = F.cross_entropy(logits, y)
+    total = ce
+    terms: dict[str, dict[str, Tensor]] = {}
+    for r in active:
+        term, per_layer = r.penalty({n: outputs[n] for n in r.layers}, y, update=update)
+        total = total - r.alpha * term.to(ce.dtype)
+        terms[r.name] = per_layer
+    if not torch.is_grad_enabled():
+        total = total.detach()
+    return RegularizedOutput(total, ce.detach(), logits, terms)
+
+
+# ----------------------------------------------------------------------------- formulas
+
+
+def reference_formula_snnl(
+    features: Tensor, labels: Tensor, temperature: float | Tensor, *, distance: str = "euclidean"
+) -> Tensor:
+    """SNNL exactly as the authors' code computes it (cleverhans ``SNNLCrossEntropy.SNNL``).
+
+    .. math::
+        f_{ij} = e^{-d_{ij}/T} - [i = j], \\quad
+        p_{ij} = f_{ij} / (\\epsilon + \\textstyle\\sum_k f_{ik}), \\quad
+        \\mathrm{SNNL} = \\mathrm{mean}_i\\,
+            -\\log(\\epsilon + \\textstyle\\sum_{j: y_j = y_i} p_{ij})
+
+    with eps = 1e-5, d the expansion |a|^2 + |b|^2 - 2ab (squared euclidean, not
+    centred) or 1 - cos, the same-label mask *including* the diagonal, and every
+    anchor in the mean (one without a positive counts about 11.51). In the
+    underflow regime the value is -log(1e-5) = 11.5129 with zero gradient.
+    Computed in the features' dtype, (N, N) memory: for mini-batches only.
+
+    Example:
+        >>> x = torch.tensor([[0.0], [100.0], [200.0], [300.0]])
+        >>> round(reference_formula_snnl(x, torch.tensor([0, 0, 1, 1]), 1.0).item(), 4)
+        11.5129
+    """
+    x = features.reshape(features.shape[0], -1)
+    y = check_labels(labels, x.shape[0], device=x.device)
+    check_choice("distance", distance, DISTANCES)
+    if distance == "cosine":
+        xn = F.normalize(x, dim=1, eps=1e-12)
+        d = 1.0 - xn @ xn.T
+    else:
+        sq = (x * x).sum(1)
+        d = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
+    f = torch.exp(-d / temperature) - torch.eye(x.shape[0], dtype=x.dtype, device=x.device)
+    pick = f / (REFERENCE_EPS + f.sum(1, keepdim=True))
+    same = (y[:, None] == y[None, :]).to(x.dtype)
+    return (-torch.log(REFERENCE_EPS + (pick * same).sum(1))).mean()
+
+
+def _snnl(formula: str, x: Tensor, y: Tensor, t: float | Tensor, distance: str) -> Tensor:
+    if formula == "reference":
+        return reference_formula_snnl(x, y, t, distance=distance)
+    return soft_nearest_neighbor_loss(x, y, t, distance=distance)
+
+
+# ----------------------------------------------------------------------------- T* search
+
+
+def _distance_matrix(x: Tensor, distance: str) -> Tensor:
+    """(N, N) float64 distances of a mini-batch (float32 products after centring)."""
+    x = x.detach().reshape(x.shape[0], -1)
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    if distance == "cosine":
+        xn = F.normalize(x, dim=1, eps=1e-12)
+        return (1.0 - xn @ xn.T).double().clamp_min_(0.0)
+    xc = x - x.mean(0, keepdim=True)
+    sq = (xc * xc).sum(1)
+    d = (sq[:, None] + sq[None, :] - 2.0 * (xc @ xc.T)).double()
+    return d.clamp_min_(0.0)
+
+
+class _Curve:
+    """SNNL of a mini-batch as a function of u = log T, with its first two derivatives.
+
+    With c = e^{-u} and s_ij = -c d_ij (self pair excluded), per valid anchor and
+    for each set S (all other points; positives)
+    LSE_S = -c m_S + log sum_S w_j, w_j = exp(-c (d_ij - m_S)), m_S = min_S d_ij,
+    E_S[s] = -c (m_S + E_w[dd]), Var_S[s] = c^2 Var_w[dd] (dd = d - m_S), and
+    f_i = LSE_all - LSE_pos, f_i' = E_pos[s] - E_all[s],
+    f_i'' = (E_all[s] + Var_all[s]) - (E_pos[s] + Var_pos[s]); the curve is their mean.
+    Both sets are one stacked (2, V, N) tensor; entries outside a set hold a
+    distance so large that their weight is exactly 0 at every u searched.
+    """
+
+    def __init__(self, d: Tensor, y: Tensor) -> None:
+        n = d.shape[0]
+        eye = torch.eye(n, dtype=torch.bool, device=d.device)
+        same = (y[:, None] == y[None, :]) & ~eye
+        valid = same.any(1)
+        self.size = int(valid.sum())
+        off = d.masked_fill(eye, math.inf)
+        lo = float(off.masked_fill(off <= 0, math.inf).min()) if n > 1 else math.inf
+        hi = float(d.max())
+        self.d_lo = lo if math.isfinite(lo) else max(hi, 1.0)
+        self.d_hi = max(hi, self.d_lo)
+        self.u_lo = math.log(self.d_lo) - 6.0
+        self.u_hi = math.log(self.d_hi) + 6.0
+        # exp(-c * far) == 0 for every c = e^{-u}, u <= u_hi: far * e^{-u_hi} > 800
+        far = 800.0 * math.exp(self.u_hi) + 1.0
+        dv = d[valid]
+        sets = torch.stack([dv.masked_fill(eye[valid], far), dv.masked_fill(~same[valid], far)])
+        self.m = sets.amin(2)  # (2, V)
+        self.dd = sets - self.m.unsqueeze(2)
+        self.dd.masked_fill_(self.dd >= 0.5 * far, far)
+        self.dd2 = self.dd * self.dd
+
+    def values(self, us: Tensor) -> Tensor:
+        """f at each u of ``us`` (G,)."""
+        out = []
+        for u in us.tolist():
+            c = math.exp(-u)
+            lse = torch.exp(self.dd * -c).sum(2).log_().sub_(self.m, alpha=c)
+            out.append((lse[0] - lse[1]).mean())
+        return torch.stack(out)
+
+    def stats(self, u: float) -> tuple[float, float, float]:
+        c = math.exp(-u)
+        w = torch.exp(self.dd * -c)
+        s0 = w.sum(2)
+        e1 = (w * self.dd).sum(2).div_(s0)
+        e2 = (w.mul_(self.dd2)).sum(2).div_(s0)
+        lse = s0.log_().sub_(self.m, alpha=c)
+        mean = (self.m + e1).mul_(-c)
+        var = (e2 - e1 * e1).clamp_min_(0.0).mul_(c * c)
+        f = (lse[0] - lse[1]).mean()
+        g = (mean[1] - mean[0]).mean()
+        h = ((mean[0] + var[0]) - (mean[1] + var[1])).mean()
+        f_, g_, h_ = torch.stack([f, g, h]).tolist()
+        return f_, g_, h_
+
+
+def optimal_log_temperature(
+    features: Tensor,
+    labels: Tensor,
+    *,
+    distance: str = "euclidean",
+    start: float | None = None,
+    tol: float = 1e-6,
+    accept: float = 1e-3,
+    max_newton: int = 30,
+) -> tuple[float, float, int]:
+    """log T* = argmin_u SNNL(features, labels, e^u) of a mini-batch, by safeguarded Newton.
+
+    The batch's (N, N) distances are computed once; every evaluation of the curve
+    and its derivatives in u = log T is elementwise on them. Without ``start`` (or
+    when Newton does not converge) a grid of 2 points per unit of u over
+    [log d_min - 6, log d_max + 6] picks the starting point. Each Newton step is
+    limited to 1 in u and backtracked until the value does not rise; once a step
+    is below ``accept`` (where the curve is convex) it is taken without another
+    evaluation (Newton's quadratic convergence leaves an error of order step^2).
+
+    Returns:
+        (log T*, SNNL at the last evaluated point, number of curve evaluations).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(60) % 3
+        >>> x = torch.randn(60, 5, generator=g) + 2.0 * y[:, None]
+        >>> u, v, _ = optimal_log_temperature(x, y)
+        >>> from snnl.loss import optimal_temperature
+        >>> t_ref, v_ref = optimal_temperature(x, y)
+        >>> abs(v - v_ref) < 1e-6 and abs(u - math.log(t_ref)) < 1e-3
+        True
+    """
+    y = check_labels(labels, features.shape[0], device=features.device)
+    curve = _Curve(_distance_matrix(features, distance), y)
+    if curve.size == 0:
+        return math.log(curve.d_hi), 0.0, 0
+    evals = 0
+
+    def grid_start() -> float:
+        nonlocal evals
+        us = torch.arange(curve.u_lo, curve.u_hi + 0.5, 0.5, dtype=torch.float64)
+        vals = curve.values(us)
+        evals += len(us)
+        return float(us[int(torch.argmin(vals))])
+
+    u = grid_start() if start is None or not math.isfinite(start) else start
+    u = min(max(u, curve.u_lo), curve.u_hi)
+    f = math.nan
+    for attempt in range(2):
+        converged = False
+        f, g, h = curve.stats(u)
+        evals += 1
+        for _ in range(max_newton):
+            step = -g / h if h > 0 else (-1.0 if g > 0 else 1.0)
+            step = max(-1.0, min(1.0, step))
+            if h > 0 and abs(step) < accept:
+                u = min(max(u + step, curve.u_lo), curve.u_hi)
+                converged = True
+                break
+            while True:
+                u_new = min(max(u + step, curve.u_lo), curve.u_hi)
+                f_new, g_new, h_new = curve.stats(u_new)
+                evals += 1
+                if f_new <= f + 1e-15 * max(1.0, abs(f)) or abs(step) < tol:
+                    break
+                step *= 0.5
+            moved = abs(u_new - u)
+            u, f, g, h = u_new, f_new, g_new, h_new
+            if moved < tol:
+                converged = True
+                break
+        if converged or attempt == 1:
+            break
+        u = grid_start()
+    return u, f, evals
+
+
+# ----------------------------------------------------------------------------- entanglement
 
 
 class EntanglementRegularizer:
-    r"""Cross-entropy plus (minus) alpha times the SNNL of hidden layers (eq. 3).
+    r"""Cross-entropy minus alpha times the SNNL of hidden layers (eq. 3).
 
     .. math::
         \mathcal{L} = \mathrm{CE}(f(x), y) - \alpha \sum_l \mathrm{SNNL}(h_l(x), y, T_l)
@@ -98,58 +425,41 @@ class EntanglementRegularizer:
         layers: ``"hidden"`` (``model.hidden_layer_names`` or every activation
             module, see :func:`snnl.taps.resolve_layers`) or a list of module names.
         alpha: weight of the SNNL term (required); > 0 entangles (maximises
-            SNNL), < 0 disentangles, 0 is plain cross-entropy. Its useful size
-            depends on the temperature regime, see the note below.
-        temperature: initial (or fixed) T, a float for every layer or a dict
-            layer -> float covering exactly the chosen layers. Default 100 (the
-            reference code's T0).
-        learn_temperature: take one Adam step on each ``log T_l`` per call (when
-            gradients are enabled) to minimise that layer's SNNL.
-        temperature_lr: Adam learning rate on ``log T``. Adam's step is about
-            ``lr`` in log T whatever the scale of dSNNL/dlogT (which differs by
-            orders of magnitude between layers and over training). With 0.05 T can
-            move by a factor e per 20 steps: on a digits MLP the SNNL-minimising T
-            of a layer grows about 20-fold in the first 300 steps, which 0.01 could
-            barely follow; near the optimum the step jitters T by about 5%, where
-            the SNNL is flat in log T.
+            SNNL), < 0 disentangles, 0 is plain cross-entropy.
+        temperature: initial (or fixed) T, a float for every layer or a dict layer ->
+            float covering exactly the chosen layers; T0 of the ``"reference"`` mode.
+            Not used by the ``"optimal"`` mode (its T is found per batch). Default
+            100 (the reference code's T0).
+        temperature_mode: ``"optimal"`` (default), ``"learned"``, ``"reference"`` or
+            ``"fixed"`` (see the module docstring).
+        snnl_formula: ``"exact"`` (default) or ``"reference"`` (the authors' formula).
+        temperature_lr: Adam learning rate on log T (``"learned"`` mode).
         distance: "euclidean" (squared) or "cosine".
-        always_compute_snnl: with ``alpha == 0``, still compute (and, if learned,
-            update) the SNNL for logging; by default it is skipped.
+        always_compute_snnl: with ``alpha == 0``, still compute the SNNL (for logging).
+        regrid_every: ``"optimal"`` mode: re-run the coarse grid every this many
+            calls (Newton is warm-started from the previous T* in between), so a
+            minimum that moved to another basin is found again.
 
-    Note on scale (observed on an MLP 64-64-64-10 on sklearn digits scaled to
-    [0, 1], Adam 1e-3, batch 128, 300 steps, one seed; SNNL* = min_T SNNL of
-    relu1 / relu2 on 400 held-out points): with a learned temperature (T0 = 0.1,
-    temperature_lr = 0.01) that tracks the minimiser, the objective is close to
-    SNNL* itself and is strong: plain CE gave SNNL* 0.13 / 0.14 and 95.5% test
-    accuracy; alpha = 0.01 gave 0.15 / 0.18 (94.2%), 0.03 gave 0.34 / 0.51
-    (88.9%), 0.1 gave 1.09 / 1.50 (53%), alpha >= 0.3 collapsed the network
-    (~10%); alpha = -0.1 gave 0.075 / 0.077 (96.7%). With T *fixed* far above the
-    layer's optimal T (the reference's T = 100 while squared distances are ~1)
-    the effect flips: maximising SNNL(T=100) shrank the representation and
-    *lowered* SNNL* (alpha = 1 / 10: 0.100 / 0.093 and 0.095 / 0.069, accuracy
-    95.0% / 95.5%), and alpha = -1 raised it (0.18 / 0.21). Measure SNNL* with
-    :func:`snnl.loss.optimal_temperature` after training rather than trusting
-    the sign of alpha alone.
-
-    Anchors whose class occurs once in a batch are left out of the SNNL. The
-    loss warns about them on every call; here the count goes to
-    ``out.left_out`` and a single :class:`~snnl.loss.SNNLWarning` is raised the
-    first time it happens (with many classes and small batches every batch would
-    warn, which would bury other messages).
+    Anchors whose class occurs once in a batch are left out of the exact SNNL
+    (counted in ``out.left_out``; one :class:`~snnl.loss.SNNLWarning` the first time).
 
     Example:
         >>> from snnl.models import MLP
         >>> _ = torch.manual_seed(0)
         >>> model = MLP((4,), 3, widths=(8, 8))
-        >>> reg = EntanglementRegularizer(model, "hidden", alpha=1.0, temperature=10.0)
+        >>> reg = EntanglementRegularizer(model, "hidden", alpha=1.0)
         >>> x, y = torch.rand(12, 4), torch.arange(12) % 3
         >>> out = reg(x, y)
         >>> out.total.backward()
-        >>> sorted(out.snnl), {n: round(t, 6) for n, t in out.temperatures.items()}
-        (['relu1', 'relu2'], {'relu1': 10.0, 'relu2': 10.0})
-        >>> bool(reg.temperatures["relu1"] != 10.0)  # one Adam step on log T
-        True
+        >>> sorted(out.snnl), reg.temperature_mode
+        (['relu1', 'relu2'], 'optimal')
+        >>> fixed = EntanglementRegularizer(model, alpha=1.0, temperature=10.0,
+        ...                                 temperature_mode="fixed")
+        >>> fixed(x, y).temperatures
+        {'relu1': 10.0, 'relu2': 10.0}
     """
+
+    name = "snnl"
 
     def __init__(
         self,
@@ -158,10 +468,12 @@ class EntanglementRegularizer:
         alpha: float | None = None,
         temperature: float | Mapping[str, float] = 100.0,
         *,
-        learn_temperature: bool = True,
+        temperature_mode: str = "optimal",
+        snnl_formula: str = "exact",
         temperature_lr: float = 0.05,
         distance: str = "euclidean",
         always_compute_snnl: bool = False,
+        regrid_every: int = 50,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -171,13 +483,15 @@ class EntanglementRegularizer:
             raise TypeError(
                 "alpha is required: > 0 entangles (maximises SNNL), < 0 clusters, 0 is plain CE"
             )
-        self.alpha = _check_real("alpha", alpha, positive=False)
-        self.temperature_lr = _check_real("temperature_lr", temperature_lr, positive=True)
-        if distance not in _DISTANCES:
-            raise ValueError(f"unknown distance {distance!r}; expected one of {_DISTANCES}")
-        self.distance = distance
-        self.learn_temperature = bool(learn_temperature)
+        self.alpha = check_real("alpha", alpha)
+        self.temperature_mode = check_choice(
+            "temperature_mode", temperature_mode, TEMPERATURE_MODES
+        )
+        self.snnl_formula = check_choice("snnl_formula", snnl_formula, SNNL_FORMULAS)
+        self.temperature_lr = check_positive("temperature_lr", temperature_lr)
+        self.distance = check_choice("distance", distance, DISTANCES)
         self.always_compute_snnl = bool(always_compute_snnl)
+        self.regrid_every = check_int("regrid_every", regrid_every, low=1)
         if isinstance(temperature, Mapping):
             keys = set(temperature)
             missing = [n for n in self.layers if n not in keys]
@@ -190,51 +504,74 @@ class EntanglementRegularizer:
             temps = {n: temperature[n] for n in self.layers}
         else:
             temps = {n: temperature for n in self.layers}
-        # log T per layer: float64 CPU scalars owned by the regulariser
+        # State, all float64 CPU scalars: log T (learned / fixed / optimal's warm start),
+        # t of the reference mode (T = T0 / t), the number of calls and refused t-steps.
         self._log_t: dict[str, Tensor] = {}
+        self._t0: dict[str, float] = {}
+        self._t: dict[str, Tensor] = {}
         for name, t in temps.items():
-            value = _check_real(f"temperature of layer {name!r}", t, positive=True)
+            value = check_positive(f"temperature of layer {name!r}", t)
             self._log_t[name] = torch.tensor(math.log(value), dtype=torch.float64)
+            self._t0[name] = value
+            self._t[name] = torch.tensor(1.0, dtype=torch.float64)
+        self._has_optimum = {n: False for n in self.layers}
+        self._calls = 0
+        self.refused_steps = 0
+        self.search_evaluations = 0
         self._optimizer: torch.optim.Adam | None = None
-        if self.learn_temperature:
+        if self.temperature_mode == "learned":
             for p in self._log_t.values():
                 p.requires_grad_(True)
             self._optimizer = torch.optim.Adam(list(self._log_t.values()), lr=self.temperature_lr)
         self._warned_left_out = False
+        self._warned_refused = False
+        self._last_temperatures: dict[str, float] = {}
 
     # ------------------------------------------------------------------ state
 
     @property
     def temperatures(self) -> dict[str, float]:
-        """Current temperature per layer (what the next call will use)."""
+        """Current temperature per layer: the last T* (optimal), T0 / t (reference), or T."""
+        if self.temperature_mode == "reference":
+            return {n: self._t0[n] / float(self._t[n]) for n in self.layers}
+        if self.temperature_mode == "fixed":
+            return dict(self._t0)
         return {n: math.exp(float(p.detach())) for n, p in self._log_t.items()}
+
+    def active(self) -> bool:
+        return self.alpha != 0 or self.always_compute_snnl
 
     def state_dict(self) -> dict[str, Any]:
         """Plain dict (tensors, floats, strings) safe for ``torch.load(weights_only=True)``."""
         return {
             "layers": list(self.layers),
+            "temperature_mode": self.temperature_mode,
             "log_temperature": {n: p.detach().clone() for n, p in self._log_t.items()},
+            "reference_t": {n: p.clone() for n, p in self._t.items()},
+            "has_optimum": dict(self._has_optimum),
+            "calls": self._calls,
+            "refused_steps": self.refused_steps,
+            "search_evaluations": self.search_evaluations,
             "optimizer": None if self._optimizer is None else self._optimizer.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore log T per layer and the temperature optimiser's state."""
+        """Restore the temperatures and the temperature optimiser's state."""
         if not isinstance(state, Mapping) or "log_temperature" not in state:
             raise ValueError(
-                "state must be a dict from EntanglementRegularizer.state_dict() with keys "
-                "'layers', 'log_temperature', 'optimizer'"
+                "state must be a dict from EntanglementRegularizer.state_dict() (keys "
+                "'layers', 'temperature_mode', 'log_temperature', ...)"
             )
         layers = list(state.get("layers", []))
         if layers != list(self.layers):
             raise ValueError(
                 f"state is for layers {layers}, this regulariser has {list(self.layers)}"
             )
-        opt_state = state.get("optimizer")
-        if (opt_state is None) != (self._optimizer is None):
+        mode = state.get("temperature_mode", self.temperature_mode)
+        if mode != self.temperature_mode:
             raise ValueError(
-                "state and regulariser disagree on learn_temperature "
-                f"(state has optimizer state: {opt_state is not None}, "
-                f"learn_temperature={self.learn_temperature})"
+                f"state is for temperature_mode {mode!r}, this regulariser uses "
+                f"{self.temperature_mode!r}"
             )
         with torch.no_grad():
             for n in self.layers:
@@ -242,8 +579,14 @@ class EntanglementRegularizer:
                 if value.numel() != 1 or not bool(torch.isfinite(value).all()):
                     raise ValueError(f"log temperature of {n!r} must be a finite scalar")
                 self._log_t[n].copy_(value.reshape(()))
+                if "reference_t" in state:
+                    self._t[n].copy_(torch.as_tensor(state["reference_t"][n]).reshape(()))
+        self._has_optimum.update(state.get("has_optimum", {}))
+        self._calls = int(state.get("calls", 0))
+        self.refused_steps = int(state.get("refused_steps", 0))
+        self.search_evaluations = int(state.get("search_evaluations", 0))
         if self._optimizer is not None:
-            self._optimizer.load_state_dict(opt_state)
+            self._optimizer.load_state_dict(state["optimizer"])
 
     # ------------------------------------------------------------------ call
 
@@ -252,108 +595,118 @@ class EntanglementRegularizer:
     ) -> EntanglementOutput:
         """Run the model on ``x`` (N, ...) with labels ``y`` (N,) and return the loss parts.
 
-        ``update_temperature``: ``None`` (default) updates learned temperatures
-        when gradients are enabled (training steps) and not under ``torch.no_grad``
-        (evaluation); ``False`` never updates; ``True`` forces an update (only with
-        ``learn_temperature=True``).
+        ``update_temperature``: ``None`` (default) updates the temperature state
+        when gradients are enabled (training steps); ``False`` never updates
+        (the ``"optimal"`` mode still finds T* of the batch, without storing it);
+        ``True`` forces an update.
         """
-        if not isinstance(y, Tensor):
-            raise TypeError(f"labels must be a torch.Tensor, got {type(y).__name__}")
-        if y.dtype == torch.bool or y.is_floating_point() or y.is_complex():
-            raise TypeError(f"labels must be an integer tensor, got dtype {y.dtype}")
-        if not isinstance(x, Tensor):
-            raise TypeError(f"inputs must be a torch.Tensor, got {type(x).__name__}")
-        if y.dim() != 1 or x.dim() < 1 or y.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"labels must have shape (N,) matching inputs (N, ...); got inputs "
-                f"{tuple(x.shape)} and labels {tuple(y.shape)}"
-            )
-        if update_temperature and not self.learn_temperature:
-            raise ValueError("update_temperature=True needs learn_temperature=True")
-        grad_enabled = torch.is_grad_enabled()
-        update = (
-            self.learn_temperature and grad_enabled
-            if update_temperature is None
-            else bool(update_temperature)
-        )
-
-        with LayerTap(self.model, self.layers) as tap:
-            logits = self.model(x)
-        if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != y.shape[0]:
-            shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(f"model must return logits of shape (N, C), got {shape}")
-        y = y.to(device=logits.device, dtype=torch.int64)
-        ce = F.cross_entropy(logits, y)
-        temps = self.temperatures
+        y = _check_batch(x, y)
+        if update_temperature and self.temperature_mode == "fixed":
+            raise ValueError("update_temperature=True needs a temperature_mode other than 'fixed'")
+        update = torch.is_grad_enabled() if update_temperature is None else update_temperature
+        before = self.temperatures
+        out = regularized_loss(self.model, x, y, [self], update=update)
         counts = torch.bincount(y)
         left_out = int((counts[y] < 2).sum())
+        snnl = out.terms.get(self.name, {})
+        temps = dict(self._last_temperatures) if snnl else before
+        return EntanglementOutput(out.total, out.cross_entropy, snnl, temps, out.logits, left_out)
 
-        if self.alpha == 0 and not self.always_compute_snnl:
-            return EntanglementOutput(ce, ce.detach(), {}, temps, logits, left_out)
-        if left_out and not self._warned_left_out:
+    def penalty(
+        self, outputs: Mapping[str, Tensor], y: Tensor, *, update: bool
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Sum over layers of SNNL(h_l, y, T_l) (with gradient) and the per-layer values."""
+        counts = torch.bincount(y)
+        left_out = int((counts[y] < 2).sum())
+        if left_out and not self._warned_left_out and self.snnl_formula == "exact":
             self._warned_left_out = True
             warnings.warn(
                 f"{left_out} of {y.shape[0]} anchors have no other point of their class in "
                 "this batch and are left out of the SNNL (counted per batch in "
                 "out.left_out; this warning is shown once per regulariser)",
                 SNNLWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
-
         terms: dict[str, Tensor] = {}
-        leaves: dict[str, Tensor] = {}
-        with torch.set_grad_enabled(grad_enabled or update), warnings.catch_warnings():
+        used: dict[str, float] = {}
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", SNNLWarning)
-            for name, h in tap.outputs.items():
+            for name in self.layers:
+                h = outputs[name]
                 feats = h.reshape(h.shape[0], -1)
-                if not grad_enabled:
-                    feats = feats.detach()
-                dtype = feats.dtype if feats.dtype in (torch.float32, torch.float64) else None
-                t_value = math.exp(float(self._log_t[name].detach()))
-                if update:
-                    # a fresh leaf: autograd.grad reads dSNNL/dT from the fused pass,
-                    # and total.backward() cannot reach log T through it
-                    t = torch.tensor(t_value, dtype=dtype or torch.float32, device=feats.device)
-                    leaves[name] = t.requires_grad_(True)
-                    terms[name] = soft_nearest_neighbor_loss(
-                        feats, y, leaves[name], distance=self.distance
-                    )
-                else:
-                    terms[name] = soft_nearest_neighbor_loss(
-                        feats, y, t_value, distance=self.distance
-                    )
+                if feats.dtype not in (torch.float32, torch.float64):
+                    feats = feats.float()
+                t = self._temperature_for(name, feats, y, update)
+                used[name] = t
+                terms[name] = _snnl(self.snnl_formula, feats, y, t, self.distance)
         if update:
-            self._step_temperature(terms, leaves)
+            self._calls += 1
+        self._last_temperatures = used
+        total = torch.stack(list(terms.values())).sum()
+        return total, {n: v.detach() for n, v in terms.items()}
 
-        snnl_sum = torch.stack([v for v in terms.values()]).sum()
-        total = ce - self.alpha * snnl_sum.to(ce.dtype)
-        if not grad_enabled:
-            total = total.detach()
-        snnl = {n: v.detach() for n, v in terms.items()}
-        return EntanglementOutput(total, ce.detach(), snnl, temps, logits, left_out)
-
-    def _step_temperature(self, terms: dict[str, Tensor], leaves: dict[str, Tensor]) -> None:
-        """One Adam step on every log T_l along -dSNNL_l/dlogT_l = -T dSNNL_l/dT."""
-        assert self._optimizer is not None
-        names = list(leaves)
-        grads = torch.autograd.grad(
-            [terms[n] for n in names], [leaves[n] for n in names], retain_graph=True
-        )
-        for n, g in zip(names, grads, strict=True):
-            g_log = float(g) * float(leaves[n].detach())  # chain rule: dT/dlogT = T
-            self._log_t[n].grad = torch.tensor(
+    def _temperature_for(self, name: str, feats: Tensor, y: Tensor, update: bool) -> float:
+        """The temperature this batch's SNNL of layer ``name`` is computed at."""
+        mode = self.temperature_mode
+        if mode == "fixed":
+            return self._t0[name]
+        if mode == "optimal":
+            regrid = not self._has_optimum[name] or self._calls % self.regrid_every == 0
+            start = None if regrid else float(self._log_t[name])
+            u, _, evals = optimal_log_temperature(
+                feats.detach(), y, distance=self.distance, start=start
+            )
+            self.search_evaluations += evals
+            if update:
+                self._log_t[name].fill_(u)
+                self._has_optimum[name] = True
+            return math.exp(u)
+        if not update:
+            return self.temperatures[name]
+        detached = feats.detach()
+        if mode == "learned":
+            t_now = math.exp(float(self._log_t[name].detach()))
+            leaf = torch.tensor(t_now, dtype=detached.dtype, requires_grad=True)
+            with torch.enable_grad():
+                value = _snnl(self.snnl_formula, detached, y, leaf, self.distance)
+                (grad,) = torch.autograd.grad(value, leaf, allow_unused=True)
+            g_log = float(grad) * t_now if grad is not None else 0.0  # dT/dlogT = T
+            assert self._optimizer is not None
+            self._log_t[name].grad = torch.tensor(
                 g_log if math.isfinite(g_log) else 0.0, dtype=torch.float64
             )
-        self._optimizer.step()
-        self._optimizer.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for p in self._log_t.values():
-                p.clamp_(*LOG_T_BOUNDS)
+            self._optimizer.step()
+            self._optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                self._log_t[name].clamp_(*LOG_T_BOUNDS)
+            return t_now  # the network's SNNL uses the T before this step, as before
+        # reference: T = T0 / t; one plain step on t, then the SNNL at the new T
+        t0, t_var = self._t0[name], float(self._t[name])
+        leaf = torch.tensor(t_var, dtype=torch.float64, requires_grad=True)
+        with torch.enable_grad():
+            temp = (t0 / leaf).to(detached.dtype)
+            value = _snnl(self.snnl_formula, detached, y, temp, self.distance)
+            (grad,) = torch.autograd.grad(value, leaf, allow_unused=True)
+        g = float(grad) if grad is not None else 0.0
+        new_t = t_var - REFERENCE_T_STEP * g
+        if math.isfinite(new_t) and new_t > 0:
+            self._t[name].fill_(new_t)
+        else:
+            self.refused_steps += 1
+            if not self._warned_refused:
+                self._warned_refused = True
+                warnings.warn(
+                    f"reference temperature step on layer {name!r} would set t = {new_t:.4g} "
+                    f"(T = {t0:g} / t): refused, t stays {t_var:.4g} (counted in refused_steps)",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+        return t0 / float(self._t[name])
 
     def __repr__(self) -> str:
         temps = ", ".join(f"{n}={t:.4g}" for n, t in self.temperatures.items())
         return (
             f"EntanglementRegularizer(alpha={self.alpha}, layers={list(self.layers)}, "
-            f"temperatures=({temps}), learn_temperature={self.learn_temperature}, "
-            f"distance={self.distance!r})"
+            f"temperature_mode={self.temperature_mode!r}, snnl_formula={self.snnl_formula!r}, "
+            f"temperatures=({temps}), distance={self.distance!r})"
         )

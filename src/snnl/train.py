@@ -1,4 +1,4 @@
-"""Training loop for normal and entangled models (eq. 3), resumable bit-exactly.
+"""Training loop for normal, entangled (eq. 3) and selectivity-regularised models.
 
 A run lives in one folder:
 
@@ -6,12 +6,19 @@ A run lives in one folder:
     metrics.jsonl   one JSON line per finished epoch (rewritten atomically each epoch)
     checkpoint.pt   model, optimiser, regulariser and history after the last finished epoch
     results.json    written last: its presence marks the run as finished
+    .snnl.lock      held while a process trains into the folder (a second one refuses)
 
 Determinism: the model is initialised from ``seed``; the data order of epoch e is
 drawn from a generator seeded with (seed, e), so nothing else needs saving. A run
 killed at any point and resumed with ``resume=True`` gives the same metrics as an
 uninterrupted one (same seed, same machine, CPU). Wall-clock times are kept out
 of metrics.jsonl (they go to results.json) so that this can be checked byte for byte.
+
+Health: every epoch records, per regularised layer, the activation scale (RMS
+of the activations), the spread (RMS distance to the centroid) and SNNL* next to
+its upper bound (its value when the classes are indistinguishable), on a fixed
+probe subset. The run ends with a verdict (:func:`health_verdict`): ``ok``,
+``collapsed`` or ``diverged``; a non-finite loss stops the run at once.
 """
 
 from __future__ import annotations
@@ -20,23 +27,39 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from snnl import _io
+from snnl._checks import DISTANCES, check_choice, check_int, check_positive, check_real
 from snnl.data import DataSplits, load_dataset
 from snnl.loss import optimal_temperature
 from snnl.models import build_model
-from snnl.regularizers import EntanglementRegularizer
+from snnl.regularizers import (
+    SNNL_FORMULAS,
+    TEMPERATURE_MODES,
+    EntanglementRegularizer,
+    regularized_loss,
+)
 from snnl.taps import capture, resolve_layers
 
-__all__ = ["TrainConfig", "train", "load_run", "RunExistsError", "evaluate_accuracy"]
+__all__ = [
+    "TrainConfig",
+    "train",
+    "load_run",
+    "RunExistsError",
+    "DamagedRunError",
+    "evaluate_accuracy",
+    "health_verdict",
+    "snnl_upper_bound",
+    "HEALTH",
+]
 
 CONFIG, METRICS, CHECKPOINT, RESULTS = (
     "config.json",
@@ -44,10 +67,21 @@ CONFIG, METRICS, CHECKPOINT, RESULTS = (
     "checkpoint.pt",
     "results.json",
 )
+HEALTH = ("ok", "collapsed", "diverged")
+#: A layer whose SNNL* reaches this share of its upper bound has indistinguishable classes.
+INDISTINGUISHABLE = 0.999
+#: Activation scale or spread this many times the initial one: growing without bound.
+DIVERGED_GROWTH = 1e4
+#: Spread below this share of the initial one: the layer's points collapsed together.
+COLLAPSED_SHRINK = 1e-4
 
 
 class RunExistsError(RuntimeError):
     """The output folder already holds a run that this call would overwrite."""
+
+
+class DamagedRunError(RuntimeError):
+    """A run's saved files cannot be read (truncated, empty or not what snnl wrote)."""
 
 
 @dataclass
@@ -60,14 +94,17 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 1e-3  # Adam, as in the reference code
     alpha: float = 0.0  # eq. 3: loss = CE - alpha * sum_l SNNL_l; > 0 entangles
-    # initial T of the regularised layers; None: each layer's optimal temperature for the
-    # initial model on the probe subset (the reference code's fixed 100 is far too hot
-    # for small activations: there maximising SNNL shrinks the representation instead)
+    # how T_l is chosen: "optimal" (T* of each batch, exact), "learned" (Adam on log T),
+    # "reference" (the authors' T = T0 / t with one step on t per batch), "fixed"
+    temperature_mode: str = "optimal"
+    snnl_formula: str = "exact"  # "reference": the authors' exp-then-log with eps 1e-5
+    # initial / fixed T (T0 of the reference mode); None: each layer's optimal T on the
+    # probe subset at initialisation. Not used by the "optimal" mode.
     temperature: float | None = None
-    learn_temperature: bool = True  # T_l follows argmin_T SNNL_l, no gradient to the net
-    temperature_lr: float = 0.05  # Adam on log T
+    temperature_lr: float = 0.05  # Adam on log T ("learned")
     distance: str = "euclidean"
     layers: list[str] | str = "hidden"  # regularised and probed layers
+    selectivity_alpha: float = 0.0  # loss -= selectivity_alpha * mean class selectivity
     seed: int = 0  # model initialisation and data order
     split_seed: int = 0  # the train/test split (fixed across training seeds)
     probe_size: int = 500  # fixed training subset for the per-epoch SNNL profile
@@ -77,21 +114,24 @@ class TrainConfig:
     limit_test: int | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (SNNL needs pairs), got {self.batch_size}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if not math.isfinite(self.alpha):
-            raise ValueError(f"alpha must be finite, got {self.alpha}")
-        t = self.temperature
-        if t is not None and not (math.isfinite(t) and t > 0):
-            raise ValueError(f"temperature must be positive and finite, got {t}")
-        if not (math.isfinite(self.temperature_lr) and self.temperature_lr > 0):
-            raise ValueError(f"temperature_lr must be positive, got {self.temperature_lr}")
-        if self.probe_size < 2:
-            raise ValueError(f"probe_size must be >= 2, got {self.probe_size}")
+        check_int("epochs", self.epochs, low=1)
+        if isinstance(self.batch_size, int) and not isinstance(self.batch_size, bool):
+            if self.batch_size < 2:
+                raise ValueError(
+                    f"batch_size must be >= 2 (SNNL needs pairs), got {self.batch_size}"
+                )
+        check_int("batch_size", self.batch_size, low=2)
+        check_positive("lr", self.lr)
+        check_real("alpha", self.alpha)
+        check_real("selectivity_alpha", self.selectivity_alpha)
+        check_choice("temperature_mode", self.temperature_mode, TEMPERATURE_MODES)
+        check_choice("snnl_formula", self.snnl_formula, SNNL_FORMULAS)
+        if self.temperature is not None:
+            check_positive("temperature", self.temperature)
+        check_positive("temperature_lr", self.temperature_lr)
+        check_choice("distance", self.distance, DISTANCES)
+        check_int("probe_size", self.probe_size, low=2)
+        check_int("seed", self.seed)
         if isinstance(self.layers, tuple):
             self.layers = list(self.layers)
 
@@ -121,41 +161,162 @@ def evaluate_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int
     return float((logits.argmax(1) == y).double().mean())
 
 
-def _probe_indices(y: Tensor, size: int, seed: int) -> Tensor:
-    """A fixed, seeded subset of the training set for the SNNL profile."""
-    g = torch.Generator().manual_seed(10_007 * seed + 1)
-    perm = torch.randperm(len(y), generator=g)
-    return perm[: min(size, len(y))].sort().values
+# ----------------------------------------------------------------------------- health
 
 
-def _normalisation(x: Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of the training inputs (for the model's Normalize)."""
-    dims = [0, *range(2, x.dim())]
-    return x.mean(dims).tolist(), x.std(dims).clamp_min(1e-6).tolist()
+def snnl_upper_bound(labels: Tensor) -> float:
+    """SNNL of points whose classes are indistinguishable (every distance equal).
+
+    Each valid anchor i then has loss log((N - 1) / (n_{y_i} - 1)); the mean over
+    anchors with a positive is an upper bound of SNNL* = min_T SNNL (the limit
+    T -> infinity), whatever the features.
+
+    >>> round(snnl_upper_bound(torch.tensor([0, 0, 1, 1])), 6)  # log(3 / 1)
+    1.098612
+    """
+    counts = torch.bincount(labels.long())
+    per = counts[labels.long()].double()
+    valid = per >= 2
+    n = labels.shape[0]
+    return float(torch.log((n - 1) / (per[valid] - 1)).mean()) if bool(valid.any()) else 0.0
 
 
-def build_run_model(config: TrainConfig, dataset: DataSplits) -> nn.Module:
-    mean, std = _normalisation(dataset.x_train)
-    torch.manual_seed(config.seed)
-    return build_model(
-        config.model,
-        dataset.input_shape,
-        dataset.num_classes,
-        mean=mean,
-        std=std,
-        **config.model_kwargs,
-    )
+def _layer_geometry(acts: Tensor) -> tuple[float, float]:
+    """(activation scale = RMS of the activations, spread = RMS distance to the centroid)."""
+    a = acts.reshape(acts.shape[0], -1).double()
+    scale = float(a.pow(2).mean().sqrt())
+    spread = float((a - a.mean(0, keepdim=True)).pow(2).sum(1).mean().sqrt())
+    return scale, spread
 
 
-def _profile(model: nn.Module, x: Tensor, y: Tensor, layers: tuple[str, ...], distance: str):
-    """SNNL of every layer (and the logits) at its optimal temperature."""
+def _snnl_star(acts: Tensor, y: Tensor, distance: str) -> tuple[float, float]:
+    """(T*, SNNL*) searched around the layer's own distance scale, so any scale works."""
+    a = acts.reshape(acts.shape[0], -1).double()
+    if distance == "euclidean":
+        ms = float((a - a.mean(0, keepdim=True)).pow(2).sum(1).mean()) * 2.0
+        ms = ms if math.isfinite(ms) and ms > 0 else 1.0
+    else:
+        ms = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not bool(torch.isfinite(a).all()):
+            return math.nan, math.nan
+        t, v = optimal_temperature(
+            a / math.sqrt(ms) if distance == "euclidean" else a,
+            y,
+            distance=distance,
+            bounds=(1e-8, 1e4),
+        )
+    return t * (ms if distance == "euclidean" else 1.0), v
+
+
+def _profile(
+    model: nn.Module, x: Tensor, y: Tensor, layers: tuple[str, ...], distance: str
+) -> dict[str, dict[str, float]]:
+    """SNNL* (and T*) of every layer and the logits; activation scale and spread."""
     names = [*layers, "logits"]
     acts = capture(model, x, names)
-    snnl, temps = {}, {}
+    out: dict[str, dict[str, float]] = {"snnl": {}, "temperature": {}, "scale": {}, "spread": {}}
     for name in names:
-        t, v = optimal_temperature(acts[name], y, distance=distance)
-        snnl[name], temps[name] = v, t
-    return snnl, temps
+        t, v = _snnl_star(acts[name], y, distance)
+        scale, spread = _layer_geometry(acts[name])
+        out["snnl"][name], out["temperature"][name] = v, t
+        out["scale"][name], out["spread"][name] = scale, spread
+    return out
+
+
+def _num(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def health_verdict(
+    history: list[dict[str, Any]],
+    initial: dict[str, dict[str, float]],
+    *,
+    num_classes: int,
+    bound: float,
+    non_finite: str | None = None,
+) -> dict[str, Any]:
+    """``{"verdict": "ok" | "collapsed" | "diverged", "reasons": [...]}`` of a run.
+
+    - diverged: a non-finite loss (``non_finite`` says where), a non-finite SNNL*
+      or activation, or a layer whose activation scale or spread grew more than
+      ``DIVERGED_GROWTH`` times its initial value;
+    - collapsed: final test accuracy within 0.05 of chance (1 / classes), a layer
+      whose SNNL* reached ``INDISTINGUISHABLE`` of its upper bound, or whose
+      spread fell below ``COLLAPSED_SHRINK`` of its initial value;
+    - ok otherwise.
+
+    >>> init = {"scale": {"relu1": 1.0}, "spread": {"relu1": 1.0}, "snnl": {"relu1": 0.5}}
+    >>> epoch = {"test_accuracy": 0.95, "probe_scale": {"relu1": 2.0},
+    ...          "probe_spread": {"relu1": 1.5}, "probe_snnl": {"relu1": 0.3}}
+    >>> health_verdict([epoch], init, num_classes=10, bound=2.2)["verdict"]
+    'ok'
+    """
+    diverged: list[str] = []
+    collapsed: list[str] = []
+    if non_finite:
+        diverged.append(non_finite)
+    if history:
+        last = history[-1]
+        for layer, v in last["probe_snnl"].items():
+            if layer == "logits":
+                continue
+            v = _num(v)
+            scale, spread = _num(last["probe_scale"][layer]), _num(last["probe_spread"][layer])
+            s0, p0 = initial["scale"][layer], initial["spread"][layer]
+            if not all(math.isfinite(z) for z in (v, scale, spread)):
+                diverged.append(f"{layer}: non-finite SNNL* or activations")
+                continue
+            if scale > DIVERGED_GROWTH * s0 or spread > DIVERGED_GROWTH * p0:
+                diverged.append(
+                    f"{layer}: activation scale {scale:.3g} / spread {spread:.3g} grew more "
+                    f"than {DIVERGED_GROWTH:g}x (initial {s0:.3g} / {p0:.3g})"
+                )
+            if spread < COLLAPSED_SHRINK * p0:
+                collapsed.append(f"{layer}: spread {spread:.3g} (initial {p0:.3g})")
+            if bound > 0 and v >= INDISTINGUISHABLE * bound:
+                collapsed.append(f"{layer}: SNNL* {v:.4f} at its upper bound {bound:.4f}")
+        chance = 1.0 / max(num_classes, 1)
+        acc = _num(last["test_accuracy"])
+        if not math.isfinite(acc) or acc <= chance + 0.05:
+            collapsed.append(f"test accuracy {acc:.4f} near chance {chance:.3f}")
+    if diverged:
+        return {"verdict": "diverged", "reasons": diverged + collapsed}
+    if collapsed:
+        return {"verdict": "collapsed", "reasons": collapsed}
+    return {"verdict": "ok", "reasons": []}
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedRunError(
+            f"{path} ({what}) is damaged and cannot be read ({type(err).__name__}); "
+            "start the run over with --force"
+        ) from None
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch raises many types; its advice (unpickling) must not reach users
+        raise DamagedRunError(
+            f"{path} is damaged (truncated, empty or not a checkpoint written by snnl); "
+            "start the run over with --force"
+        ) from None
+    keys = {"model", "optimizer", "regularizers", "history", "seconds", "initial"}
+    if not isinstance(state, dict) or not keys <= set(state):
+        raise DamagedRunError(
+            f"{path} is not a checkpoint of this snnl version (missing "
+            f"{sorted(keys - set(state)) if isinstance(state, dict) else 'everything'}); "
+            "start the run over with --force"
+        )
+    return state
 
 
 def _prepare_dir(out: Path, config: TrainConfig, resume: bool, force: bool) -> bool:
@@ -171,19 +332,176 @@ def _prepare_dir(out: Path, config: TrainConfig, resume: bool, force: bool) -> b
         return False
     has_ckpt = (out / CHECKPOINT).exists()
     if (out / CONFIG).exists():
-        saved = json.loads((out / CONFIG).read_text())
+        saved = _read_json(out / CONFIG, "the run's config")
         if not resume and has_ckpt:
             raise RunExistsError(
                 f"{out} holds an unfinished run; pass --resume to continue it or --force "
                 "to start over"
             )
         if resume and saved != asdict(config):
-            diff = sorted(k for k in asdict(config) if saved.get(k) != asdict(config)[k])
+            current = asdict(config)
+            diff = sorted(
+                k for k in current if not isinstance(saved, dict) or saved.get(k) != current[k]
+            )
             raise ValueError(
                 f"cannot resume {out}: its config.json differs in {', '.join(diff)}; "
                 "use the same settings or --force to start over"
             )
+    elif has_ckpt and resume:
+        raise DamagedRunError(
+            f"{out} has {CHECKPOINT} but no {CONFIG}: the run folder is damaged; "
+            "start over with --force"
+        )
     return resume and has_ckpt
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def _normalisation(x: Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the training inputs (for the model's Normalize)."""
+    dims = [0, *range(2, x.dim())]
+    return x.mean(dims).tolist(), x.std(dims).clamp_min(1e-6).tolist()
+
+
+def build_run_model(config: TrainConfig, dataset: DataSplits) -> nn.Module:
+    """The run's model, initialised from its seed (normalisation from the training data)."""
+    mean, std = _normalisation(dataset.x_train)
+    torch.manual_seed(config.seed)
+    return build_model(
+        config.model,
+        dataset.input_shape,
+        dataset.num_classes,
+        mean=mean,
+        std=std,
+        **config.model_kwargs,
+    )
+
+
+def _probe_indices(y: Tensor, size: int, seed: int) -> Tensor:
+    """A fixed, seeded subset of the training set for the SNNL profile."""
+    g = torch.Generator().manual_seed(10_007 * seed + 1)
+    perm = torch.randperm(len(y), generator=g)
+    return perm[: min(size, len(y))].sort().values
+
+
+def _build_regularizers(
+    config: TrainConfig, model: nn.Module, layers: tuple[str, ...], initial_t: dict[str, float]
+) -> list[Any]:
+    regs: list[Any] = []
+    if config.alpha != 0:
+        temperature: float | dict[str, float] = (
+            config.temperature
+            if config.temperature is not None
+            else {n: initial_t[n] for n in layers}
+        )
+        regs.append(
+            EntanglementRegularizer(
+                model,
+                list(layers),
+                alpha=config.alpha,
+                temperature=temperature,
+                temperature_mode=config.temperature_mode,
+                snnl_formula=config.snnl_formula,
+                temperature_lr=config.temperature_lr,
+                distance=config.distance,
+            )
+        )
+    if config.selectivity_alpha != 0:
+        from snnl.regularizers import SelectivityRegularizer  # type: ignore[attr-defined]
+
+        regs.append(SelectivityRegularizer(model, list(layers), alpha=config.selectivity_alpha))
+    return regs
+
+
+def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:
+    """The epoch's shuffled mini-batches (a last batch of one point joins the previous)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches[-2] = torch.cat([batches[-2], batches.pop()])
+    return batches
+
+
+class _NonFinite(Exception):
+    pass
+
+
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    regs: list[Any],
+    dataset: DataSplits,
+    batches: list[Tensor],
+    epoch: int,
+    bar: Any,
+    on_step: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
+    """One pass over ``batches``; raises _NonFinite at the first non-finite loss."""
+    model.train()
+    sums = {"loss": 0.0, "ce": 0.0}
+    term_sums: dict[str, dict[str, float]] = {}
+    steps = 0
+    for idx in batches:
+        xb, yb = dataset.x_train[idx], dataset.y_train[idx]
+        optimizer.zero_grad(set_to_none=True)
+        res = regularized_loss(model, xb, yb, regs)
+        loss = float(res.total.detach())
+        if not math.isfinite(loss):
+            raise _NonFinite(f"non-finite loss {loss} at epoch {epoch + 1}, step {steps + 1}")
+        res.total.backward()
+        optimizer.step()
+        sums["loss"] += loss
+        sums["ce"] += float(res.cross_entropy)
+        for reg_name, per_layer in res.terms.items():
+            acc = term_sums.setdefault(reg_name, {})
+            for layer, value in per_layer.items():
+                acc[layer] = acc.get(layer, 0.0) + float(value)
+        steps += 1
+        bar.update(1)
+        if on_step is not None:
+            on_step(epoch, steps)
+    return {
+        "train_loss": sums["loss"] / steps,
+        "cross_entropy": sums["ce"] / steps,
+        "batch_terms": {r: {k: v / steps for k, v in t.items()} for r, t in term_sums.items()},
+    }
+
+
+def _evaluate_epoch(
+    model: nn.Module,
+    regs: list[Any],
+    dataset: DataSplits,
+    probe: tuple[Tensor, Tensor],
+    layers: tuple[str, ...],
+    distance: str,
+) -> dict[str, Any]:
+    model.eval()
+    prof = _profile(model, probe[0], probe[1], layers, distance)
+    ent = [r for r in regs if isinstance(r, EntanglementRegularizer)]
+    return {
+        "temperature": dict(ent[0].temperatures) if ent else {},
+        "refused_temperature_steps": ent[0].refused_steps if ent else 0,
+        "probe_snnl": prof["snnl"],
+        "probe_temperature": prof["temperature"],
+        "probe_scale": prof["scale"],
+        "probe_spread": prof["spread"],
+        "train_accuracy": evaluate_accuracy(model, dataset.x_train, dataset.y_train),
+        "test_accuracy": evaluate_accuracy(model, dataset.x_test, dataset.y_test),
+    }
+
+
+def _save_checkpoint(out: Path, model, optimizer, regs, history, seconds, initial) -> None:
+    checkpoint = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "regularizers": [r.state_dict() for r in regs],
+        "history": json.dumps(history),
+        "seconds": seconds,
+        "initial": json.dumps(initial),
+    }
+    _io.save_torch(out / CHECKPOINT, checkpoint)
+    _io.write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
 
 
 def train(
@@ -200,148 +518,143 @@ def train(
 
     Args:
         config: the run's settings.
-        out_dir: the run folder (created).
+        out_dir: the run folder (created; locked while training).
         resume: continue from the last finished epoch's checkpoint.
         force: discard whatever the folder holds and start over.
         dataset: an already loaded dataset (else ``load_dataset(config.dataset, ...)``).
-        progress: show progress bars (default: only when stderr is a terminal).
+        progress: show a progress bar (default: only when stderr is a terminal).
         on_step: called as ``on_step(epoch, step)`` after every optimiser step.
 
     Returns:
-        The content of results.json: config, final figures, per-epoch history.
+        The content of results.json: config, final figures, per-epoch history and
+        ``health`` (``{"verdict", "reasons"}``).
+
+    Raises:
+        RunExistsError, DamagedRunError, snnl._io.RunLockedError, ValueError.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a folder")
+    created = not out.exists()
+    try:
+        with _io.folder_lock(out):
+            return _train_locked(config, out, resume, force, dataset, progress, on_step)
+    except BaseException:
+        if created and out.is_dir() and not any(p.name != ".snnl.lock" for p in out.iterdir()):
+            (out / ".snnl.lock").unlink(missing_ok=True)
+            out.rmdir()  # a failed run leaves no empty folder behind
+        raise
+
+
+def _train_locked(config, out, resume, force, dataset, progress, on_step) -> dict[str, Any]:
     start_from_ckpt = _prepare_dir(out, config, resume, force)
     if dataset is None:
         dataset = load_config_dataset(config)
     model = build_run_model(config, dataset)
     layers = resolve_layers(model, config.layers)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    probe = _probe_indices(dataset.y_train, config.probe_size, config.seed)
-    x_probe, y_probe = dataset.x_train[probe], dataset.y_train[probe]
-    reg = None
-    if config.alpha != 0:
-        if config.temperature is None:  # recomputed identically on resume, then overwritten
-            _, initial_t = _profile(model, x_probe, y_probe, layers, config.distance)
-            temperature: float | dict[str, float] = {n: initial_t[n] for n in layers}
-        else:
-            temperature = config.temperature
-        reg = EntanglementRegularizer(
-            model,
-            list(layers),
-            alpha=config.alpha,
-            temperature=temperature,
-            learn_temperature=config.learn_temperature,
-            temperature_lr=config.temperature_lr,
-            distance=config.distance,
-        )
+    idx = _probe_indices(dataset.y_train, config.probe_size, config.seed)
+    probe = (dataset.x_train[idx], dataset.y_train[idx])
+    initial = _profile(model, probe[0], probe[1], layers, config.distance)
+    regs = _build_regularizers(config, model, layers, initial["temperature"])
     history: list[dict[str, Any]] = []
     seconds: list[float] = []
     if start_from_ckpt:
-        state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if reg is not None:
-            reg.load_state_dict(state["regularizer"])
-        history = json.loads(state["history"])
-        seconds = list(state["seconds"])
+        state = _load_checkpoint(out / CHECKPOINT)
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            if len(state["regularizers"]) != len(regs):
+                raise ValueError("regulariser count differs")
+            for reg, reg_state in zip(regs, state["regularizers"], strict=True):
+                reg.load_state_dict(reg_state)
+            history = json.loads(state["history"])
+            seconds = list(state["seconds"])
+        except (ValueError, RuntimeError, KeyError, TypeError, json.JSONDecodeError):
+            raise DamagedRunError(
+                f"{out / CHECKPOINT} does not match this run's config (or is damaged); "
+                "start over with --force"
+            ) from None
     else:
         _io.write_json(out / CONFIG, asdict(config))
 
     show = sys.stderr.isatty() if progress is None else progress
-    n = len(dataset.y_train)
     from tqdm.auto import tqdm
 
+    non_finite = None
+    n = len(dataset.y_train)
     for epoch in range(len(history), config.epochs):
         started = time.perf_counter()
-        model.train()
-        order = torch.randperm(
-            n, generator=torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        )
-        sums: dict[str, float] = {"loss": 0.0, "ce": 0.0}
-        term_sums: dict[str, float] = {}
-        steps = 0
-        batches = [order[i : i + config.batch_size] for i in range(0, n, config.batch_size)]
-        if len(batches) > 1 and len(batches[-1]) < 2:
-            batches[-2] = torch.cat([batches[-2], batches.pop()])
-        bar = tqdm(
-            batches, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not show, leave=False
-        )
-        for idx in bar:
-            xb, yb = dataset.x_train[idx], dataset.y_train[idx]
-            optimizer.zero_grad(set_to_none=True)
-            if reg is None:
-                logits = model(xb)
-                ce = F.cross_entropy(logits, yb)
-                total = ce
-            else:
-                res = reg(xb, yb)
-                total, ce = res.total, res.cross_entropy
-                for name, value in res.snnl.items():
-                    term_sums[name] = term_sums.get(name, 0.0) + float(value)
-            total.backward()
-            optimizer.step()
-            sums["loss"] += float(total.detach())
-            sums["ce"] += float(ce.detach())
-            steps += 1
-            if on_step is not None:
-                on_step(epoch, steps)
-        model.eval()
-        probe_snnl, probe_t = _profile(model, x_probe, y_probe, layers, config.distance)
-        record: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": sums["loss"] / steps,
-            "cross_entropy": sums["ce"] / steps,
-            "batch_snnl": {k: v / steps for k, v in term_sums.items()},
-            "temperature": dict(reg.temperatures) if reg is not None else {},
-            "probe_snnl": probe_snnl,
-            "probe_temperature": probe_t,
-            "train_accuracy": evaluate_accuracy(model, dataset.x_train, dataset.y_train),
-            "test_accuracy": evaluate_accuracy(model, dataset.x_test, dataset.y_test),
-        }
-        history.append(record)
+        batches = _batches(n, config.batch_size, config.seed, epoch)
+        with tqdm(
+            total=len(batches),
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not show,
+            leave=False,
+            file=sys.stderr,
+        ) as bar:
+            try:
+                record = {"epoch": epoch + 1}
+                record.update(
+                    _train_epoch(model, optimizer, regs, dataset, batches, epoch, bar, on_step)
+                )
+            except _NonFinite as err:
+                non_finite = str(err)
+                break
+        record.update(_evaluate_epoch(model, regs, dataset, probe, layers, config.distance))
+        history.append(_io.json_safe(record))
         seconds.append(time.perf_counter() - started)
-        checkpoint = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "regularizer": reg.state_dict() if reg is not None else {},
-            "history": json.dumps(history),
-            "seconds": seconds,
-        }
-        _io.save_torch(out / CHECKPOINT, checkpoint)
-        _io.write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+        _save_checkpoint(out, model, optimizer, regs, history, seconds, initial)
         if show:
             tqdm.write(
                 f"epoch {epoch + 1}: loss {record['train_loss']:.4f} "
-                f"test acc {record['test_accuracy']:.4f}"
+                f"test acc {record['test_accuracy']:.4f}",
+                file=sys.stderr,
             )
+    bound = snnl_upper_bound(probe[1])
+    health = health_verdict(
+        history, initial, num_classes=dataset.num_classes, bound=bound, non_finite=non_finite
+    )
+    final = history[-1] if history else None
     results = {
         "config": asdict(config),
         "dataset": {"name": dataset.name, "train": n, "test": len(dataset.y_test)},
         "layers": list(layers),
+        "health": health,
+        "snnl_upper_bound": bound,
+        "initial": initial,
         "final": {
-            "test_accuracy": history[-1]["test_accuracy"],
-            "train_accuracy": history[-1]["train_accuracy"],
-            "probe_snnl": history[-1]["probe_snnl"],
+            "epochs_completed": len(history),
+            "test_accuracy": final["test_accuracy"] if final else None,
+            "train_accuracy": final["train_accuracy"] if final else None,
+            "probe_snnl": final["probe_snnl"] if final else {},
         },
         "history": history,
         "timing": {"seconds_per_epoch": seconds, "total_seconds": sum(seconds)},
     }
+    results = _io.json_safe(results)
     _io.write_json(out / RESULTS, results)
     return results
 
 
-def load_run(out_dir: str | Path, *, dataset: DataSplits | None = None) -> tuple[nn.Module, dict]:
+def load_run(
+    out_dir: str | Path, *, dataset: DataSplits | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the trained model of a finished run and return (model in eval mode, results)."""
     out = Path(out_dir)
     if not (out / RESULTS).exists():
         raise FileNotFoundError(f"{out / RESULTS} not found: {out} is not a finished training run")
-    results = json.loads((out / RESULTS).read_text())
-    config = TrainConfig.from_dict(results["config"])
+    results = _read_json(out / RESULTS, "the run's results")
+    try:
+        config = TrainConfig.from_dict(results["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise DamagedRunError(f"{out / RESULTS} does not hold a valid run config ({err})") from None
     if dataset is None:
         dataset = load_config_dataset(config)
     model = build_run_model(config, dataset)
-    state = torch.load(out / CHECKPOINT, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["model"])
+    state = _load_checkpoint(out / CHECKPOINT)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise DamagedRunError(f"{out / CHECKPOINT} does not match the run's model") from None
     return model.eval(), results

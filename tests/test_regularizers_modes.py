@@ -1,0 +1,257 @@
+"""Temperature modes and SNNL formulas of EntanglementRegularizer (issue 8).
+
+References are independent: scipy's bounded search on a float64 plain SNNL for the
+optimum, float64 autograd through a dense SNNL for gradients, and a float64
+transcription of the authors' formula.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.optimize import minimize_scalar
+
+from snnl.loss import SNNLWarning
+from snnl.models import MLP
+from snnl.regularizers import (
+    EntanglementRegularizer,
+    optimal_log_temperature,
+    reference_formula_snnl,
+    regularized_loss,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _dense_snnl64(x: torch.Tensor, y: torch.Tensor, t: float) -> torch.Tensor:
+    """Plain dense float64 SNNL (squared euclidean), anchors without positive dropped."""
+    x = x.reshape(x.shape[0], -1).double()
+    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    eye = torch.eye(x.shape[0], dtype=torch.bool)
+    logits = (-d / t).masked_fill(eye, -math.inf)
+    same = (y[:, None] == y[None, :]) & ~eye
+    num = torch.logsumexp(logits.masked_fill(~same, -math.inf), 1)
+    den = torch.logsumexp(logits, 1)
+    valid = same.any(1)
+    return (den - num)[valid].mean()
+
+
+def _min_snnl64(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(log T*, SNNL*) by a dense log-T scan then scipy's bounded Brent, all float64."""
+    us = np.linspace(-15, 15, 301)
+    vals = [float(_dense_snnl64(x, y, math.exp(u))) for u in us]
+    k = int(np.argmin(vals))
+    res = minimize_scalar(
+        lambda u: float(_dense_snnl64(x, y, math.exp(u))),
+        bounds=(us[max(k - 1, 0)], us[min(k + 1, len(us) - 1)]),
+        method="bounded",
+        options={"xatol": 1e-9},
+    )
+    return float(res.x), float(res.fun)
+
+
+def _batch(n: int = 60, d: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 4
+    x = torch.randn(n, d, generator=g) + 1.5 * F.one_hot(y, 4).float().repeat(1, 2)[:, :d]
+    return x, y
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_optimal_log_temperature_finds_the_minimum(scale: float) -> None:
+    x, y = _batch()
+    x = x * scale
+    u_ref, v_ref = _min_snnl64(x, y)
+    for start in (None, u_ref + 0.7, u_ref - 2.0):
+        u, v, _ = optimal_log_temperature(x, y, start=start)
+        assert abs(v - v_ref) <= 1e-7 * max(1.0, v_ref), (start, v, v_ref)
+        assert float(_dense_snnl64(x, y, math.exp(u))) - v_ref <= 1e-9
+
+
+def test_optimal_mode_value_and_gradient_equal_float64_snnl_at_t_star() -> None:
+    torch.manual_seed(0)
+    model = MLP((6,), 4, widths=(16, 12))
+    x, y = _batch()
+    alpha = 0.7
+    reg = EntanglementRegularizer(model, alpha=alpha)  # optimal mode is the default
+    out = reg(x, y)
+    out.total.backward()
+
+    ref = copy.deepcopy(model).double()
+    for p in ref.parameters():
+        p.grad = None
+    h1 = torch.relu(ref.fc1(ref.flatten(ref.normalize(x.double()))))
+    h2 = torch.relu(ref.fc2(h1))
+    logits = ref.logits(h2)
+    total = F.cross_entropy(logits, y)
+    for name, h in (("relu1", h1), ("relu2", h2)):
+        _, v_ref = _min_snnl64(h.detach(), y)
+        assert out.snnl[name].item() == pytest.approx(v_ref, rel=2e-6, abs=1e-7), name
+        # the gradient is that of SNNL at T* with T held fixed (envelope theorem)
+        total = total - alpha * _dense_snnl64(h, y, out.temperatures[name])
+    total.backward()
+    for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
+        torch.testing.assert_close(p.grad.double(), q.grad, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_optimal_snnl_is_scale_invariant() -> None:
+    x, y = _batch(d=8, seed=2)
+    values = []
+    for c in (1.0, 10.0, 0.1):
+        u, v, _ = optimal_log_temperature(x * c, y)
+        values.append(v)
+    assert values[1] == pytest.approx(values[0], rel=1e-6)
+    assert values[2] == pytest.approx(values[0], rel=1e-6)
+
+    class Scaled(torch.nn.Module):  # the same network with its hidden layer times c
+        def __init__(self, c: float) -> None:
+            super().__init__()
+            self.c = c
+            self.fc = torch.nn.Linear(8, 16)
+            self.relu1 = torch.nn.ReLU()
+            self.logits = torch.nn.Linear(16, 4)
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return self.logits(self.relu1(self.fc(z) * self.c) / self.c)
+
+    torch.manual_seed(0)
+    base = Scaled(1.0)
+    outs = []
+    for c in (1.0, 10.0, 0.1):
+        m = copy.deepcopy(base)
+        m.c = c
+        outs.append(EntanglementRegularizer(m, ["relu1"], alpha=1.0)(x, y).snnl["relu1"].item())
+    assert outs[1] == pytest.approx(outs[0], rel=1e-5)
+    assert outs[2] == pytest.approx(outs[0], rel=1e-5)
+
+
+def _authors_snnl64(x: torch.Tensor, y: torch.Tensor, t: float) -> torch.Tensor:
+    """The authors' formula, line by line, in float64 (cleverhans SNNLCrossEntropy)."""
+    x = x.reshape(x.shape[0], -1).double()
+    n = x.shape[0]
+    rows = []
+    for i in range(n):
+        f = [
+            math.exp(-float(((x[i] - x[j]) ** 2).sum()) / t) - (1.0 if i == j else 0.0)
+            for j in range(n)
+        ]
+        denom = 1e-5 + sum(f)
+        picked = sum(f[j] / denom for j in range(n) if int(y[j]) == int(y[i]))
+        rows.append(-math.log(1e-5 + picked))
+    return torch.tensor(sum(rows) / n, dtype=torch.float64)
+
+
+def test_reference_formula_equals_authors_transcription() -> None:
+    x, y = _batch(24, 5, seed=4)
+    for t in (0.5, 3.0, 30.0):
+        ours = reference_formula_snnl(x.double(), y, t)
+        assert ours.item() == pytest.approx(_authors_snnl64(x, y, t).item(), rel=1e-10)
+    # float32, as the authors ran it; at T = 0.5 on this batch their formula is NaN in
+    # float32 (d_ii is not exactly 0 in the expansion and a row sum of f goes negative)
+    for t in (3.0, 30.0):
+        ours32 = reference_formula_snnl(x, y, t)
+        assert ours32.item() == pytest.approx(_authors_snnl64(x, y, t).item(), rel=1e-5)
+    # every exp underflows: 11.51 with an exactly zero gradient (the exact loss is not stuck)
+    far = (torch.arange(24.0)[:, None] * 100.0).requires_grad_(True)  # d_ii exactly 0
+    value = reference_formula_snnl(far, y, 1.0)
+    assert value.item() == pytest.approx(-math.log(1e-5), rel=1e-6)
+    (grad,) = torch.autograd.grad(value, far)
+    assert torch.count_nonzero(grad) == 0
+
+
+def test_reference_formula_in_the_regularizer() -> None:
+    torch.manual_seed(0)
+    model = MLP((5,), 4, widths=(8,))
+    x, y = _batch(24, 5, seed=4)
+    reg = EntanglementRegularizer(
+        model, alpha=2.0, temperature=3.0, temperature_mode="fixed", snnl_formula="reference"
+    )
+    out = reg(x, y)
+    h = torch.relu(model.fc1(model.flatten(model.normalize(x)))).detach()
+    assert out.snnl["relu1"].item() == pytest.approx(_authors_snnl64(h, y, 3.0).item(), rel=1e-4)
+
+
+def test_reference_mode_takes_the_authors_step_on_t() -> None:
+    torch.manual_seed(0)
+    model = MLP((6,), 4, widths=(10,))
+    x, y = _batch()
+    t0 = 5.0
+    reg = EntanglementRegularizer(model, alpha=1.0, temperature=t0, temperature_mode="reference")
+    h = torch.relu(model.fc1(model.flatten(model.normalize(x)))).detach().double()
+    t = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(_dense_snnl64(h, y, t0 / t), t)
+    expected_t = 1.0 - 0.1 * float(g)
+    out = reg(x, y)
+    assert out.temperatures["relu1"] == pytest.approx(t0 / expected_t, rel=1e-5)
+    assert out.snnl["relu1"].item() == pytest.approx(
+        float(_dense_snnl64(h, y, t0 / expected_t)), rel=1e-5
+    )
+
+
+def test_reference_mode_refuses_a_step_to_non_positive_t() -> None:
+    torch.manual_seed(0)
+    model = MLP((6,), 4, widths=(10,))
+    x, y = _batch()
+    reg = EntanglementRegularizer(model, alpha=1.0, temperature=1e-5, temperature_mode="reference")
+    reg._t["relu1"].fill_(1e-3)  # T = 0.01: a step of 0.1 * dSNNL/dt would cross zero
+    with pytest.warns(RuntimeWarning, match="refused"):
+        reg(x, y)
+    assert reg.refused_steps >= 1
+    assert reg.temperatures["relu1"] > 0
+
+
+def test_optimal_mode_temperature_follows_the_batch_and_resumes(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = MLP((6,), 4, widths=(10,))
+    x, y = _batch()
+    a = EntanglementRegularizer(model, alpha=1.0, regrid_every=3)
+    for _ in range(4):
+        a(x, y)
+    torch.save(a.state_dict(), tmp_path / "r.pt")
+    b = EntanglementRegularizer(model, alpha=1.0, regrid_every=3)
+    b.load_state_dict(torch.load(tmp_path / "r.pt", weights_only=True))
+    for _ in range(4):
+        assert a(x, y).snnl["relu1"].item() == b(x, y).snnl["relu1"].item()
+        assert a.temperatures == b.temperatures
+
+
+def test_regularized_loss_runs_one_forward_pass() -> None:
+    torch.manual_seed(0)
+    model = MLP((6,), 4, widths=(10, 8))
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    x, y = _batch()
+    one = EntanglementRegularizer(
+        model, ["relu1"], alpha=0.5, temperature=2.0, temperature_mode="fixed"
+    )
+    two = EntanglementRegularizer(
+        model, ["relu2"], alpha=0.25, temperature=3.0, temperature_mode="fixed"
+    )
+    two.name = "snnl2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SNNLWarning)
+        out = regularized_loss(model, x, y, [one, two])
+    assert len(calls) == 1
+    sep1, sep2 = one(x, y), two(x, y)
+    expected = sep1.cross_entropy - 0.5 * sep1.snnl["relu1"] - 0.25 * sep2.snnl["relu2"]
+    assert out.total.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_bad_mode_and_formula_names() -> None:
+    model = MLP((6,), 4, widths=(10,))
+    with pytest.raises(ValueError, match="optimal, learned, reference, fixed"):
+        EntanglementRegularizer(model, alpha=1.0, temperature_mode="adam")
+    with pytest.raises(ValueError, match="exact, reference"):
+        EntanglementRegularizer(model, alpha=1.0, snnl_formula="cleverhans")
