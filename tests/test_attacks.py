@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -11,7 +12,17 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from torch import nn
 
-from snnl.attacks import TransferResult, bim, fgsm, lbfgs, pgd, transfer_matrix
+from snnl.attacks import (
+    LBFGSResult,
+    TransferResult,
+    bim,
+    fgsm,
+    input_gradient,
+    lbfgs,
+    lbfgs_search,
+    pgd,
+    transfer_matrix,
+)
 
 N_TEST = 200
 
@@ -261,8 +272,11 @@ def test_targeted_attacks_reach_targets(model, batch, targets):
 
 def test_lbfgs_succeeds_with_smaller_perturbation_than_fgsm(model, batch, targets):
     x, t = batch[0][:60], targets[:60]
-    x_adv, ok = lbfgs(model, x, t)
+    res = lbfgs_search(model, x, t)
+    assert isinstance(res, LBFGSResult)
+    x_adv, ok = res.x_adv, res.success
     assert ok.dtype == torch.bool and ok.shape == (60,)
+    assert bool((res.c[ok] > 0).all()) and bool(res.c[~ok].isnan().all())
     assert ok.double().mean() > 0.9
     assert x_adv.min() >= 0 and x_adv.max() <= 1
     with torch.no_grad():
@@ -285,9 +299,10 @@ def test_lbfgs_succeeds_with_smaller_perturbation_than_fgsm(model, batch, target
 
 def test_lbfgs_failures_return_original_x(model, batch, targets):
     x, t = batch[0][:10], targets[:10]
-    x_adv, ok = lbfgs(model, x, t, c_init=1e6, c_steps=1, max_iter=5)  # penalty too strong
-    assert not ok.any()
-    assert torch.equal(x_adv, x)
+    res = lbfgs_search(model, x, t, c_init=1e6, c_steps=1, max_iter=5)  # penalty too strong
+    assert not res.success.any() and bool(res.c.isnan().all())
+    assert torch.equal(res.x_adv, x)
+    assert torch.equal(lbfgs(model, x, t, c_init=1e6, c_steps=1, max_iter=5), x)
 
 
 # ------------------------------------------------------------------ conventions
@@ -312,7 +327,9 @@ ATTACKS = {
     "bim": lambda m, x, y: bim(m, x, y, 0.1, 0.05, 2),
     "pgd_inf": lambda m, x, y: pgd(m, x, y, 0.1, 0.05, 2),
     "pgd_2": lambda m, x, y: pgd(m, x, y, 1.0, 0.5, 2, norm="2"),
-    "lbfgs": lambda m, x, y: lbfgs(m, x, y, c_steps=1, max_iter=3)[0],
+    "lbfgs": lambda m, x, y: lbfgs(m, x, y, c_steps=1, max_iter=3),
+    "lbfgs_search": lambda m, x, y: lbfgs_search(m, x, y, c_steps=1, max_iter=3).x_adv,
+    "input_gradient": lambda m, x, y: input_gradient(m, x, y, batch_size=5),
     "transfer": lambda m, x, y: transfer_matrix([m], x, y, ATTACKS["fgsm"]).matrix,
 }
 
@@ -356,7 +373,7 @@ def test_results_are_detached_even_if_x_requires_grad(model, batch):
     x, y = batch
     x = x.clone().requires_grad_(True)
     for out in (fgsm(model, x, y, 0.1), pgd(model, x, y, 0.1, 0.05, 2), lbfgs(model, x[:4], y[:4],
-                c_steps=1, max_iter=2)[0]):  # fmt: skip
+                c_steps=1, max_iter=2), input_gradient(model, x, y)):  # fmt: skip
         assert not out.requires_grad and out.grad_fn is None
     assert x.grad is None
 
@@ -374,11 +391,10 @@ class _ScalarOut(nn.Module):
         (lambda m, x, y: fgsm(m, x * 1.5 + 0.01, y, 0.1), r"\[0, 1\]"),
         (lambda m, x, y: fgsm(m, x - 0.5, y, 0.1), r"\[0, 1\]"),
         (lambda m, x, y: fgsm(m, torch.where(x > 0.5, float("nan"), x), y, 0.1), "NaN"),
-        (lambda m, x, y: fgsm(m, x, y[:, None], 0.1), r"shape \(N,\)"),
-        (lambda m, x, y: fgsm(m, x, y[:-1], 0.1), r"shape \(N,\)"),
-        (lambda m, x, y: fgsm(m, x, y.float(), 0.1), "int64"),
+        (lambda m, x, y: fgsm(m, x, y[:, None], 0.1), r"y must have shape \(8,\)"),
+        (lambda m, x, y: fgsm(m, x, y[:-1], 0.1), r"y must have shape \(8,\), got \(7,\)"),
+        (lambda m, x, y: fgsm(m, x, y - 10, 0.1), "non-negative"),
         (lambda m, x, y: fgsm(m, x[0], y, 0.1), "shape"),
-        (lambda m, x, y: fgsm(m, x.long(), y, 0.1), "floating"),
         (lambda m, x, y: bim(m, x, y, 0.1, 0.01, 0), "steps"),
         (lambda m, x, y: bim(m, x, y, 0.1, 0.0, 3), "step_size"),
         (lambda m, x, y: pgd(m, x, y, 0.1, 0.01, 0), "steps"),
@@ -389,6 +405,7 @@ class _ScalarOut(nn.Module):
         (lambda m, x, y: lbfgs(m, x, y[:3]), "target"),
         (lambda m, x, y: lbfgs(m, x, y, c_init=0.0), "c_init"),
         (lambda m, x, y: lbfgs(m, x, y, c_steps=0), "c_steps"),
+        (lambda m, x, y: input_gradient(m, torch.where(x > 0.5, float("nan"), x), y), "NaN"),
         (lambda m, x, y: transfer_matrix([], x, y, ATTACKS["fgsm"]), "at least one"),
         (lambda m, x, y: transfer_matrix([m], x, y, lambda *_: x[:2]), "shaped like"),
         (lambda m, x, y: fgsm(_ScalarOut(), x, y, 0.1), "logits"),
@@ -460,7 +477,8 @@ def test_lbfgs_finds_the_analytic_minimal_perturbation_of_a_linear_model():
         w = lin.weight[1] - lin.weight[0]
         b = lin.bias[1] - lin.bias[0]
         analytic = ((x @ w + b).abs() / w.norm()).detach()
-        adv, ok = lbfgs(lin, x, target, c_steps=8)
+        res = lbfgs_search(lin, x, target, c_steps=8)
+        adv, ok = res.x_adv, res.success
         assert bool(ok.all())
         assert bool((lin(adv).argmax(1) == target).all())
         ratio = ((adv - x).norm(dim=1) / analytic).detach()
@@ -468,3 +486,147 @@ def test_lbfgs_finds_the_analytic_minimal_perturbation_of_a_linear_model():
         assert float(ratio.mean()) < 1.1
     finally:
         torch.set_num_threads(old)
+
+
+# ------------------------------------------------------------------ labels of any integer dtype
+
+LABEL_CALLS = {
+    "fgsm": lambda m, x, y: fgsm(m, x, y, 0.1),
+    "bim": lambda m, x, y: bim(m, x, y, 0.1, 0.05, 2),
+    "pgd": lambda m, x, y: pgd(m, x, y, 0.1, 0.05, 2, generator=torch.Generator().manual_seed(0)),
+    "pgd_2": lambda m, x, y: pgd(m, x, y, 1.0, 0.5, 2, norm=2, random_start=False),
+    "lbfgs": lambda m, x, y: lbfgs(m, x, y, c_steps=2, max_iter=5),
+    "input_gradient": lambda m, x, y: input_gradient(m, x, y),
+    "transfer": lambda m, x, y: transfer_matrix([m], x, y, ATTACKS["fgsm"]).matrix,
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.uint8])
+@pytest.mark.parametrize("name", list(LABEL_CALLS))
+def test_labels_of_any_integer_dtype_are_accepted(model, batch, name, dtype):
+    """Same labels in another integer dtype: the very same result as with int64."""
+    x, y = batch[0][:12], batch[1][:12]
+    expected = LABEL_CALLS[name](model, x, y)
+    got = LABEL_CALLS[name](model, x, y.to(dtype))
+    assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bool])
+@pytest.mark.parametrize("name", list(LABEL_CALLS))
+def test_float_and_bool_labels_are_a_type_error(model, batch, name, dtype):
+    x, y = batch[0][:6], batch[1][:6]
+    with pytest.raises(TypeError, match="integer"):
+        LABEL_CALLS[name](model, x, y.to(dtype))
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda m, x, y: fgsm(m, x.long(), y, 0.1), "floating"),
+        (lambda m, x, y: fgsm(m, x, y, "0.1"), "eps"),
+        (lambda m, x, y: bim(m, x, y, 0.1, 0.01, 2.5), "steps"),
+        (lambda m, x, y: pgd(m, x, y, 0.1, 0.01, 3, batch_size=2.0), "batch_size"),
+        (lambda m, x, y: lbfgs(m, x, y, max_iter=True), "max_iter"),
+        (lambda m, x, y: input_gradient(m, x.numpy(), y), "torch.Tensor"),
+    ],
+)
+def test_wrong_types_raise_type_error(model, batch, call, match):
+    x, y = batch[0][:8], batch[1][:8]
+    with pytest.raises(TypeError, match=match):
+        call(model, x, y)
+
+
+def test_norm_spellings(model, batch):
+    x, y = batch[0][:8], batch[1][:8]
+
+    def run(norm):
+        return pgd(model, x, y, 0.5, 0.1, 2, norm=norm, random_start=False)
+
+    for same in ("l2", "L2", 2, 2.0):
+        assert torch.equal(run(same), run("2"))
+    for same in ("linf", "Inf", float("inf")):
+        assert torch.equal(run(same), run("inf"))
+    with pytest.raises(ValueError, match="unknown norm '1'; expected one of: inf, linf, 2, l2"):
+        run(1)
+
+
+# ------------------------------------------------------------------ models returning probabilities
+
+
+def _count_warnings(call) -> list[warnings.WarningMessage]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    return [w for w in caught if issubclass(w.category, UserWarning)]
+
+
+@pytest.mark.parametrize("head", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("name", [n for n in ATTACKS if n != "transfer"])
+def test_probability_model_warns_once(model, batch, name, head):
+    x, y = batch[0][:10], batch[1][:10]
+    last = nn.Softmax(dim=1) if head == "softmax" else nn.LogSoftmax(dim=1)
+    net = nn.Sequential(copy.deepcopy(model), last)
+    caught = _count_warnings(lambda: ATTACKS[name](net, x, y))
+    kind = "probabilities" if head == "softmax" else "log-probabilities"
+    assert len(caught) == 1, [str(w.message) for w in caught]  # once, not per step/chunk
+    assert "expect a model that returns logits" in str(caught[0].message)
+    assert f"look like {kind}" in str(caught[0].message)
+    assert caught[0].filename == __file__  # points at the caller
+
+
+@pytest.mark.parametrize("name", [n for n in ATTACKS if n != "transfer"])
+def test_logit_model_does_not_warn(model, batch, name):
+    x, y = batch[0][:10], batch[1][:10]
+    assert _count_warnings(lambda: ATTACKS[name](model, x, y)) == []
+
+
+def test_pgd_warns_once_over_chunks_and_steps(model, batch):
+    x, y = batch[0][:20], batch[1][:20]
+    net = nn.Sequential(copy.deepcopy(model), nn.Softmax(dim=1))
+    caught = _count_warnings(lambda: pgd(net, x, y, 0.1, 0.02, 4, batch_size=6, norm="2"))
+    assert len(caught) == 1
+
+
+# ------------------------------------------------------------------ input gradient
+
+
+def test_input_gradient_equals_float64_reference(model, batch):
+    x, y = batch
+    n = x.shape[0]
+    expected = n * _ref_grad64(model, x, y)  # the reference takes the mean; ours the sum
+    got = input_gradient(copy.deepcopy(model).double(), x.double(), y.to(torch.int32))
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    chunked = input_gradient(copy.deepcopy(model).double(), x.double(), y, batch_size=33)
+    torch.testing.assert_close(chunked, expected, rtol=0, atol=1e-12)
+    # the FGSM step is the sign of this gradient
+    step = (x + 0.1 * input_gradient(model, x, y).sign()).clamp(0, 1)
+    assert torch.equal(fgsm(model, x, y, 0.1), step)
+
+
+def test_input_gradient_outside_the_box():
+    """Not an attack: any real inputs, e.g. standardised features."""
+    net = nn.Linear(3, 2).double()
+    x = torch.tensor([[-2.0, 5.0, 0.5]], dtype=torch.float64)
+    y = torch.tensor([1], dtype=torch.uint8)
+    with torch.no_grad():
+        p = torch.softmax(net(x), dim=1)[0]
+    expected = p[0] * (net.weight[0] - net.weight[1])  # (p - e_y) @ W for two classes
+    torch.testing.assert_close(input_gradient(net, x, y)[0], expected.detach(), rtol=0, atol=1e-14)
+
+
+# ------------------------------------------------------------------ transfer with L-BFGS
+
+
+def test_transfer_matrix_accepts_lbfgs(model, model_b, batch):
+    x, y = batch[0][:24], batch[1][:24]
+    target = (y + 3) % 10
+
+    def attack(m, xb, yb):
+        return lbfgs(m, xb, (yb + 3) % 10, c_steps=3, max_iter=30)
+
+    nets = {"a": model, "b": model_b}
+    res = transfer_matrix(nets, x, y, attack, batch_size=None)
+    adv = {s: lbfgs(net, x, target, c_steps=3, max_iter=30) for s, net in nets.items()}
+    expected = [[_error(nets[t], adv[s], y) for t in "ab"] for s in "ab"]
+    np.testing.assert_allclose(res.matrix.numpy(), expected, rtol=0, atol=1e-12)
+    assert res.matrix[0, 0] > 0.5 and res.matrix[1, 1] > 0.5  # L-BFGS fools its own model

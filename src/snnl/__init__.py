@@ -2,7 +2,17 @@
 
 from importlib import metadata as _metadata
 
-from snnl.attacks import TransferResult, bim, fgsm, lbfgs, pgd, transfer_matrix
+from snnl.attacks import (
+    LBFGSResult,
+    TransferResult,
+    bim,
+    fgsm,
+    input_gradient,
+    lbfgs,
+    lbfgs_search,
+    pgd,
+    transfer_matrix,
+)
 from snnl.data import (
     DataSplits,
     available_datasets,
@@ -33,6 +43,7 @@ __all__ = [
     "DkNNResult",
     "EntanglementOutput",
     "EntanglementRegularizer",
+    "LBFGSResult",
     "LayerTap",
     "MLP",
     "ReferenceCNN",
@@ -49,7 +60,9 @@ __all__ = [
     "entanglement_between",
     "fgsm",
     "generated_letters",
+    "input_gradient",
     "lbfgs",
+    "lbfgs_search",
     "load_dataset",
     "load_features",
     "load_outliers",

@@ -5,7 +5,10 @@ One function per attack, each written the way its paper states the algorithm:
 * :func:`fgsm`  - Fast Gradient Sign Method (Goodfellow et al. 2015), L-inf.
 * :func:`bim`   - Basic Iterative Method (Kurakin et al. 2016), L-inf.
 * :func:`pgd`   - Projected Gradient Descent (Madry et al. 2018), L-inf or L2.
-* :func:`lbfgs` - box-constrained L-BFGS (Szegedy et al. 2013), targeted, L2.
+* :func:`lbfgs` - box-constrained L-BFGS (Szegedy et al. 2013), targeted, L2
+  (:func:`lbfgs_search` also returns the success mask and the c found).
+* :func:`input_gradient` - ``grad_x`` of the summed cross-entropy, the one
+  place every attack takes its gradient.
 * :func:`transfer_matrix` - error of every target model on examples crafted on
   every source model (Szegedy et al. 2013, Table 2).
 
@@ -15,12 +18,17 @@ users expect):
 * ``x`` is a float tensor of shape (N, ...) with values in [0, 1]; the
   returned adversarial examples are in [0, 1] too. Normalisation, if any,
   belongs inside the model. ``eps`` and ``step_size`` are in input units.
-* ``y`` is an int64 tensor of shape (N,): the true labels, or the target
-  labels when ``targeted=True`` (the step then goes *against* the gradient
-  of the target's cross-entropy).
-* The model maps (N, ...) to logits (N, C). It is put in eval mode during
-  the attack and every submodule's train/eval flag is restored afterwards,
-  also when an error is raised.
+* ``y`` is an integer tensor of shape (N,) (any integer dtype; float labels
+  are a TypeError): the true labels, or the target labels when
+  ``targeted=True`` (the step then goes *against* the gradient of the
+  target's cross-entropy).
+* The model maps (N, ...) to logits (N, C). A model whose outputs look like
+  probabilities (rows in [0, 1] summing to 1) or log-probabilities (rows
+  whose logsumexp is 0) gets one UserWarning per attack call: the
+  cross-entropy of probabilities is not the model's loss and its gradient
+  is squashed. It is put in eval mode during the attack and every
+  submodule's train/eval flag is restored afterwards, also when an error is
+  raised.
 * Gradients are taken with :func:`torch.autograd.grad` with respect to a
   detached copy of the input only, so parameters' ``.grad`` is untouched;
   the caller's ``x`` is never modified; results are detached and live on
@@ -32,6 +40,7 @@ users expect):
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -41,61 +50,68 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from snnl import _checks
 from snnl.taps import eval_mode
 
-__all__ = ["fgsm", "bim", "pgd", "lbfgs", "transfer_matrix", "TransferResult"]
+__all__ = [
+    "fgsm",
+    "bim",
+    "pgd",
+    "lbfgs",
+    "lbfgs_search",
+    "LBFGSResult",
+    "input_gradient",
+    "transfer_matrix",
+    "TransferResult",
+    "NORMS",
+]
+
+#: Norms accepted by :func:`pgd` (``"linf"``/``"l2"``, ``2`` and ``float("inf")`` too).
+NORMS: tuple[str, ...] = ("inf", "2")
+_NORM_ALIASES = {"inf": "inf", "linf": "inf", "2": "2", "l2": "2"}
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _check_inputs(x: Tensor, y: Tensor, *, y_name: str = "y") -> None:
-    """Validate x (N, ...) float in [0, 1] without NaN and y (N,) int64."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not isinstance(y, Tensor):
-        raise TypeError(f"{y_name} must be a torch.Tensor, got {type(y).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"x must be a floating-point tensor, got dtype {x.dtype}")
-    if x.ndim < 2:
-        raise ValueError(f"x must have shape (N, ...) with at least 2 dims, got {tuple(x.shape)}")
-    if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"{y_name} must have shape (N,) = ({x.shape[0]},) to match x of shape "
-            f"{tuple(x.shape)}, got {y_name} of shape {tuple(y.shape)}"
-        )
-    if y.dtype != torch.int64:
-        raise ValueError(f"{y_name} must be int64 class indices, got dtype {y.dtype}")
-    if y.device != x.device:
-        raise ValueError(f"{y_name} is on {y.device} but x is on {x.device}")
+def _check_inputs(x: Tensor, y: Tensor, *, y_name: str = "y", box: bool = True) -> Tensor:
+    """Validate x (N, ...) floating, without NaN (in [0, 1] if ``box``) and labels y (N,).
+
+    Labels of any integer dtype are accepted and returned as int64 on x's device.
+    """
+    _checks.check_tensor("x", x, min_dim=2, floating=True)
+    y = _checks.check_labels(y, x.shape[0], name=y_name, device=x.device, non_negative=True)
     if x.numel() == 0:
-        return
+        return y
     if torch.isnan(x).any():
         raise ValueError("x contains NaN")
-    lo, hi = x.min().item(), x.max().item()
-    if lo < 0.0 or hi > 1.0:
-        raise ValueError(f"x must lie in [0, 1], got values in [{lo:.6g}, {hi:.6g}]")
-    if y.min().item() < 0:
-        raise ValueError(f"{y_name} must hold non-negative class indices, got {y.min().item()}")
+    if box:
+        lo, hi = x.min().item(), x.max().item()
+        if lo < 0.0 or hi > 1.0:
+            raise ValueError(f"x must lie in [0, 1], got values in [{lo:.6g}, {hi:.6g}]")
+    return y
 
 
-def _check_eps(eps: float) -> None:
-    if not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite number >= 0, got {eps}")
+def _check_eps(eps: float) -> float:
+    return _checks.check_real("eps", eps, low=0.0)
 
 
-def _check_steps(step_size: float, steps: int) -> None:
-    if not math.isfinite(step_size) or step_size <= 0:
-        raise ValueError(f"step_size must be a finite number > 0, got {step_size}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an int >= 1, got {steps!r}")
+def _check_steps(step_size: float, steps: int) -> tuple[float, int]:
+    return _checks.check_positive("step_size", step_size), _checks.check_int("steps", steps, low=1)
+
+
+def _check_norm(norm: str | float) -> str:
+    """``"inf"``/``"linf"``/``float("inf")`` -> ``"inf"``; ``"2"``/``"l2"``/``2`` -> ``"2"``."""
+    if not isinstance(norm, bool) and isinstance(norm, (int, float)):
+        norm = {2.0: "2", math.inf: "inf"}.get(float(norm), str(norm))
+    key = norm.lower() if isinstance(norm, str) else norm
+    return _NORM_ALIASES[_checks.check_choice("norm", key, _NORM_ALIASES)]
 
 
 def _chunks(n: int, batch_size: int | None) -> list[slice]:
     if batch_size is None:
         return [slice(0, n)]
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be None or an int >= 1, got {batch_size!r}")
+    batch_size = _checks.check_int("batch_size", batch_size, low=1)
     return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
 
@@ -109,13 +125,98 @@ def _logits(model: nn.Module, x: Tensor) -> Tensor:
     return out
 
 
-def _input_grad(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """grad_x of sum_i CE(model(x)_i, y_i), taken w.r.t. a detached copy of x only."""
+def _output_kind(out: Tensor, tol: float = 1e-4) -> str:
+    """``"probabilities"`` if every row lies in [0, 1] and sums to 1 (within ``tol``),
+    ``"log-probabilities"`` if every row is <= 0 with logsumexp 0, else ``"logits"``.
+
+    >>> _output_kind(torch.tensor([[0.2, 0.8], [0.5, 0.5]]))
+    'probabilities'
+    >>> _output_kind(torch.tensor([[0.2, 0.8], [0.5, 0.5]]).log())
+    'log-probabilities'
+    >>> _output_kind(torch.tensor([[2.0, -1.0], [0.3, 0.1]]))
+    'logits'
+    """
+    if out.ndim != 2 or out.shape[0] == 0 or out.shape[1] < 2:
+        return "logits"
+    o = out.detach().double()
+    if not bool(torch.isfinite(o).all()):
+        return "logits"
+    if float(o.min()) >= 0.0 and float(o.max()) <= 1.0:
+        if float((o.sum(dim=1) - 1.0).abs().max()) <= tol:
+            return "probabilities"
+    if float(o.max()) <= 0.0 and float(o.logsumexp(dim=1).abs().max()) <= tol:
+        return "log-probabilities"
+    return "logits"
+
+
+def _warn_if_not_logits(out: Tensor) -> None:
+    """One UserWarning when the model's outputs look like (log-)probabilities."""
+    kind = _output_kind(out)
+    if kind == "probabilities":
+        detail = "every row lies in [0, 1] and sums to 1"
+    elif kind == "log-probabilities":
+        detail = "every row is <= 0 with logsumexp 0"
+    else:
+        return
+    warnings.warn(
+        f"the attacks expect a model that returns logits, but its outputs look like {kind} "
+        f"({detail}); the cross-entropy of probabilities is not the model's loss and its "
+        f"gradient is squashed: return the logits (drop the final softmax/log_softmax)",
+        UserWarning,
+        stacklevel=4,
+    )
+
+
+def _input_grad(model: nn.Module, x: Tensor, y: Tensor, *, check_output: bool = False) -> Tensor:
+    """grad_x of sum_i CE(model(x)_i, y_i), taken w.r.t. a detached copy of x only.
+
+    The one place the attacks take their gradient. ``check_output``: warn (once, the
+    caller asks on its first call) when the outputs look like (log-)probabilities.
+    """
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        loss = F.cross_entropy(_logits(model, x), y, reduction="sum")
+        logits = _logits(model, x)
+        if check_output:
+            _warn_if_not_logits(logits)
+        loss = F.cross_entropy(logits, y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x)
     return grad
+
+
+def input_gradient(
+    model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int | None = None
+) -> Tensor:
+    """Gradient of the summed cross-entropy with respect to the inputs.
+
+    ``g_i = d/dx_i sum_j CE(f(x)_j, y_j) = d CE(f(x_i), y_i) / d x_i`` (each example's
+    own loss, since examples do not interact in eval mode). Taken in eval mode (every
+    submodule's flag restored, also on error) with :func:`torch.autograd.grad` on a
+    detached copy of x, so no parameter's ``.grad`` changes. This is the gradient every
+    attack here steps along (FGSM: ``x + eps * sign(g)``).
+
+    Args:
+        model: maps (N, ...) inputs to (N, C) logits (a warning if they look like
+            probabilities).
+        x: (N, ...) floating inputs (any range; NaN refused).
+        y: (N,) integer class labels (any integer dtype).
+        batch_size: optional chunk size (the result does not depend on it).
+
+    Returns:
+        (N, ...) detached gradient, dtype and device of x.
+
+    >>> net = nn.Linear(2, 2, bias=False)
+    >>> with torch.no_grad():
+    ...     _ = net.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    >>> # CE = logsumexp(x) - x_y; at x = 0: softmax = (1/2, 1/2), g = (1/2, 1/2) - e_y
+    >>> input_gradient(net, torch.zeros(1, 2), torch.tensor([0], dtype=torch.int32))
+    tensor([[-0.5000,  0.5000]])
+    """
+    y = _check_inputs(x, y, box=False)
+    out = torch.empty_like(x)
+    with eval_mode(model):
+        for i, sl in enumerate(_chunks(x.shape[0], batch_size)):
+            out[sl] = _input_grad(model, x[sl], y[sl], check_output=i == 0)
+    return out.detach()
 
 
 def _l2_norm(t: Tensor) -> Tensor:
@@ -143,7 +244,7 @@ def fgsm(
     Args:
         model: maps (N, ...) inputs to (N, C) logits.
         x: (N, ...) inputs in [0, 1].
-        y: (N,) int64 true labels (or targets when ``targeted``).
+        y: (N,) integer true labels (or targets when ``targeted``), any integer dtype.
         eps: L-inf budget, >= 0, in input units.
         targeted: step towards class ``y`` instead of away from it.
         batch_size: optional chunk size for big inputs.
@@ -158,14 +259,14 @@ def fgsm(
     >>> x_adv.shape, bool(((x_adv - x).abs() <= 0.1 + 1e-7).all())
     (torch.Size([5, 4]), True)
     """
-    _check_inputs(x, y)
-    _check_eps(eps)
+    y = _check_inputs(x, y)
+    eps = _check_eps(eps)
     direction = -1.0 if targeted else 1.0
     out = torch.empty_like(x)
     with eval_mode(model):
-        for sl in _chunks(x.shape[0], batch_size):
+        for i, sl in enumerate(_chunks(x.shape[0], batch_size)):
             xb = x[sl].detach()
-            grad = _input_grad(model, xb, y[sl])
+            grad = _input_grad(model, xb, y[sl], check_output=i == 0)
             out[sl] = (xb + direction * eps * grad.sign()).clamp(0.0, 1.0)
     return out
 
@@ -206,18 +307,18 @@ def bim(
     >>> bool(((x_adv - x).abs() <= 0.1 + 1e-7).all())
     True
     """
-    _check_inputs(x, y)
-    _check_eps(eps)
-    _check_steps(step_size, steps)
+    y = _check_inputs(x, y)
+    eps = _check_eps(eps)
+    step_size, steps = _check_steps(step_size, steps)
     direction = -1.0 if targeted else 1.0
     out = torch.empty_like(x)
     with eval_mode(model):
-        for sl in _chunks(x.shape[0], batch_size):
+        for i, sl in enumerate(_chunks(x.shape[0], batch_size)):
             xb, yb = x[sl].detach(), y[sl]
             lower, upper = (xb - eps).clamp(min=0.0), (xb + eps).clamp(max=1.0)  # ball & box
             x_adv = xb.clone()
-            for _ in range(steps):
-                grad = _input_grad(model, x_adv, yb)
+            for step in range(steps):
+                grad = _input_grad(model, x_adv, yb, check_output=i == 0 and step == 0)
                 # in place (x_adv is our own copy): x_adv <- clip(x_adv + s * a * sign(g))
                 x_adv.add_(grad.sign_(), alpha=direction * step_size).clamp_(lower, upper)
             out[sl] = x_adv
@@ -293,31 +394,27 @@ def pgd(
     >>> bool(((x_adv - x).flatten(1).norm(dim=1) <= 0.5 + 1e-6).all())
     True
     """
-    norm_name = {"inf": "inf", "linf": "inf", "2": "2", "l2": "2"}.get(str(norm).lower())
-    if norm == 2 or norm == float("inf"):
-        norm_name = "inf" if norm == float("inf") else "2"
-    if norm_name is None:
-        raise ValueError(f"unknown norm {norm!r}; expected 'inf' or '2'")
-    _check_inputs(x, y)
-    _check_eps(eps)
-    _check_steps(step_size, steps)
+    norm_name = _check_norm(norm)
+    y = _check_inputs(x, y)
+    eps = _check_eps(eps)
+    step_size, steps = _check_steps(step_size, steps)
     direction = -1.0 if targeted else 1.0
     x = x.detach()
     delta0 = _random_start(x, eps, norm_name, generator) if random_start else None
     out = torch.empty_like(x)
     with eval_mode(model):
-        for sl in _chunks(x.shape[0], batch_size):
+        for i, sl in enumerate(_chunks(x.shape[0], batch_size)):
             xb, yb = x[sl], y[sl]
             x_adv = xb.clone() if delta0 is None else (xb + delta0[sl]).clamp_(0.0, 1.0)
             if norm_name == "inf":
                 lower, upper = (xb - eps).clamp(min=0.0), (xb + eps).clamp(max=1.0)
                 x_adv.clamp_(lower, upper)
-                for _ in range(steps):
-                    grad = _input_grad(model, x_adv, yb)
+                for step in range(steps):
+                    grad = _input_grad(model, x_adv, yb, check_output=i == 0 and step == 0)
                     x_adv.add_(grad.sign_(), alpha=direction * step_size).clamp_(lower, upper)
             else:
-                for _ in range(steps):
-                    grad = _input_grad(model, x_adv, yb)
+                for step in range(steps):
+                    grad = _input_grad(model, x_adv, yb, check_output=i == 0 and step == 0)
                     gnorm = _l2_norm(grad)
                     grad.div_(torch.where(gnorm > 0, gnorm, 1.0))  # zero gradient: no step
                     delta = x_adv.add_(grad, alpha=direction * step_size).sub_(xb)
@@ -330,6 +427,22 @@ def pgd(
     return out
 
 
+@dataclass(frozen=True)
+class LBFGSResult:
+    """Result of :func:`lbfgs_search` for N examples.
+
+    Attributes:
+        x_adv: (N, ...) detached, in [0, 1]: the smallest successful perturbation found,
+            or the original x where no c reached the target.
+        success: (N,) bool, ``argmax f(x_adv) == target``.
+        c: (N,) float64, the c whose solve gave ``x_adv`` (NaN where unsuccessful).
+    """
+
+    x_adv: Tensor
+    success: Tensor
+    c: Tensor
+
+
 def lbfgs(
     model: nn.Module,
     x: Tensor,
@@ -339,8 +452,47 @@ def lbfgs(
     c_steps: int = 8,
     max_iter: int = 100,
     batch_size: int | None = None,
-) -> tuple[Tensor, Tensor]:
+) -> Tensor:
     """Box-constrained L-BFGS targeted attack (Szegedy et al., ICLR 2014), L2.
+
+    Returns the adversarial inputs only, like :func:`fgsm` and :func:`pgd` (so it can be
+    handed to :func:`transfer_matrix`); :func:`lbfgs_search` runs the same search and
+    also returns which examples reached their target and the c that did it. The
+    algorithm and arguments are described there.
+
+    Args:
+        model, x, c_init, c_steps, max_iter, batch_size: as in :func:`lbfgs_search`.
+        target: (N,) integer target classes (any integer dtype).
+
+    Returns:
+        (N, ...) detached, in [0, 1]; examples for which no c reached the target are
+        returned unchanged (the original x).
+
+    In a transfer matrix (targets: the next class)::
+
+        transfer_matrix(models, x, y, lambda m, xb, yb: lbfgs(m, xb, (yb + 1) % C))
+
+    >>> _ = torch.manual_seed(0)
+    >>> net = nn.Linear(4, 3)
+    >>> x = torch.rand(5, 4); t = torch.randint(0, 3, (5,))
+    >>> x_adv = lbfgs(net, x, t, c_steps=3, max_iter=20)
+    >>> x_adv.shape, bool(((x_adv >= 0) & (x_adv <= 1)).all())
+    (torch.Size([5, 4]), True)
+    """
+    return _lbfgs(model, x, target, c_init, c_steps, max_iter, batch_size).x_adv
+
+
+def lbfgs_search(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    *,
+    c_init: float = 1.0,
+    c_steps: int = 8,
+    max_iter: int = 100,
+    batch_size: int | None = None,
+) -> LBFGSResult:
+    """Box-constrained L-BFGS targeted attack (Szegedy et al., ICLR 2014), with its search over c.
 
     For each example, minimise over r::
 
@@ -369,45 +521,62 @@ def lbfgs(
     Args:
         model: maps (N, ...) inputs to (N, C) logits.
         x: (N, ...) inputs in [0, 1].
-        target: (N,) int64 target classes.
+        target: (N,) integer target classes (any integer dtype).
         c_init: > 0, first value of c.
         c_steps: >= 1, number of values of c tried (one L-BFGS-B solve each).
         max_iter: >= 1, L-BFGS-B iterations per solve.
         batch_size: optional chunk size for big inputs.
 
     Returns:
-        ``(x_adv, success)``: x_adv (N, ...) detached, in [0, 1]; success (N,)
-        bool. Examples for which no c reached the target are returned as the
-        original x (unchanged), with success False.
+        :class:`LBFGSResult` ``(x_adv, success, c)``: x_adv (N, ...) detached, in
+        [0, 1]; success (N,) bool; c (N,) float64. Examples for which no c reached the
+        target are returned as the original x (unchanged), with success False, c NaN.
 
     >>> _ = torch.manual_seed(0)
     >>> net = nn.Linear(4, 3)
     >>> x = torch.rand(5, 4); t = torch.randint(0, 3, (5,))
-    >>> x_adv, ok = lbfgs(net, x, t, c_steps=3, max_iter=20)
-    >>> x_adv.shape, ok.dtype, bool(((x_adv >= 0) & (x_adv <= 1)).all())
+    >>> res = lbfgs_search(net, x, t, c_steps=3, max_iter=20)
+    >>> res.x_adv.shape, res.success.dtype, bool(res.c[res.success].gt(0).all())
     (torch.Size([5, 4]), torch.bool, True)
     """
-    _check_inputs(x, target, y_name="target")
-    if not math.isfinite(c_init) or c_init <= 0:
-        raise ValueError(f"c_init must be a finite number > 0, got {c_init}")
-    for name, value in (("c_steps", c_steps), ("max_iter", max_iter)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return _lbfgs(model, x, target, c_init, c_steps, max_iter, batch_size)
+
+
+def _lbfgs(
+    model: nn.Module,
+    x: Tensor,
+    target: Tensor,
+    c_init: float,
+    c_steps: int,
+    max_iter: int,
+    batch_size: int | None,
+) -> LBFGSResult:
+    target = _check_inputs(x, target, y_name="target")
+    c_init = _checks.check_positive("c_init", c_init)
+    c_steps = _checks.check_int("c_steps", c_steps, low=1)
+    max_iter = _checks.check_int("max_iter", max_iter, low=1)
     x = x.detach()
     out = x.clone()
     success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    c_found = torch.full((x.shape[0],), math.nan, dtype=torch.float64, device=x.device)
     with eval_mode(model):
-        for sl in _chunks(x.shape[0], batch_size):
-            out[sl], success[sl] = _lbfgs_chunk(model, x[sl], target[sl], c_init, c_steps, max_iter)
-    return out, success
+        for i, sl in enumerate(_chunks(x.shape[0], batch_size)):
+            if i == 0 and x.shape[0] > 0:
+                with torch.no_grad():
+                    _warn_if_not_logits(_logits(model, x[sl]))
+            out[sl], success[sl], c_found[sl] = _lbfgs_chunk(
+                model, x[sl], target[sl], c_init, c_steps, max_iter
+            )
+    return LBFGSResult(x_adv=out, success=success, c=c_found)
 
 
 def _lbfgs_chunk(
     model: nn.Module, x: Tensor, target: Tensor, c_init: float, c_steps: int, max_iter: int
-) -> tuple[Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     n = x.shape[0]
     if n == 0:
-        return x.clone(), torch.zeros(0, dtype=torch.bool, device=x.device)
+        empty = torch.zeros(0, dtype=torch.float64, device=x.device)
+        return x.clone(), torch.zeros(0, dtype=torch.bool, device=x.device), empty
     x0 = x.detach().cpu().double().numpy().ravel()
     bounds = scipy.optimize.Bounds(np.zeros_like(x0), np.ones_like(x0))
     c = np.full(n, c_init, dtype=np.float64)
@@ -415,6 +584,7 @@ def _lbfgs_chunk(
     c_hi = np.full(n, np.inf)  # smallest c known to fail
     best = x.clone()
     best_norm = torch.full((n,), math.inf, dtype=torch.float64, device=x.device)
+    best_c = torch.full((n,), math.nan, dtype=torch.float64, device=x.device)
 
     for _ in range(c_steps):
         c_t = torch.as_tensor(c, dtype=x.dtype, device=x.device)
@@ -441,6 +611,7 @@ def _lbfgs_chunk(
         better = ok & (r_norm < best_norm)
         best[better] = z[better]
         best_norm = torch.where(better, r_norm, best_norm)
+        best_c = torch.where(better, torch.as_tensor(c, device=x.device), best_c)
 
         ok_np = ok.cpu().numpy()
         c_lo = np.where(ok_np, np.maximum(c_lo, c), c_lo)
@@ -450,7 +621,7 @@ def _lbfgs_chunk(
             c_lo * 10.0,  # only successes so far: penalise more
             np.where(c_lo > 0, np.sqrt(c_lo * c_hi), c_hi / 10.0),
         )
-    return best, torch.isfinite(best_norm)
+    return best, torch.isfinite(best_norm), best_c
 
 
 # --------------------------------------------------------------------------- transfer
@@ -493,7 +664,7 @@ def transfer_matrix(
 
     Args:
         models: S models (a sequence, named ``"model_0"``, ...; or a name -> model mapping).
-        x: (N, ...) inputs in [0, 1]; y: (N,) int64 true labels.
+        x: (N, ...) inputs in [0, 1]; y: (N,) integer true labels.
         attack: ``attack(model, x_chunk, y_chunk) -> x_adv_chunk`` of the same shape,
             e.g. ``lambda m, x, y: fgsm(m, x, y, eps=0.1)``.
         batch_size: chunk size (None = all at once).
@@ -521,7 +692,7 @@ def transfer_matrix(
             raise TypeError(f"model {name!r} is a {type(net).__name__}, not a torch.nn.Module")
     if not callable(attack):
         raise TypeError("attack must be callable as attack(model, x, y) -> x_adv")
-    _check_inputs(x, y)
+    y = _check_inputs(x, y)
     n, s = x.shape[0], len(nets)
     if n == 0:
         raise ValueError("x must hold at least one example")
