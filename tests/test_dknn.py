@@ -13,7 +13,7 @@ from sklearn.neighbors import NearestNeighbors
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from snnl.dknn import DkNN, conformal_p_values, nonconformity
+from snnl.dknn import DkNN, conformal_p_values, neighbour_counts, nonconformity
 from snnl.models import MLP
 
 # ----------------------------------------------------------------------------- reference
@@ -336,3 +336,72 @@ def test_neighbour_agreement_lower_on_noise(digits_model: dict) -> None:
         assert rn.mean[layer] < rc.mean[layer]
     assert rn.mean_fraction.mean() < rc.mean_fraction.mean()
     assert noise.credibility.mean() < clean.credibility.mean()
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.int8, torch.int16, torch.int32, torch.uint8, torch.uint16, torch.uint32]
+)
+def test_labels_of_any_integer_dtype(blob_setup: dict, dtype: torch.dtype) -> None:
+    """The same labels in another integer dtype give the very same DkNN."""
+    model = blob_setup["model"]
+    (xtr, ytr), (xcal, ycal), (xte, _) = blob_setup["tr"], blob_setup["cal"], blob_setup["te"]
+
+    def run(to: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        d = DkNN(model, LAYERS, k=5, backend="torch")
+        res = d.fit(xtr, ytr.to(to)).calibrate(xcal, ycal.to(to)).predict(xte)
+        return res.p_values, d.calibration_scores
+
+    p64, scores64 = run(torch.int64)
+    p, scores = run(dtype)
+    assert torch.equal(p, p64) and torch.equal(scores, scores64)
+    batches = DataLoader(TensorDataset(xtr, ytr.to(torch.int32)), batch_size=64)
+    d = DkNN(model, LAYERS, k=5, backend="torch").fit(batches).calibrate(xcal, ycal.to(dtype))
+    assert torch.equal(d.predict(xte).p_values, p64)
+
+
+def test_neighbour_counts_any_integer_dtype_and_checks() -> None:
+    idx = torch.tensor([[0, 2, 2], [1, 1, 1]])
+    for dtype in (torch.int16, torch.uint8, torch.int32):
+        assert neighbour_counts(idx.to(dtype), 3).tolist() == [[1, 0, 2], [0, 3, 0]]
+    with pytest.raises(TypeError, match="integer"):
+        neighbour_counts(idx.float(), 3)
+    with pytest.raises(ValueError, match="non-negative"):
+        neighbour_counts(idx - 1, 3)
+    with pytest.raises(TypeError, match="num_classes"):
+        neighbour_counts(idx, 3.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"k": True}, TypeError, "k must be an integer"),
+        ({"k": 2.5}, TypeError, "k must be an integer"),
+        ({"batch_size": 2.5}, TypeError, "batch_size"),
+        ({"batch_size": 0}, ValueError, "batch_size must be >= 1"),
+        ({"pca_components": True}, TypeError, "pca_components"),
+        ({"pca_components": 0}, ValueError, "pca_components must be >= 1"),
+        ({"metric": "manhattan"}, ValueError, "expected one of: euclidean, cosine"),
+        ({"backend": "annoy"}, ValueError, "expected one of: faiss, torch"),
+    ],
+)
+def test_settings_are_checked(blob_setup: dict, kwargs: dict, exc: type, match: str) -> None:
+    with pytest.raises(exc, match=match):
+        DkNN(blob_setup["model"], LAYERS, **kwargs)
+
+
+def test_label_and_num_classes_checks(blob_setup: dict) -> None:
+    model = blob_setup["model"]
+    xtr, ytr = blob_setup["tr"]
+    d = DkNN(model, LAYERS, k=5, backend="torch")
+    with pytest.raises(TypeError, match="integer"):
+        d.fit(xtr, ytr.bool())
+    with pytest.raises(ValueError, match="non-negative"):
+        d.fit(xtr, ytr - 1)
+    with pytest.raises(TypeError, match="num_classes"):
+        d.fit(xtr, ytr, num_classes=3.5)
+    with pytest.raises(ValueError, match="num_classes=2 but training labels go up to 2"):
+        d.fit(xtr, ytr, num_classes=2)
+    assert d.fit(xtr, ytr, num_classes=5).num_classes == 5

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from snnl import _checks
 from snnl.taps import Layers, _split_logits, capture
 
 __all__ = [
@@ -61,7 +62,7 @@ __all__ = [
     "neighbour_counts",
 ]
 
-_METRICS = ("euclidean", "cosine")
+_METRICS = _checks.DISTANCES  # ("euclidean", "cosine")
 _BACKENDS = ("faiss", "torch")
 _STORE_DTYPES = (torch.float32, torch.float16)
 
@@ -70,11 +71,14 @@ _STORE_DTYPES = (torch.float32, torch.float16)
 
 
 def neighbour_counts(neighbour_labels: Tensor, num_classes: int) -> Tensor:
-    """Per-class counts of neighbour labels: (N, k) int -> (N, C) int64.
+    """Per-class counts of neighbour labels: (N, k) int (any integer dtype) -> (N, C) int64.
 
-    >>> neighbour_counts(torch.tensor([[0, 2, 2], [1, 1, 1]]), 3).tolist()
+    >>> neighbour_counts(torch.tensor([[0, 2, 2], [1, 1, 1]], dtype=torch.uint8), 3).tolist()
     [[1, 0, 2], [0, 3, 0]]
     """
+    _checks.check_tensor("neighbour_labels", neighbour_labels, min_dim=2)
+    _checks.check_labels(neighbour_labels.flatten(), name="neighbour_labels", non_negative=True)
+    num_classes = _checks.check_int("num_classes", num_classes, low=1)
     n = neighbour_labels.shape[0]
     counts = torch.zeros(n, num_classes, dtype=torch.int64, device=neighbour_labels.device)
     return counts.scatter_add_(1, neighbour_labels.long(), torch.ones_like(neighbour_labels).long())
@@ -290,7 +294,7 @@ class DkNN:
         batch_size: forward-pass batch size for capturing representations;
             predictions are processed in chunks of ``8 * batch_size`` inputs.
 
-    Shapes: fit x (N_train, *input_shape), y (N_train,) int; predict x (N, ...)
+    Shapes: fit x (N_train, *input_shape), y (N_train,) of any integer dtype; predict x (N, ...)
     -> :class:`DkNNResult`. Inputs may also be an iterable of (x, y) batches
     (e.g. a DataLoader; predict uses the first element of each batch).
     """
@@ -307,24 +311,16 @@ class DkNN:
         pca_components: int | None = None,
         batch_size: int = 512,
     ) -> None:
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
-        if metric not in _METRICS:
-            raise ValueError(f"unknown metric {metric!r}; expected one of {_METRICS}")
-        if backend not in _BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; expected one of {_BACKENDS}")
+        k = _checks.check_int("k", k, low=1)
+        metric = _checks.check_choice("metric", metric, _METRICS)
+        backend = _checks.check_choice("backend", backend, _BACKENDS)
         if store_dtype not in _STORE_DTYPES:
             raise ValueError(
                 f"store_dtype must be torch.float32 or torch.float16, got {store_dtype}"
             )
-        if pca_components is not None and (
-            not isinstance(pca_components, int) or pca_components < 1
-        ):
-            raise ValueError(
-                f"pca_components must be a positive int or None, got {pca_components!r}"
-            )
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if pca_components is not None:
+            pca_components = _checks.check_int("pca_components", pca_components, low=1)
+        batch_size = _checks.check_int("batch_size", batch_size, low=1)
         self.model = model
         _, self.layers = _split_logits(model, layers)  # validates names
         self.k = k
@@ -371,17 +367,10 @@ class DkNN:
             raise ValueError("inputs contain NaN")
 
     def _check_labels(self, y: Tensor | None, n: int) -> Tensor:
+        """Labels of any integer dtype, one per input, as int64 on the CPU."""
         if y is None:
             raise ValueError("labels are required")
-        if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-            raise TypeError(f"labels must be an integer tensor, got dtype {y.dtype}")
-        if y.dim() != 1 or y.shape[0] != n:
-            raise ValueError(
-                f"labels must have shape ({n},) to match the inputs, got {tuple(y.shape)}"
-            )
-        if (y < 0).any():
-            raise ValueError("labels must be >= 0")
-        return y.long().cpu()
+        return _checks.check_labels(y, n, device="cpu", non_negative=True)
 
     def _representations(
         self, x: Any, y: Any, need_labels: bool
@@ -420,7 +409,9 @@ class DkNN:
             raise ValueError(
                 f"k={self.k} neighbours requested but the training set has only {n} points"
             )
-        c = int(labels.max()) + 1 if num_classes is None else int(num_classes)
+        if num_classes is not None:
+            num_classes = _checks.check_int("num_classes", num_classes, low=1)
+        c = int(labels.max()) + 1 if num_classes is None else num_classes
         if c <= int(labels.max()):
             raise ValueError(f"num_classes={c} but training labels go up to {int(labels.max())}")
         cosine = self.metric == "cosine"
