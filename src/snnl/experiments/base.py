@@ -10,9 +10,11 @@ An experiment is one module in ``snnl.experiments`` with:
     section(results, fig_dir) -> Section    report text and figures, from saved results only
     claims(results) -> list[Claim]          the seed papers' claims it tests, with verdicts
 
-The runner (:mod:`snnl.runner`) saves ``{"settings": asdict(settings), "results": ...}``
-per experiment; the report calls ``section`` and ``claims`` on the saved results, so
-it can be rebuilt without retraining. Experiments never import each other: models
+The runner (:mod:`snnl.runner`) saves each experiment's results with one key added,
+``"settings"`` (``asdict`` of its Settings; ``run`` must not return that key), and
+the report calls ``section`` and ``claims`` on those saved results only, so it can
+be rebuilt without retraining (``snnl report DIR``). Results are plain JSON
+(numbers, strings, lists, dicts; no NaN: use None). Experiments never import each other: models
 that several of them study come from the shared zoo (:mod:`snnl.experiments.zoo`).
 
 Adding an experiment: write the module, then add it to ``REGISTRY`` in

@@ -1,0 +1,175 @@
+"""The shared model zoo of ``snnl reproduce``: trained runs, as typed references.
+
+Several experiments study the same trained models (the normal and the entangled
+model of every seed). They get them here, never from each other:
+
+    zoo = Zoo(config, out)
+    ref = zoo.get(Kind.ENTANGLED, seed=0)    # trains, or reuses a finished run
+    model = ref.load()                       # (eval mode) on the zoo's dataset
+    ref.results()["health"]["verdict"]
+
+A run folder is named by its kind, a short hash of its training config and its
+seed (``runs/entangled-1a2b3c4d-seed0``), so a changed setting (``--epochs``,
+``--limit-train``, ...) trains a new run instead of reusing an old one; a
+finished run is reused only when its saved config equals the one asked for
+(otherwise :class:`RunMismatchError`, or retrain with ``force``), and an
+unfinished one resumes.
+
+The recipes (plain data, one place): :func:`recipe` gives the training config of
+each kind for a reproduce config. Custom runs (sweeps) go through
+:meth:`Zoo.train` with any :class:`~snnl.train.TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
+from enum import Enum
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from snnl.data import DataSplits
+from snnl.experiments.base import ReproduceConfig
+from snnl.train import TrainConfig, load_config_dataset, load_run, train
+
+__all__ = ["Kind", "RunRef", "RunMismatchError", "Zoo", "recipe", "ENTANGLED_ALPHA"]
+
+#: alpha of the zoo's entangled models (optimal temperature mode): chosen from the
+#: alpha sweep of experiment "entangle" (see its report section for the evidence).
+ENTANGLED_ALPHA = 0.1
+
+
+class Kind(str, Enum):
+    """The kinds of trained model the zoo serves."""
+
+    NORMAL = "normal"  # cross-entropy only
+    ENTANGLED = "entangled"  # eq. 3 at the optimal temperature, alpha = ENTANGLED_ALPHA
+
+
+class RunMismatchError(RuntimeError):
+    """A run folder holds a finished run whose config differs from the one asked for."""
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A trained (finished) run: what it is, which seed, where it lives."""
+
+    kind: str
+    seed: int
+    path: Path
+    config: TrainConfig
+    dataset: DataSplits
+
+    def results(self) -> dict[str, Any]:
+        """The run's results.json (health, history, final accuracy)."""
+        return json.loads((self.path / "results.json").read_text())
+
+    def load(self) -> nn.Module:
+        """The trained model, in eval mode."""
+        model, _ = load_run(self.path, dataset=self.dataset)
+        return model
+
+    @property
+    def health(self) -> str:
+        return str(self.results()["health"]["verdict"])
+
+    def describe(self, root: Path) -> dict[str, Any]:
+        """JSON-ready summary (relative path) for experiment results."""
+        return {"kind": self.kind, "seed": self.seed, "path": str(self.path.relative_to(root))}
+
+
+def recipe(config: ReproduceConfig, kind: Kind | str, seed: int) -> TrainConfig:
+    """The training config of a zoo kind for a reproduce config.
+
+    Default (mnist5k, digits, mnist1d): an MLP 256-256-256, 8 epochs; ``--full``:
+    the paper's reference CNN (ResNet-20 on CIFAR-10), 6 epochs on MNIST-sized
+    data (as the authors' MNIST script), 20 on the others.
+    """
+    kind = Kind(kind)
+    small = config.dataset in {"digits", "mnist1d", "mnist5k"}
+    if config.full:
+        model = config.model or ("resnet20" if config.dataset == "cifar10" else "cnn")
+        if config.dataset == "mnist1d":
+            model = config.model or "mlp"
+        epochs = config.epochs or (6 if config.dataset in {"mnist", "mnist5k"} else 20)
+        kwargs: dict[str, Any] = {}
+    else:
+        model = config.model or ("mlp" if small else "cnn")
+        epochs = config.epochs or (8 if small else 6)
+        kwargs = {"widths": [256, 256, 256]} if model == "mlp" else {}
+    base = TrainConfig(
+        dataset=config.dataset,
+        model=model,
+        epochs=epochs,
+        batch_size=128,
+        lr=1e-3,
+        probe_size=500,
+        model_kwargs=kwargs,
+        data_dir=config.data_dir,
+        limit_train=config.limit_train,
+        limit_test=config.limit_test,
+        seed=seed,
+    )
+    if kind is Kind.NORMAL:
+        return base
+    return replace(base, alpha=ENTANGLED_ALPHA, temperature_mode="optimal")
+
+
+def config_key(config: TrainConfig) -> str:
+    """8 hex digits of the config without its seed (the seed is in the folder name)."""
+    data = asdict(config)
+    data.pop("seed")
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
+
+
+class Zoo:
+    """Trains or reuses the runs experiments ask for, under ``out/runs``."""
+
+    def __init__(self, config: ReproduceConfig, out: Path, *, log: Any = None) -> None:
+        self.config = config
+        self.out = Path(out)
+        self._log = log or (lambda message: print(f"[snnl]   {message}", flush=True))
+
+    @cached_property
+    def dataset(self) -> DataSplits:
+        """The data every zoo run trains on (one split for all seeds and kinds)."""
+        return load_config_dataset(recipe(self.config, Kind.NORMAL, 0))
+
+    def folder(self, name: str, config: TrainConfig) -> Path:
+        return self.out / "runs" / f"{name}-{config_key(config)}-seed{config.seed}"
+
+    def train(self, name: str, config: TrainConfig) -> RunRef:
+        """Train ``config`` as run ``name`` (e.g. "sweep-a0.3"), or reuse it if finished."""
+        folder = self.folder(name, config)
+        results = folder / "results.json"
+        if results.exists():
+            saved = json.loads(results.read_text()).get("config")
+            if saved == asdict(config):
+                return RunRef(name, config.seed, folder, config, self.dataset)
+            if not self.config.force:
+                diff = sorted(
+                    k for k, v in asdict(config).items() if not saved or saved.get(k) != v
+                )
+                raise RunMismatchError(
+                    f"{folder} holds a finished run whose config differs in {', '.join(diff)}; "
+                    "rerun with --force to retrain it"
+                )
+            self._log(f"retraining {folder.name} (config changed, --force)")
+            train(config, folder, force=True, dataset=self.dataset)
+        else:
+            self._log(f"training {folder.name}")
+            train(config, folder, resume=True, dataset=self.dataset)
+        return RunRef(name, config.seed, folder, config, self.dataset)
+
+    def get(self, kind: Kind | str, seed: int) -> RunRef:
+        """The zoo's run of ``kind`` and ``seed`` (trained on first use)."""
+        kind = Kind(kind)
+        return self.train(kind.value, recipe(self.config, kind, seed))
+
+    def runs(self, kind: Kind | str, seeds: int | None = None) -> list[RunRef]:
+        """Runs of ``kind`` for seeds 0 .. seeds - 1 (default: the reproduce config's)."""
+        return [self.get(kind, s) for s in range(seeds or self.config.seeds)]
