@@ -1,13 +1,15 @@
-"""Figures: a headless matplotlib backend and atomic PNG writing.
+"""Figures: a headless matplotlib backend and atomic writing in the format the file names.
 
 Every figure the package makes goes through :func:`save_figure`, which renders
-to memory and then writes the file atomically, so a PNG on disk is always whole.
+to memory in the format the path's suffix names (PNG, PDF, SVG or JPEG) and then
+writes the file atomically, so a figure on disk is always whole.
 """
 
 from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import matplotlib
 
@@ -16,19 +18,92 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from snnl import _checks  # noqa: E402
 from snnl._io import write_bytes  # noqa: E402
 
-__all__ = ["plt", "save_figure", "temperature_curve_figure"]
+__all__ = [
+    "FIGURE_FORMATS",
+    "figure_format",
+    "plt",
+    "save_figure",
+    "temperature_curve_figure",
+]
+
+#: File suffixes :func:`save_figure` writes (lower case, without the dot) -> matplotlib format.
+#: JPEG goes through Pillow (a dependency), which matplotlib uses for it.
+FIGURE_FORMATS: dict[str, str] = {
+    "png": "png",
+    "pdf": "pdf",
+    "svg": "svg",
+    "jpg": "jpeg",
+    "jpeg": "jpeg",
+}
+
+
+def figure_format(path: str | os.PathLike[str]) -> str:
+    """The format ``path``'s suffix names (case-insensitive), or a ValueError listing them.
+
+    >>> figure_format("curve.PDF"), figure_format("photo.jpg")
+    ('pdf', 'jpeg')
+    >>> figure_format("curve.bmp")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown figure format 'bmp' (from the suffix of 'curve.bmp'); expected ...
+    """
+    suffix = Path(path).suffix.lower().removeprefix(".")
+    try:
+        return FIGURE_FORMATS[_checks.check_choice("figure format", suffix, FIGURE_FORMATS)]
+    except ValueError as err:
+        head, _, tail = str(err).partition(";")
+        raise ValueError(f"{head} (from the suffix of {str(path)!r});{tail}") from None
+
+
+def _check_target(path: Path) -> None:
+    """A writable file path: not a directory, its parent an existing directory."""
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot save a figure to {str(path)!r}: it is a directory")
+    parent = path.parent
+    if not parent.exists():
+        raise FileNotFoundError(
+            f"cannot save a figure to {str(path)!r}: its folder {str(parent)!r} does not exist"
+        )
+    if not parent.is_dir():
+        raise NotADirectoryError(
+            f"cannot save a figure to {str(path)!r}: {str(parent)!r} is a file, not a folder"
+        )
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 120) -> None:
-    """Render ``fig`` as PNG and write it to ``path`` atomically, then close it."""
-    buf = io.BytesIO()
+    """Render ``fig`` in the format ``path``'s suffix names and write it atomically; close it.
+
+    Formats: ``.png``, ``.pdf``, ``.svg``, ``.jpg``/``.jpeg`` (case-insensitive; see
+    :data:`FIGURE_FORMATS`). The file is rendered in memory, then written to a temporary
+    file beside ``path`` and renamed onto it, so a reader never sees half a figure.
+    ``fig`` is closed in every case (also when an error is raised).
+
+    Raises:
+        ValueError: unknown or missing suffix (the message lists the supported ones).
+        IsADirectoryError: ``path`` is a directory.
+        FileNotFoundError / NotADirectoryError: ``path``'s folder is missing / is a file.
+
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "line.svg"
+    >>> fig, ax = plt.subplots()
+    >>> _ = ax.plot([0, 1], [0, 1])
+    >>> save_figure(fig, out)
+    >>> out.read_bytes()[:5]
+    b'<?xml'
+    """
     try:
-        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+        target = Path(path)
+        fmt = figure_format(target)
+        dpi = _checks.check_int("dpi", dpi, low=1)
+        _check_target(target)
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
-    write_bytes(path, buf.getvalue())
+    write_bytes(target, buf.getvalue())
 
 
 def temperature_curve_figure(
