@@ -34,6 +34,7 @@ __all__ = [
     "ReferenceCNN",
     "BasicBlock",
     "ResNet20",
+    "AutoencoderClassifier",
     "build_model",
     "available_models",
 ]
@@ -374,6 +375,63 @@ class ResNet20(nn.Module):
         return self.logits(self.flatten(self.pool(h)))
 
 
+class AutoencoderClassifier(nn.Module):
+    """Szegedy et al. (2013)'s AE400-10: a one-layer sigmoid autoencoder, softmax on its code.
+
+    ``code = sigmoid(fc1(flatten(normalize(x))))`` (``code_size`` units), logits
+    ``= logits(code)``; the decoder ``reconstruction(decoder(code))`` (a sigmoid, so in
+    [0, 1] like the inputs) is used only to pre-train the encoder
+    (:meth:`reconstruct`), never by ``forward``. Szegedy et al.'s FC models are
+    :class:`MLP` (``widths=()`` is softmax regression, ``(100, 100)`` is FC100-100-10).
+    Modules: ``normalize``, ``flatten``, ``fc1``, ``code``, ``decoder``,
+    ``reconstruction``, ``logits``; ``hidden_layer_names = ("code",)``.
+
+    Shapes: input (N, *input_shape) -> logits (N, num_classes); :meth:`reconstruct`
+    returns (N, *input_shape).
+
+    >>> m = AutoencoderClassifier((1, 4, 4), 3, code_size=5)
+    >>> x = torch.rand(2, 1, 4, 4)
+    >>> m(x).shape, m.reconstruct(x).shape, m.hidden_layer_names
+    (torch.Size([2, 3]), torch.Size([2, 1, 4, 4]), ('code',))
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        code_size: int = 400,
+        *,
+        mean: Stat = 0.0,
+        std: Stat = 1.0,
+    ) -> None:
+        super().__init__()
+        shape = _check_shape(input_shape, "AutoencoderClassifier")
+        _check_classes(num_classes)
+        if int(code_size) < 1:
+            raise ValueError(f"AutoencoderClassifier: code_size must be >= 1, got {code_size}")
+        d = math.prod(shape)
+        self.input_shape = shape
+        self.normalize = Normalize(mean, std)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(d, int(code_size))
+        self.code = nn.Sigmoid()
+        self.decoder = nn.Linear(int(code_size), d)
+        self.reconstruction = nn.Sigmoid()
+        self.logits = nn.Linear(int(code_size), num_classes)
+        self.hidden_layer_names: tuple[str, ...] = ("code",)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The code (N, code_size), each unit in (0, 1)."""
+        return self.code(self.fc1(self.flatten(self.normalize(x))))
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """``sigmoid(decoder(code(x)))`` shaped like ``x`` (in (0, 1), the inputs' range)."""
+        return self.reconstruction(self.decoder(self.encode(x))).view_as(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.logits(self.encode(x))
+
+
 def _mlp(input_shape: Sequence[int], num_classes: int, **kw: object) -> nn.Module:
     return MLP(input_shape, num_classes, **kw)  # type: ignore[arg-type]
 
@@ -386,10 +444,15 @@ def _resnet20(input_shape: Sequence[int], num_classes: int, **kw: object) -> nn.
     return ResNet20(input_shape, num_classes, **kw)  # type: ignore[arg-type]
 
 
+def _autoencoder(input_shape: Sequence[int], num_classes: int, **kw: object) -> nn.Module:
+    return AutoencoderClassifier(input_shape, num_classes, **kw)  # type: ignore[arg-type]
+
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "mlp": _mlp,
     "cnn": _cnn,
     "resnet20": _resnet20,
+    "autoencoder": _autoencoder,
 }
 
 
@@ -397,7 +460,7 @@ def available_models() -> tuple[str, ...]:
     """Names accepted by :func:`build_model`.
 
     >>> available_models()
-    ('mlp', 'cnn', 'resnet20')
+    ('mlp', 'cnn', 'resnet20', 'autoencoder')
     """
     return tuple(_REGISTRY)
 
@@ -411,7 +474,7 @@ def build_model(
     std: Stat = 1.0,
     **kwargs: object,
 ) -> nn.Module:
-    """Build a model by name ("mlp", "cnn", "resnet20"); extra kwargs go to its class.
+    """Build a model by name ("mlp", "cnn", "resnet20", "autoencoder"); kwargs go to its class.
 
     >>> build_model("cnn", (1, 28, 28), 10, channels=8).feature_shape
     (16, 1, 1)
