@@ -35,6 +35,12 @@ __all__ = [
     "BasicBlock",
     "ResNet20",
     "AutoencoderClassifier",
+    "MLPGenerator",
+    "MLPDiscriminator",
+    "DCGANGenerator",
+    "DCGANDiscriminator",
+    "GAN_ARCHITECTURES",
+    "build_gan",
     "build_model",
     "available_models",
 ]
@@ -430,6 +436,234 @@ class AutoencoderClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.logits(self.encode(x))
+
+
+# ----------------------------------------------------------------------------- GANs
+
+
+def _check_latent(latent_dim: int, model: str) -> int:
+    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+        raise ValueError(f"{model}: latent_dim must be a positive integer, got {latent_dim!r}")
+    return latent_dim
+
+
+def _check_widths(widths: Sequence[int], model: str) -> tuple[int, ...]:
+    widths = tuple(int(w) for w in widths)
+    if not widths or any(w < 1 for w in widths):
+        raise ValueError(f"{model}: widths must be one or more positive sizes, got {widths}")
+    return widths
+
+
+class MLPGenerator(nn.Module):
+    """GAN generator: noise z -> image in [0, 1], [Linear -> LeakyReLU(0.2)] per width.
+
+    ``fc1 -> act1 -> ... -> fc{L} -> act{L} -> fc_out -> output`` (a sigmoid, so
+    samples lie in [0, 1] like the data), reshaped to ``output_shape``;
+    ``hidden_layer_names = ("act1", ..., "act{L}")``.
+
+    Shapes: z (N, latent_dim) -> (N, *output_shape).
+
+    >>> g = MLPGenerator(8, (1, 4, 4), widths=(16,))
+    >>> g(torch.randn(3, 8)).shape, g.hidden_layer_names
+    (torch.Size([3, 1, 4, 4]), ('act1',))
+    """
+
+    def __init__(
+        self,
+        latent_dim: int = 64,
+        output_shape: Sequence[int] = (1, 28, 28),
+        widths: Sequence[int] = (256, 512),
+    ) -> None:
+        super().__init__()
+        self.latent_dim = _check_latent(latent_dim, "MLPGenerator")
+        self.output_shape = _check_shape(output_shape, "MLPGenerator")
+        widths = _check_widths(widths, "MLPGenerator")
+        self._blocks: list[tuple[str, str]] = []
+        d = self.latent_dim
+        for i, w in enumerate(widths, start=1):
+            self.add_module(f"fc{i}", nn.Linear(d, w))
+            self.add_module(f"act{i}", nn.LeakyReLU(0.2))
+            self._blocks.append((f"fc{i}", f"act{i}"))
+            d = w
+        self.fc_out = nn.Linear(d, math.prod(self.output_shape))
+        self.output = nn.Sigmoid()
+        self.hidden_layer_names: tuple[str, ...] = tuple(a for _, a in self._blocks)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = z
+        for fc, act in self._blocks:
+            h = getattr(self, act)(getattr(self, fc)(h))
+        return self.output(self.fc_out(h)).view(z.shape[0], *self.output_shape)
+
+
+class MLPDiscriminator(nn.Module):
+    """GAN discriminator: image -> one real-vs-generated logit, [Linear -> LeakyReLU(0.2)].
+
+    ``normalize`` ((x - 0.5) / 0.5: [0, 1] -> [-1, 1]) ``-> flatten -> fc1 -> act1 ->
+    ... -> act{L} -> logits`` (one unit); ``hidden_layer_names = ("act1", ...)``.
+    No batch norm or dropout: a sample's features do not depend on its batch or on
+    a random state.
+
+    Shapes: x (N, *input_shape) -> (N,) logits (> 0: "real").
+
+    >>> d = MLPDiscriminator((1, 4, 4), widths=(16, 8))
+    >>> d(torch.rand(3, 1, 4, 4)).shape, d.hidden_layer_names
+    (torch.Size([3]), ('act1', 'act2'))
+    """
+
+    def __init__(
+        self, input_shape: Sequence[int] = (1, 28, 28), widths: Sequence[int] = (512, 256)
+    ) -> None:
+        super().__init__()
+        self.input_shape = _check_shape(input_shape, "MLPDiscriminator")
+        widths = _check_widths(widths, "MLPDiscriminator")
+        self.normalize = Normalize(0.5, 0.5)
+        self.flatten = nn.Flatten()
+        self._blocks: list[tuple[str, str]] = []
+        d = math.prod(self.input_shape)
+        for i, w in enumerate(widths, start=1):
+            self.add_module(f"fc{i}", nn.Linear(d, w))
+            self.add_module(f"act{i}", nn.LeakyReLU(0.2))
+            self._blocks.append((f"fc{i}", f"act{i}"))
+            d = w
+        self.logits = nn.Linear(d, 1)
+        self.hidden_layer_names: tuple[str, ...] = tuple(a for _, a in self._blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.flatten(self.normalize(x))
+        for fc, act in self._blocks:
+            h = getattr(self, act)(getattr(self, fc)(h))
+        return self.logits(h).squeeze(1)
+
+
+def _check_gan_image(shape: Sequence[int], model: str) -> tuple[int, int, int]:
+    c, h, w = _check_image_shape(shape, model)
+    if h % 4 or w % 4:
+        raise ValueError(
+            f"{model} halves the image size twice: height and width must be multiples of 4 "
+            f"(e.g. 28x28), got {h}x{w}; use the 'mlp' GAN for other sizes"
+        )
+    return c, h, w
+
+
+def _dcgan_init(module: nn.Module) -> None:
+    """Radford et al. (2016): conv/linear weights N(0, 0.02), batch-norm scales N(1, 0.02)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+class DCGANGenerator(nn.Module):
+    """DCGAN-style generator (Radford et al. 2016) for H x W images (H, W multiples of 4).
+
+    ``fc`` (z -> 2c x H/4 x W/4) ``-> bn1 -> act1`` (ReLU) ``-> deconv2`` (4x4, stride 2:
+    c x H/2 x W/2) ``-> bn2 -> act2 -> deconv3`` (4x4, stride 2: C x H x W) ``-> output``
+    (sigmoid: [0, 1]); c = ``channels``. ``hidden_layer_names = ("act1", "act2")``.
+    Batch norm uses batch statistics in train mode and running ones in eval mode.
+
+    Shapes: z (N, latent_dim) -> (N, C, H, W).
+
+    >>> g = DCGANGenerator(8, (1, 28, 28), channels=4)
+    >>> g(torch.randn(2, 8)).shape
+    torch.Size([2, 1, 28, 28])
+    """
+
+    def __init__(
+        self, latent_dim: int = 64, output_shape: Sequence[int] = (1, 28, 28), channels: int = 64
+    ) -> None:
+        super().__init__()
+        self.latent_dim = _check_latent(latent_dim, "DCGANGenerator")
+        c, h, w = _check_gan_image(output_shape, "DCGANGenerator")
+        if int(channels) < 1:
+            raise ValueError(f"DCGANGenerator: channels must be >= 1, got {channels}")
+        self.output_shape = (c, h, w)
+        self._start = (2 * channels, h // 4, w // 4)
+        self.fc = nn.Linear(self.latent_dim, math.prod(self._start))
+        self.bn1 = nn.BatchNorm1d(math.prod(self._start))
+        self.act1 = nn.ReLU()
+        self.deconv2 = nn.ConvTranspose2d(2 * channels, channels, 4, 2, 1)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.act2 = nn.ReLU()
+        self.deconv3 = nn.ConvTranspose2d(channels, c, 4, 2, 1)
+        self.output = nn.Sigmoid()
+        self.hidden_layer_names: tuple[str, ...] = ("act1", "act2")
+        _dcgan_init(self)
+
+    def forward(self, z: Tensor) -> Tensor:
+        h = self.act1(self.bn1(self.fc(z))).view(z.shape[0], *self._start)
+        h = self.act2(self.bn2(self.deconv2(h)))
+        return self.output(self.deconv3(h))
+
+
+class DCGANDiscriminator(nn.Module):
+    """DCGAN-style discriminator for H x W images (H, W multiples of 4), no batch norm.
+
+    ``normalize`` ([0, 1] -> [-1, 1]) ``-> conv1`` (c@4x4, stride 2) ``-> act1``
+    (LeakyReLU 0.2) ``-> conv2`` (2c@4x4, stride 2) ``-> act2 -> flatten -> logits``
+    (one unit). Without batch norm a sample's features do not depend on its batch.
+    ``hidden_layer_names = ("act1", "act2")``.
+
+    Shapes: x (N, C, H, W) -> (N,) logits.
+
+    >>> DCGANDiscriminator((1, 28, 28), channels=4)(torch.rand(2, 1, 28, 28)).shape
+    torch.Size([2])
+    """
+
+    def __init__(self, input_shape: Sequence[int] = (1, 28, 28), channels: int = 64) -> None:
+        super().__init__()
+        c, h, w = _check_gan_image(input_shape, "DCGANDiscriminator")
+        if int(channels) < 1:
+            raise ValueError(f"DCGANDiscriminator: channels must be >= 1, got {channels}")
+        self.input_shape = (c, h, w)
+        self.normalize = Normalize(0.5, 0.5)
+        self.conv1 = nn.Conv2d(c, channels, 4, 2, 1)
+        self.act1 = nn.LeakyReLU(0.2)
+        self.conv2 = nn.Conv2d(channels, 2 * channels, 4, 2, 1)
+        self.act2 = nn.LeakyReLU(0.2)
+        self.flatten = nn.Flatten()
+        self.logits = nn.Linear(2 * channels * (h // 4) * (w // 4), 1)
+        self.hidden_layer_names: tuple[str, ...] = ("act1", "act2")
+        _dcgan_init(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.act1(self.conv1(self.normalize(x)))
+        h = self.act2(self.conv2(h))
+        return self.logits(self.flatten(h)).squeeze(1)
+
+
+#: GAN architectures :func:`build_gan` knows.
+GAN_ARCHITECTURES: tuple[str, ...] = ("mlp", "dcgan")
+
+
+def build_gan(
+    arch: str,
+    image_shape: Sequence[int],
+    *,
+    latent_dim: int = 64,
+    generator_kwargs: dict[str, object] | None = None,
+    discriminator_kwargs: dict[str, object] | None = None,
+) -> tuple[nn.Module, nn.Module]:
+    """A (generator, discriminator) pair by name: "mlp" or "dcgan" (H, W multiples of 4).
+
+    ``generator_kwargs`` / ``discriminator_kwargs`` go to the classes
+    (``widths`` for "mlp", ``channels`` for "dcgan").
+
+    >>> g, d = build_gan("mlp", (1, 8, 8), latent_dim=4, generator_kwargs={"widths": (8,)})
+    >>> d(g(torch.randn(5, 4))).shape
+    torch.Size([5])
+    """
+    gk, dk = dict(generator_kwargs or {}), dict(discriminator_kwargs or {})
+    if arch == "mlp":
+        generator: nn.Module = MLPGenerator(latent_dim, image_shape, **gk)  # type: ignore[arg-type]
+        return generator, MLPDiscriminator(image_shape, **dk)  # type: ignore[arg-type]
+    if arch == "dcgan":
+        generator = DCGANGenerator(latent_dim, image_shape, **gk)  # type: ignore[arg-type]
+        return generator, DCGANDiscriminator(image_shape, **dk)  # type: ignore[arg-type]
+    raise ValueError(f"unknown GAN architecture {arch!r}; expected one of: mlp, dcgan")
 
 
 def _mlp(input_shape: Sequence[int], num_classes: int, **kw: object) -> nn.Module:
