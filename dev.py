@@ -2,12 +2,18 @@
 """Set up the project's environment (idempotent) and run its main job or its tests.
 
     python3 dev.py run [snnl arguments...]   # set up, then `snnl reproduce` (default data)
-    python3 dev.py test [pytest arguments...] # set up, then the test suite
+    python3 dev.py test [pytest arguments...] # set up, lint (ruff), then the test suite
+    python3 dev.py lint                       # set up, then only the lint step
 
 The environment is ``.venv`` next to this file. torch 2.13.0 (the CPU wheel)
 is installed before the project so that no CUDA build is pulled; the project
 is then installed in editable mode with its test extras. A stamp file keyed
 on pyproject.toml makes a second call skip the installs.
+
+``test`` first runs ``ruff check`` and ``ruff format --check`` over
+``src tests benchmarks`` (both, so every problem is listed) and stops with
+their exit status if either finds a problem; otherwise it runs pytest. CI
+(.ci/run) calls ``python3 dev.py test``, so this one command is the whole gate.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 TORCH = "torch==2.13.0"
+LINT_PATHS = ("src", "tests", "benchmarks")
 
 
 def _venv_python() -> Path:
@@ -46,8 +53,25 @@ def setup() -> Path:
     return py
 
 
+def lint(py: Path, env: dict[str, str]) -> int:
+    """``ruff check`` and ``ruff format --check`` over LINT_PATHS; 0 if both are clean."""
+    status = 0
+    for step in (["check"], ["format", "--check"]):
+        cmd = [str(py), "-m", "ruff", *step, *LINT_PATHS]
+        print(f"[dev] ruff {' '.join(step)} {' '.join(LINT_PATHS)}", flush=True)
+        rc = subprocess.call(cmd, cwd=ROOT, env=env)
+        status = status or rc
+    if status:
+        print(
+            "[dev] lint failed: fix the problems above (`ruff format <files>` rewrites "
+            "formatting) and run again",
+            flush=True,
+        )
+    return status
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"run", "test", "setup"}:
+    if not argv or argv[0] not in {"run", "test", "lint", "setup"}:
         print(__doc__)
         return 2
     py = setup()
@@ -57,6 +81,9 @@ def main(argv: list[str]) -> int:
     if argv[0] == "run":
         args = argv[1:] or ["reproduce"]
         return subprocess.call([str(py), "-m", "snnl", *args], cwd=ROOT, env=env)
+    status = lint(py, env)
+    if status or argv[0] == "lint":
+        return status
     return subprocess.call([str(py), "-m", "pytest", *argv[1:]], cwd=ROOT, env=env)
 
 
