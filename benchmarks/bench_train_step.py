@@ -37,7 +37,9 @@ def step_fns(model_name: str, batch: int, data) -> dict:
         regs = (
             []
             if kind == "plain"
-            else [EntanglementRegularizer(model, alpha=0.1, temperature=10.0, temperature_mode=kind)]
+            else [
+                EntanglementRegularizer(model, alpha=0.1, temperature=10.0, temperature_mode=kind)
+            ]
         )
         state = {"i": 0}
 

@@ -82,6 +82,7 @@ def _train(args: argparse.Namespace) -> int:
         limit_train=args.limit_train,
         limit_test=args.limit_test,
     )
+    _threads(args, config.model)
     res = train(config, args.out, resume=args.resume, force=args.force)
     final = res["final"]
     print(f"run         : {args.out}")
@@ -111,13 +112,32 @@ def _reproduce_config(args: argparse.Namespace):
         limit_test=args.limit_test,
         epochs=args.epochs,
         model=args.model,
+        force=args.force,
     )
 
 
+def _threads(args: argparse.Namespace, model: str) -> None:
+    """torch's intra-op threads: --threads, else a size-aware default (see default_threads)."""
+    import torch
+
+    from snnl.train import default_threads
+
+    torch.set_num_threads(args.threads or default_threads(model))
+
+
 def _reproduce(args: argparse.Namespace) -> int:
-    from snnl.report import reproduce
+    from snnl.experiments.zoo import Kind, recipe
+    from snnl.runner import expected_minutes, reproduce
 
     config = _reproduce_config(args)
+    _threads(args, recipe(config, Kind.NORMAL, 0).model)
+    lo, hi = expected_minutes(config)
+    print(
+        f"[snnl] reproduce on {config.dataset} ({'full' if config.full else 'default'} "
+        f"settings, {config.seeds} seed(s)): expected {lo:g}-{hi:g} minutes on 2 cores "
+        "(finished runs in OUT/runs are reused)",
+        flush=True,
+    )
     reproduce(config, args.out)
     print(f"report      : {args.out / 'report.html'}")
     print(f"              {args.out / 'report.md'}")
@@ -174,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     from snnl.models import available_models
     from snnl.regularizers import SNNL_FORMULAS, TEMPERATURE_MODES
 
+    threads_help = (
+        "torch threads (default: 1 for small models, where a busy core costs more than a "
+        "second thread gains; half the cores otherwise)"
+    )
     tr = sub.add_parser(
         "train",
         help="train a normal (alpha = 0) or entangled (alpha > 0) model",
@@ -224,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", type=Path, required=True, help="run folder")
     tr.add_argument("--resume", action="store_true", help="continue an unfinished run")
     tr.add_argument("--force", action="store_true", help="overwrite a run in --out")
+    tr.add_argument("--threads", type=int, default=None, help=threads_help)
     tr.set_defaults(func=_train)
 
     rp = sub.add_parser(
@@ -233,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         "OUT/report.html, OUT/report.md, OUT/results.json and OUT/figures/. Trained models "
         "are kept in OUT/runs and reused by the next call.",
     )
-    rp.add_argument("--dataset", default="digits", choices=datasets)
+    rp.add_argument("--dataset", default="mnist5k", choices=datasets)
     rp.add_argument("--data-dir", type=Path, default=None)
     rp.add_argument("--seeds", type=int, default=3)
     rp.add_argument("--full", action="store_true", help="longer settings")
@@ -243,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--limit-train", type=int, default=None)
     rp.add_argument("--limit-test", type=int, default=None)
     rp.add_argument("--out", type=Path, default=Path("snnl-report"))
+    rp.add_argument("--force", action="store_true", help="retrain runs whose saved config differs")
+    rp.add_argument("--threads", type=int, default=None, help=threads_help)
     rp.set_defaults(func=_reproduce)
 
     rep = sub.add_parser("report", help="rebuild the report of DIR from its saved results")
@@ -256,8 +283,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CommandError, ValueError, TypeError, FileNotFoundError, RuntimeError) as err:
+    except (CommandError, ValueError, TypeError, RuntimeError) as err:
         print(f"snnl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # missing, unwritable, a file where a folder is expected, ...
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        reason = err.strerror or str(err)
+        print(f"snnl {args.command}: error: {where}{reason}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"snnl {args.command}: interrupted", file=sys.stderr)

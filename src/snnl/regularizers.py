@@ -310,15 +310,19 @@ class _Curve:
         self.dd = sets - self.m.unsqueeze(2)
         self.dd.masked_fill_(self.dd >= 0.5 * far, far)
         self.dd2 = self.dd * self.dd
+        self._dd32: Tensor | None = None
 
     def values(self, us: Tensor) -> Tensor:
-        """f at each u of ``us`` (G,)."""
+        """f at each u of ``us`` (G,), in float32 (enough to choose where Newton starts)."""
+        if self._dd32 is None:
+            self._dd32 = self.dd.float()
+        m = self.m.float()
         out = []
         for u in us.tolist():
             c = math.exp(-u)
-            lse = torch.exp(self.dd * -c).sum(2).log_().sub_(self.m, alpha=c)
+            lse = torch.exp(self._dd32 * -c).sum(2).log_().sub_(m, alpha=c)
             out.append((lse[0] - lse[1]).mean())
-        return torch.stack(out)
+        return torch.stack(out).double()
 
     def stats(self, u: float) -> tuple[float, float, float]:
         c = math.exp(-u)
@@ -350,7 +354,7 @@ def optimal_log_temperature(
 
     The batch's (N, N) distances are computed once; every evaluation of the curve
     and its derivatives in u = log T is elementwise on them. Without ``start`` (or
-    when Newton does not converge) a grid of 2 points per unit of u over
+    when Newton does not converge) a grid of one point per unit of u over
     [log d_min - 6, log d_max + 6] picks the starting point. Each Newton step is
     limited to 1 in u and backtracked until the value does not rise; once a step
     is below ``accept`` (where the curve is convex) it is taken without another
@@ -377,7 +381,7 @@ def optimal_log_temperature(
 
     def grid_start() -> float:
         nonlocal evals
-        us = torch.arange(curve.u_lo, curve.u_hi + 0.5, 0.5, dtype=torch.float64)
+        us = torch.arange(curve.u_lo, curve.u_hi + 1.0, 1.0, dtype=torch.float64)
         vals = curve.values(us)
         evals += len(us)
         return float(us[int(torch.argmin(vals))])

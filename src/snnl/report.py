@@ -1,17 +1,10 @@
-"""``snnl reproduce`` and its report: run the registered experiments, save results,
-and build report.md / report.html (one self-contained file) from saved results only.
+"""The report of ``snnl reproduce``: report.md and report.html from saved results only.
 
-Output folder:
-
-    results.json   {"snnl_version", "config", "complete", "experiments": {name: results}}
-    report.md      markdown, figures linked from figures/
-    report.html    the same, figures embedded as base64 PNG
-    figures/*.png
-    runs/          the trained models (reused by later calls: a finished run is not retrained,
-                   an unfinished one resumes)
-
-``complete`` is false until every requested experiment has finished; the report of
-an incomplete run says so at the top.
+:func:`write_report` reads ``results.json`` (written by :mod:`snnl.runner`), asks each
+experiment for its section and its claims, and writes the report: a claims table
+first (each seed paper's claim, the data and model it was measured on, the measured
+values and a verdict from the rule stated above the table), then one section per
+experiment with its figures. ``snnl report DIR`` rebuilds it without retraining.
 """
 
 from __future__ import annotations
@@ -20,46 +13,16 @@ import base64
 import html
 import json
 import re
-import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from snnl import __version__, _io
-from snnl.experiments import ReproduceConfig, Section, registry
+from snnl import _io
+from snnl.experiments import Claim, Section, registry
+from snnl.experiments.base import VERDICT_RULE
 
-__all__ = ["reproduce", "write_report"]
+__all__ = ["write_report", "claims_table"]
 
 RESULTS = "results.json"
-
-
-def reproduce(config: ReproduceConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Run the experiments of ``config`` into ``out_dir``, then write the report.
-
-    results.json is rewritten after each experiment with ``"complete": false``
-    until the last one is done.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    names = config.experiments or list(registry())
-    results: dict[str, Any] = {
-        "snnl_version": __version__,
-        "config": asdict(config),
-        "complete": False,
-        "experiments": {},
-        "seconds": {},
-    }
-    for name in names:
-        started = time.perf_counter()
-        print(f"[snnl] experiment {name} ...", flush=True)
-        results["experiments"][name] = registry()[name].run(config, out)
-        results["seconds"][name] = round(time.perf_counter() - started, 2)
-        print(f"[snnl] experiment {name} done in {results['seconds'][name]:.1f} s", flush=True)
-        _io.write_json(out / RESULTS, results)
-    results["complete"] = True
-    _io.write_json(out / RESULTS, results)
-    write_report(out)
-    return results
 
 
 def _read_results(out: Path) -> dict[str, Any]:
@@ -85,10 +48,12 @@ def write_report(out_dir: str | Path) -> Path:
     fig_dir.mkdir(exist_ok=True)
     experiments = registry()
     sections: list[Section] = []
+    claims: list[Claim] = []
     for name, res in data["experiments"].items():
         if name not in experiments:
             raise ValueError(f"{out / RESULTS} has results of unknown experiment {name!r}")
         sections.append(experiments[name].section(res, fig_dir))
+        claims += experiments[name].claims(res)
     config = data.get("config", {})
     header = [
         "# snnl report",
@@ -102,6 +67,10 @@ def write_report(out_dir: str | Path) -> Path:
             "**INCOMPLETE: not every requested experiment finished; "
             "the sections below are the ones that did.**",
         ]
+    health = _unhealthy_runs(out, data)
+    if health:
+        header += ["", "Training runs that were not healthy (never averaged silently):", ""]
+        header += [f"- `{name}`: {verdict}" for name, verdict in health]
     secs = data.get("seconds", {})
     if secs:
         header += [
@@ -109,6 +78,7 @@ def write_report(out_dir: str | Path) -> Path:
             "Time per experiment: " + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()),
         ]
     md = "\n".join(header) + "\n"
+    md += "\n## What the papers claim, and what we saw\n\n" + claims_table(claims) + "\n"
     for s in sections:
         md += f"\n## {s.title}\n\n{s.markdown}\n"
         for fname, caption in s.figures:
@@ -183,3 +153,54 @@ def _html(md: str, fig_dir: Path) -> str:
         + "\n".join(body)
         + "\n</body></html>\n"
     )
+
+
+def claims_table(claims: list[Claim]) -> str:
+    """The claims table (markdown) with the verdict rule above it.
+
+    >>> from snnl.experiments import Claim
+    >>> print(claims_table([Claim("A beats B", "Paper 2019", "digits, MLP", "0.9 vs 0.8",
+    ...                           "holds", "diff +0.1")]).splitlines()[-1])
+    | A beats B | Paper 2019 | digits, MLP | 0.9 vs 0.8 | **holds** (diff +0.1) |
+    """
+    lines = [
+        f"Verdict rule: {VERDICT_RULE}",
+        "",
+        "| claim | source | measured on | measured | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for c in claims:
+        note = f" ({c.note})" if c.note else ""
+        cells = [c.claim, c.source, c.setting, c.measured, f"**{c.verdict}**{note}"]
+        lines.append("| " + " | ".join(x.replace("|", "/") for x in cells) + " |")
+    if not claims:
+        lines.append("| (no experiment tested a claim) | | | | |")
+    return "\n".join(lines)
+
+
+def _run_paths(obj: Any) -> set[str]:
+    """Every "runs/<folder>" string anywhere in the results."""
+    if isinstance(obj, str):
+        return {obj} if obj.startswith("runs/") else set()
+    if isinstance(obj, dict):
+        return set().union(*(_run_paths(v) for v in obj.values())) if obj else set()
+    if isinstance(obj, list):
+        return set().union(*(_run_paths(v) for v in obj)) if obj else set()
+    return set()
+
+
+def _unhealthy_runs(out: Path, data: dict[str, Any]) -> list[tuple[str, str]]:
+    """(run folder, verdict and reasons) of every run the results use whose health is not ok."""
+    bad = []
+    for rel in sorted(_run_paths(data["experiments"])):
+        path = out / rel / "results.json"
+        if not path.exists():
+            continue
+        try:
+            health = json.loads(path.read_text()).get("health", {})
+        except (OSError, json.JSONDecodeError):
+            bad.append((path.parent.name, "results.json unreadable"))
+            continue
+        if health.get("verdict", "ok") != "ok":
+            bad.append((path.parent.name, f"{health['verdict']}: {'; '.join(health['reasons'])}"))
+    return bad

@@ -39,12 +39,12 @@ from torch import Tensor, nn
 from snnl import _io
 from snnl._checks import DISTANCES, check_choice, check_int, check_positive, check_real
 from snnl.data import DataSplits, load_dataset
-from snnl.loss import optimal_temperature
 from snnl.models import build_model
 from snnl.regularizers import (
     SNNL_FORMULAS,
     TEMPERATURE_MODES,
     EntanglementRegularizer,
+    optimal_log_temperature,
     regularized_loss,
 )
 from snnl.taps import capture, resolve_layers
@@ -56,6 +56,7 @@ __all__ = [
     "RunExistsError",
     "DamagedRunError",
     "evaluate_accuracy",
+    "default_threads",
     "health_verdict",
     "snnl_upper_bound",
     "HEALTH",
@@ -144,6 +145,25 @@ class TrainConfig:
         return cls(**data)
 
 
+def default_threads(model: str) -> int:
+    """Size-aware default for torch's intra-op threads.
+
+    Small models (the MLP) take one thread: their per-step kernels are too short
+    for a second thread to pay off, and on a machine where another process keeps a
+    core busy, OpenMP threads that wait for each other made a 3-epoch digits run
+    4.1x slower with 2 threads but 1.4x with 1 (FIELD_NOTES section 7). Larger
+    models take half the cores (at least 1), leaving room for other work.
+
+    >>> default_threads("mlp")
+    1
+    """
+    import os
+
+    if model == "mlp":
+        return 1
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
 def load_config_dataset(config: TrainConfig) -> DataSplits:
     """The dataset (and fixed split) a run's config names."""
     return load_dataset(
@@ -190,24 +210,20 @@ def _layer_geometry(acts: Tensor) -> tuple[float, float]:
 
 
 def _snnl_star(acts: Tensor, y: Tensor, distance: str) -> tuple[float, float]:
-    """(T*, SNNL*) searched around the layer's own distance scale, so any scale works."""
-    a = acts.reshape(acts.shape[0], -1).double()
-    if distance == "euclidean":
-        ms = float((a - a.mean(0, keepdim=True)).pow(2).sum(1).mean()) * 2.0
-        ms = ms if math.isfinite(ms) and ms > 0 else 1.0
-    else:
-        ms = 1.0
+    """(T*, SNNL*) of a layer on the probe subset, whatever the activations' scale.
+
+    The search (:func:`snnl.regularizers.optimal_log_temperature`: a grid over the
+    layer's own distance range, then Newton in log T) agrees with
+    :func:`snnl.loss.optimal_temperature` to about 1e-7 and costs a fraction of it
+    on a few hundred points; non-finite activations give (nan, nan).
+    """
+    a = acts.reshape(acts.shape[0], -1)
+    if not bool(torch.isfinite(a).all()):
+        return math.nan, math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if not bool(torch.isfinite(a).all()):
-            return math.nan, math.nan
-        t, v = optimal_temperature(
-            a / math.sqrt(ms) if distance == "euclidean" else a,
-            y,
-            distance=distance,
-            bounds=(1e-8, 1e4),
-        )
-    return t * (ms if distance == "euclidean" else 1.0), v
+        u, v, _ = optimal_log_temperature(a, y, distance=distance, tol=1e-9, accept=1e-5)
+    return math.exp(u), v
 
 
 def _profile(

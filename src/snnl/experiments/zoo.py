@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
-from enum import Enum
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ __all__ = ["Kind", "RunRef", "RunMismatchError", "Zoo", "recipe", "ENTANGLED_ALP
 ENTANGLED_ALPHA = 0.1
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """The kinds of trained model the zoo serves."""
 
     NORMAL = "normal"  # cross-entropy only
