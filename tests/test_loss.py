@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 
 import numpy as np
@@ -429,6 +430,124 @@ def test_far_apart_clusters_float32_exact():
     assert _rel_elementwise(per, ref) < 1e-5
 
 
+def _two_tight_clusters(noise=1e-3, far=1000.0, n=40, d=4, seed=50):
+    """Two tight clusters (noise ``noise``) at 0 and at ``far``, both classes in each."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, d, generator=g) * noise
+    b = torch.randn(n, d, generator=g) * noise + far
+    return torch.cat([a, b]), torch.arange(2 * n) % 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("t", [1e-6, 1e-7])
+def test_tight_clusters_far_from_the_centre_are_exact(dtype, t):
+    """Clusters at 0 and 1000 (noise 1e-3) at T = 1e-6: the loss depends on distances
+    ~1e-5 between points ~500 from the centroid. A float32 centring (or a float64
+    expansion |a|^2 + |b|^2 - 2ab) loses the digits; the result must still match the
+    direct-difference reference of the same input (float32 was off by 1.1e-3)."""
+    x, y = _two_tight_clusters()
+    x = x.to(dtype)
+    per = snnl_reference(x.double().numpy(), y.numpy(), t)
+    out = soft_nearest_neighbor_loss(x, y, t, reduction="none")
+    assert out.dtype == dtype
+    # Any float64 evaluation (the reference's too) rounds the logits d/T to eps * d/T;
+    # the log-sum-exps are as large as the nearest positive's d/T. Anchors whose loss is
+    # below ~1e-14 are 0 in the reference (den - num cancels there).
+    xd = x.double().numpy()
+    d = ((xd[:, None, :] - xd[None, :, :]) ** 2).sum(-1) + np.diag(np.full(len(xd), np.inf))
+    lse_scale = np.where(y.numpy()[:, None] == y.numpy()[None, :], d, np.inf).min(1) / t
+    rel = 1e-5 if dtype == torch.float32 else 1e-12
+    allowed = rel * per + 64 * 2.0**-52 * lse_scale + 1e-14
+    assert np.all(np.abs(out.double().numpy() - per) <= allowed)
+    xr = x.clone().requires_grad_(True)
+    mean = soft_nearest_neighbor_loss(xr, y, t)
+    assert abs(mean.item() - np.mean(per)) <= rel * np.mean(per) + np.mean(allowed)
+    mean.backward()
+    _, gx, _ = _reference_grads(x, y, t)
+    assert _rel(xr.grad, gx) < (1e-4 if dtype == torch.float32 else 1e-8)
+
+
+@pytest.mark.parametrize(
+    ("c", "t0", "dtype"),
+    [
+        (1e20, 0.02, torch.float32),  # T = 2e38: still a float32
+        (1e-15, 0.02, torch.float32),
+        (1e150, 0.02, torch.float64),
+        (1e-150, 0.02, torch.float64),
+    ],
+)
+def test_huge_and_tiny_features_give_true_value_and_gradient(c, t0, dtype):
+    """SNNL(c x, T) = SNNL(x, T / c^2): |x|^2 overflowed (c = 1e20 in float32 gave 0.0
+    with a NaN gradient) or underflowed; the reference is the unscaled problem."""
+    x0, y = _data(n=16, d=4, seed=51)
+    x0 = (0.1 * x0).to(dtype)  # d / t0 ~ 1 to 10
+    x = (x0 * c).requires_grad_(True)
+    t = torch.tensor(t0 * c * c, dtype=dtype, requires_grad=True)
+    out = soft_nearest_neighbor_loss(x, y, t)
+    ref, gx, gt = _reference_grads(x0, y, t0)
+    assert math.isfinite(out.item()) and out.item() > 0
+    assert out.item() == pytest.approx(ref.item(), rel=1e-5 if dtype == torch.float32 else 1e-12)
+    out.backward()
+    assert torch.isfinite(x.grad).all()
+    assert _rel(x.grad.double() * c, gx) < 1e-4  # d/d(cx) = (1/c) d/dx
+    assert t.grad.item() * c * c == pytest.approx(gt.item(), rel=1e-4)  # d/d(c^2 T)
+    per = soft_nearest_neighbor_loss(x.detach(), y, t.detach(), reduction="none")
+    assert _rel_elementwise(per, snnl_reference(x0.double().numpy(), y.numpy(), t0)) < 1e-5
+
+
+def test_value_beyond_float32_is_inf_not_zero_or_nan():
+    """x * 1e20 at T = 1: the true SNNL (~1e39 here) exceeds float32; float64 has it."""
+    x0, y = _data(n=12, d=3, seed=52)
+    x = x0 * 1e20
+    expected = snnl_reference_mean(x.double().numpy(), y.numpy(), 1.0)
+    assert 3.5e38 < expected < 1e300
+    assert soft_nearest_neighbor_loss(x, y, 1.0).item() == math.inf
+    assert soft_nearest_neighbor_loss(x.double(), y, 1.0).item() == pytest.approx(
+        expected, rel=1e-12
+    )
+    with pytest.raises(ValueError, match="too small for these features"):
+        soft_nearest_neighbor_loss(x.double() * 1e280, y, 1e-300)
+
+
+def test_cosine_rows_of_any_magnitude():
+    """Cosine is scale-free per row: rows of norm 1e-30 and 1e30 in float32 (whose squared
+    norms underflow / overflow) give the reference of the unscaled rows."""
+    x0, y = _data(n=12, d=3, seed=53)
+    s = torch.tensor([1e-30, 1e30, 1.0, 1e-20] * 3).unsqueeze(1)
+    out = soft_nearest_neighbor_loss(x0 * s, y, 0.3, distance="cosine", reduction="none")
+    per = snnl_reference(x0.double().numpy(), y.numpy(), 0.3, "cosine")
+    assert _rel_elementwise(out, per) < 1e-5
+
+
+@pytest.mark.parametrize("t", [1e-45, 1e-50, 1e39])
+def test_temperature_outside_float32_range_is_a_clear_error(t):
+    x, y = _data(n=8, d=2)
+    expected = re.escape(f"temperature {t:g} is outside the range float32") + r".*"
+    with pytest.raises(ValueError, match=expected + r"\[1\.18e-38, 3\.4e\+38\]"):
+        soft_nearest_neighbor_loss(x, y, t)
+    with pytest.raises(ValueError, match="outside the range float32"):
+        soft_nearest_neighbor_loss(x, y, torch.tensor(t, dtype=torch.float64))
+    with pytest.raises(ValueError, match="outside the range float32"):
+        snnl_temperature_curve(x, y, [1.0, t])
+    if t < 1:  # float64 features carry it
+        expected = snnl_reference_mean(x.double().numpy(), y.numpy(), t)
+        assert soft_nearest_neighbor_loss(x.double(), y, t).item() == pytest.approx(
+            expected, rel=1e-12
+        )
+
+
+def test_optimal_temperature_bounds_outside_dtype_range():
+    x, y = _data(n=10, d=2, seed=54)
+    with pytest.raises(ValueError, match=r"lower temperature bound 1e-300 .*float32"):
+        optimal_temperature(x, y, bounds=(1e-300, 1.0))
+    with pytest.raises(ValueError, match=r"upper temperature bound 1e\+40 .*float32"):
+        optimal_temperature(x, y, bounds=(1.0, 1e40))
+    with pytest.raises(ValueError, match=r"lower temperature bound 1e-310 .*float64"):
+        optimal_temperature(x.double(), y, bounds=(1e-310, 1.0))
+    t, value = optimal_temperature(x.double(), y, bounds=(1e-100, 1e2))
+    assert value == pytest.approx(snnl_reference_mean(x.double().numpy(), y.numpy(), t), rel=1e-10)
+
+
 # ----------------------------------------------------------------------------- anchors left out
 
 
@@ -764,6 +883,8 @@ def test_module_bad_arguments():
         SoftNearestNeighborLoss(1.0, distance="manhattan")
     with pytest.raises(ValueError, match="reduction"):
         SoftNearestNeighborLoss(1.0, reduction="avg")
+    with pytest.raises(ValueError, match="outside the range float32"):
+        SoftNearestNeighborLoss(1e-45)  # exp(log T) would be 0 in the float32 buffer
 
 
 # ----------------------------------------------------------------------------- temperature curve
@@ -859,6 +980,38 @@ def test_optimal_temperature_without_positives():
     assert value == 0.0
 
 
+@pytest.mark.parametrize(
+    ("case", "make", "reason"),
+    [
+        ("identical", lambda: (torch.full((6, 3), 2.5), torch.tensor([0, 0, 1, 1, 2, 2])),
+         "all points are identical"),
+        ("one class", lambda: (_x(), _y()), "only one class"),
+        ("cosine parallel", lambda: (torch.tensor([[1.0, 2.0]] * 4) * torch.tensor(
+            [[1.0], [2.0], [4.0], [0.5]]), torch.tensor([0, 1, 0, 1])), "all points are identical"),
+    ],
+)  # fmt: skip
+def test_optimal_temperature_says_when_every_temperature_is_the_same(case, make, reason):
+    x, y = make()
+    distance = "cosine" if case.startswith("cosine") else "euclidean"
+    with pytest.warns(SNNLWarning, match=f"every temperature gives the same SNNL.*{reason}"):
+        t, value = optimal_temperature(x, y, distance=distance, bounds=(1e-3, 1e3))
+    assert t == 1e-3
+    for other in (1e-3, 1.0, 1e3):
+        expected = snnl_reference_mean(x.double().numpy(), y.numpy(), other, distance)
+        assert value == pytest.approx(expected, rel=1e-6, abs=1e-12)
+
+
+def test_entanglement_between_warns_once():
+    g = torch.Generator().manual_seed(55)
+    a, b = torch.randn(1, 3, generator=g), torch.randn(5, 3, generator=g)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        value = entanglement_between(a, b)
+    messages = [str(w.message) for w in record if issubclass(w.category, SNNLWarning)]
+    assert len(messages) == 1 and "1 of 6 anchors" in messages[0]
+    assert math.isfinite(value.item())
+
+
 # ----------------------------------------------------------------------------- entanglement
 
 
@@ -947,19 +1100,20 @@ BAD_INPUTS = [
     _case("features numpy", TypeError, "features must be a torch.Tensor", x=np.zeros((6, 3))),
     _case("features NaN", ValueError, r"NaN or Inf \(in 1 of 6", x=_with(math.nan, [2])),
     _case("features Inf", ValueError, r"NaN or Inf \(in 2 of 6", x=_with(-math.inf, [1, 4])),
-    _case("T zero", ValueError, "temperature must be positive", t=0.0),
-    _case("T negative", ValueError, "temperature must be positive", t=-1.0),
-    _case("T nan", ValueError, "temperature must be positive and finite", t=math.nan),
-    _case("T inf", ValueError, "temperature must be positive and finite", t=math.inf),
-    _case("T tensor nan", ValueError, "positive and finite", t=torch.tensor(math.nan)),
-    _case("T tensor inf", ValueError, "positive and finite", t=torch.tensor(math.inf)),
-    _case("T tensor negative", ValueError, "positive", t=torch.tensor(-2.0)),
+    _case("T zero", ValueError, r"temperature must be > 0\.0, got 0\.0", t=0.0),
+    _case("T negative", ValueError, r"temperature must be > 0\.0, got -1\.0", t=-1.0),
+    _case("T nan", ValueError, "temperature must be finite, got nan", t=math.nan),
+    _case("T inf", ValueError, "temperature must be finite, got inf", t=math.inf),
+    _case("T tensor nan", ValueError, "temperature must be finite", t=torch.tensor(math.nan)),
+    _case("T tensor inf", ValueError, "temperature must be finite", t=torch.tensor(math.inf)),
+    _case("T tensor negative", ValueError, "temperature must be > 0", t=torch.tensor(-2.0)),
     _case("T vector", ValueError, "temperature must be a scalar", t=torch.tensor([1.0, 2.0])),
     _case("T matrix", ValueError, "temperature must be a scalar", t=torch.ones(1, 1)),
-    _case("T string", TypeError, "temperature must be a float", t="1.0"),
-    _case("T bool", TypeError, "temperature must be a float", t=True),
-    _case("distance", ValueError, "unknown distance 'l1'.*euclidean, cosine", distance="l1"),
-    _case("reduction", ValueError, "unknown reduction 'avg'.*mean, sum, none", reduction="avg"),
+    _case("T string", TypeError, "temperature must be a real number", t="1.0"),
+    _case("T bool", TypeError, "temperature must be a real number", t=True),
+    _case("T bool tensor", TypeError, "temperature must be a real number", t=torch.tensor(True)),
+    _case("distance", ValueError, "unknown distance 'l1'.*: euclidean, cosine", distance="l1"),
+    _case("reduction", ValueError, "unknown reduction 'avg'.*: mean, sum, none", reduction="avg"),
     _case("block_size", ValueError, "block_size must be a positive integer", block_size=0),
 ]
 

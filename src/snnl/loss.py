@@ -27,25 +27,26 @@ from scipy.optimize import minimize_scalar
 from torch import Tensor, nn
 
 from snnl import _blocked
+from snnl._checks import DISTANCES, check_choice, check_labels, check_positive, check_tensor
 
 __all__ = [
     "SNNLWarning",
     "soft_nearest_neighbor_loss",
     "SoftNearestNeighborLoss",
     "optimal_temperature",
+    "snnl_temperature_curve",
     "entanglement_between",
     "entanglement",
 ]
 
 Distance = Literal["euclidean", "cosine"]
 Reduction = Literal["mean", "sum", "none"]
-_DISTANCES = ("euclidean", "cosine")
-_REDUCTIONS = ("mean", "sum", "none")
+REDUCTIONS = ("mean", "sum", "none")
 _GRID_PER_DECADE = 6  # coarse grid of optimal_temperature, refined by Brent
 
 
 class SNNLWarning(UserWarning):
-    """Anchors were left out of the loss because no other point shares their class."""
+    """The SNNL is partly or wholly undefined, or does not depend on the temperature."""
 
 
 # ----------------------------------------------------------------------------- validation
@@ -53,12 +54,7 @@ class SNNLWarning(UserWarning):
 
 def _check_features_labels(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Validate and return (features as (N, D) float32/float64, labels as (N,) int64)."""
-    if not isinstance(features, Tensor):
-        raise TypeError(f"features must be a torch.Tensor, got {type(features).__name__}")
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
-    if not features.is_floating_point():
-        raise TypeError(f"features must be a floating-point tensor, got dtype {features.dtype}")
+    check_tensor("features", features, floating=True)
     if features.dim() < 2:
         raise ValueError(
             f"features must have shape (N, ...) with N points, got shape {tuple(features.shape)}"
@@ -66,13 +62,7 @@ def _check_features_labels(features: Tensor, labels: Tensor) -> tuple[Tensor, Te
     n = features.shape[0]
     if n < 2:
         raise ValueError(f"SNNL needs at least 2 points, got {n}")
-    if labels.dtype == torch.bool or labels.is_floating_point() or labels.is_complex():
-        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
-    if labels.dim() != 1 or labels.shape[0] != n:
-        raise ValueError(
-            f"labels must have shape ({n},) to match features {tuple(features.shape)}, "
-            f"got {tuple(labels.shape)}"
-        )
+    y = check_labels(labels, n, device=features.device)
     x = features.reshape(n, -1)
     if x.shape[1] == 0:
         raise ValueError(f"features have no dimensions per point: shape {tuple(features.shape)}")
@@ -81,54 +71,84 @@ def _check_features_labels(features: Tensor, labels: Tensor) -> tuple[Tensor, Te
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).any(1).sum())
         raise ValueError(f"features contain NaN or Inf (in {bad} of {n} points)")
-    return x, labels.to(device=x.device, dtype=torch.int64)
+    return x, y
 
 
-def _check_temperature(temperature: float | Tensor) -> float | Tensor:
+def _check_temperature_range(name: str, value: float, dtype: torch.dtype) -> None:
+    """``value`` must be a normal, finite number of ``dtype`` (the temperature is a tensor
+    of that dtype when it carries a gradient)."""
+    info = torch.finfo(dtype)
+    if info.tiny <= value <= info.max:
+        return
+    kind = str(dtype).removeprefix("torch.")
+    hint = (
+        "; float64 features accept temperatures in [2.23e-308, 1.8e308]"
+        if dtype != torch.float64
+        else ""
+    )
+    raise ValueError(
+        f"{name} {value:g} is outside the range {kind} features can use: "
+        f"[{info.tiny:.3g}, {info.max:.3g}] (the smallest normal and the largest finite "
+        f"{kind}){hint}"
+    )
+
+
+def _check_temperature(temperature: float | Tensor, dtype: torch.dtype) -> float:
+    """A positive, finite temperature (Python number or one-element tensor) that
+    ``dtype`` can represent as a normal number; returned as a Python float."""
     if isinstance(temperature, Tensor):
         if temperature.numel() != 1 or temperature.dim() > 1:
             raise ValueError(
                 f"temperature must be a scalar (0-dim or one-element 1-D tensor), got shape "
                 f"{tuple(temperature.shape)}"
             )
+        if temperature.dtype == torch.bool or temperature.is_complex():
+            raise TypeError(f"temperature must be a real number, got dtype {temperature.dtype}")
         value = float(temperature.detach())
-    elif isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
-        value = float(temperature)
     else:
-        raise TypeError(f"temperature must be a float or a 0-dim tensor, got {temperature!r}")
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"temperature must be positive and finite, got {value}")
-    return temperature
+        value = temperature
+    value = check_positive("temperature", value)
+    _check_temperature_range("temperature", value, dtype)
+    return value
 
 
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
+def _check_block_size(block_size: int | None) -> None:
+    if block_size is not None and (
+        isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
+    ):
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
 
 
-def _prepare(x: Tensor, distance: str) -> Tensor:
-    """Centre (euclidean: distances are translation invariant, and centring keeps the
-    |a|^2 + |b|^2 - 2ab expansion accurate) or L2-normalise (cosine), with autograd."""
-    if distance == "euclidean":
-        return x - x.mean(0, keepdim=True)
-    return F.normalize(x, dim=1, eps=1e-12)
+def _unit_vectors(x: Tensor) -> Tensor:
+    """Rows divided by their norm (zero rows stay zero), with autograd.
+
+    Each row is first scaled by a power of two (exact; cosine ignores positive
+    scaling) so that no norm overflows or underflows, whatever the magnitude.
+    """
+    with torch.no_grad():
+        row_max = x.abs().amax(1)
+        e = torch.frexp(row_max).exponent.to(x.dtype)
+        e = torch.where(row_max > 0, e, torch.zeros_like(e))
+        half = torch.floor(e / 2)
+        s1, s2 = torch.exp2(-half), torch.exp2(half - e)
+    return F.normalize(x * s1.unsqueeze(1) * s2.unsqueeze(1), dim=1, eps=1e-12)
 
 
-def _warn_left_out(batch: _blocked.SortedBatch, n: int) -> None:
+def _warn_left_out(batch: _blocked.SortedBatch, n: int, stacklevel: int = 3) -> None:
     left_out = n - batch.num_valid
     if left_out == n:
         warnings.warn(
             f"SNNL is undefined for every one of the {n} anchors: no label occurs twice, "
             "so no anchor has another point of its class; returning 0 with zero gradient",
             SNNLWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     elif left_out:
         warnings.warn(
             f"{left_out} of {n} anchors have no other point of their class and are left out "
             "of the SNNL",
             SNNLWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
 
 
@@ -136,37 +156,38 @@ def _warn_left_out(batch: _blocked.SortedBatch, n: int) -> None:
 
 
 class _SNNLFunction(torch.autograd.Function):
-    """Per-anchor SNNL of prepared points, or its weighted sum, with a fused gradient.
+    """Per-anchor SNNL of the points, or its weighted sum, with a fused gradient.
 
+    ``points`` are the caller's features (euclidean) or unit vectors (cosine);
+    scaling, centring and the float64 fallback happen inside (``_blocked.exact_pass``).
     mode "sum": returns sum_i w_i loss_i (weights fixed by the reduction); the
-    gradient is computed in the same blocked pass as the value.
+    gradient is computed in the same pass as the value.
     mode "none": returns the per-anchor losses (N,); backward recomputes the
-    blocks with the incoming gradient as weights.
+    pass with the incoming gradient as weights.
     """
 
     @staticmethod
-    def forward(ctx, x, temperature, batch, euclidean, weights, block_rows, needs_grad):
+    def forward(ctx, points, temperature, batch, euclidean, weights, block_rows, needs_grad):
         t = float(temperature)
-        xs = x[batch.perm]
-        ctx.batch, ctx.euclidean, ctx.t, ctx.block_rows = batch, euclidean, t, block_rows
+        prep = _blocked.prepare_points(points.detach(), batch, euclidean, t)
+        ctx.prep, ctx.batch, ctx.t, ctx.block_rows = prep, batch, t, block_rows
+        ctx.dtype = points.dtype
         if weights is None:  # reduction "none"
-            loss_sorted, _, _ = _blocked.exact_pass(xs, batch, t, euclidean, None, block_rows)
-            out = torch.empty_like(loss_sorted)
-            out[batch.perm] = loss_sorted
-            if needs_grad:
-                ctx.save_for_backward(xs)
+            res = _blocked.exact_pass(prep, batch, t, points.dtype, None, block_rows)
+            out = torch.empty_like(res.loss)
+            out[batch.perm] = res.loss
             ctx.mode = "none"
             return out
         w_sorted = weights[batch.perm]
-        loss_sorted, grad_xs, grad_t = _blocked.exact_pass(
-            xs, batch, t, euclidean, w_sorted if needs_grad else None, block_rows
+        res = _blocked.exact_pass(
+            prep, batch, t, points.dtype, w_sorted if needs_grad else None, block_rows
         )
-        valid = ~torch.isnan(loss_sorted)
-        total = (loss_sorted[valid].double() * w_sorted[valid].double()).sum().to(x.dtype)
+        valid = ~torch.isnan(res.loss)
+        total = (res.loss[valid].double() * w_sorted[valid].double()).sum().to(points.dtype)
         if needs_grad:
-            grad_x = torch.empty_like(grad_xs)
-            grad_x[batch.perm] = grad_xs
-            ctx.save_for_backward(grad_x, grad_t)
+            grad_x = torch.empty_like(res.grad_x)
+            grad_x[batch.perm] = res.grad_x
+            ctx.save_for_backward(grad_x, _scalar_like(res.grad_t, temperature))
         ctx.mode = "sum"
         return total
 
@@ -175,20 +196,21 @@ class _SNNLFunction(torch.autograd.Function):
         if ctx.mode == "sum":
             grad_x, grad_t = ctx.saved_tensors
             gx = grad_x * grad_out if ctx.needs_input_grad[0] else None
-            gt = grad_t * grad_out if ctx.needs_input_grad[1] else None
+            gt = grad_t * grad_out.to(grad_t.dtype) if ctx.needs_input_grad[1] else None
             return gx, gt, None, None, None, None, None
-        (xs,) = ctx.saved_tensors
         batch = ctx.batch
         w = torch.nan_to_num(grad_out, nan=0.0, posinf=0.0, neginf=0.0)
         w = torch.where(batch.valid, w, torch.zeros_like(w))[batch.perm]
-        _, grad_xs, grad_t = _blocked.exact_pass(
-            xs, batch, ctx.t, ctx.euclidean, w.contiguous(), ctx.block_rows
-        )
-        grad_x = torch.empty_like(grad_xs)
-        grad_x[batch.perm] = grad_xs
+        res = _blocked.exact_pass(ctx.prep, batch, ctx.t, ctx.dtype, w.contiguous(), ctx.block_rows)
+        grad_x = torch.empty_like(res.grad_x)
+        grad_x[batch.perm] = res.grad_x
         gx = grad_x if ctx.needs_input_grad[0] else None
-        gt = grad_t if ctx.needs_input_grad[1] else None
+        gt = _scalar_like(res.grad_t, grad_out) if ctx.needs_input_grad[1] else None
         return gx, gt, None, None, None, None, None
+
+
+def _scalar_like(value: float, like: Tensor) -> Tensor:
+    return torch.tensor(value, dtype=like.dtype, device=like.device)
 
 
 def _temperature_tensor(temperature: float | Tensor, like: Tensor) -> Tensor:
@@ -220,7 +242,9 @@ def soft_nearest_neighbor_loss(
             computed in float32; float64 stays float64.
         labels: (N,) integer tensor.
         temperature: positive float or 0-dim tensor (the gradient reaches a tensor
-            temperature that requires grad).
+            temperature that requires grad); it must be a normal number of the compute
+            dtype (float32: [1.18e-38, 3.4e38]; float64: [2.2e-308, 1.8e308]), else a
+            ValueError names the range.
         distance: "euclidean" (squared Euclidean, as in the paper) or "cosine" (1 - cos;
             a zero vector is treated as having cosine 0 with every point).
         reduction: "mean" or "sum" over anchors with at least one other point of their
@@ -234,11 +258,18 @@ def soft_nearest_neighbor_loss(
     Anchors without a positive are left out with an ``SNNLWarning`` saying how many;
     if none has a positive the result is 0 with zero gradient.
 
-    Precision: the pairwise products use |a|^2 + |b|^2 - 2ab after centring, which
-    in float32 loses digits for tight clusters lying far from the centroid. Every
-    float32 pass is therefore checked on a few anchors against float64 direct
-    differences and, if it is off by more than 2e-6 relative, redone in float64
-    (slower, exact). On ordinary data the check costs a few percent.
+    Scale: SNNL(c x, T) = SNNL(x, T / c^2) (cosine: SNNL(c x, T) = SNNL(x, T)), so the
+    points are rescaled internally by a power of two (exact) and any finite features
+    give the true value and gradient; a value beyond the dtype's range (e.g. 1e39 in
+    float32) comes back as inf, never as a saturated 0 or NaN.
+
+    Precision: the pairwise products use |a|^2 + |b|^2 - 2ab after centring (the centre
+    computed in float64), which in float32 loses digits for tight clusters lying far
+    from the centroid. Every float32 pass is therefore checked on a few anchors (half
+    spread out, half where |x|^2 / T is largest relative to the loss) against float64
+    direct differences of the original features and, if it is off by more than 2e-6
+    relative plus the float32 rounding of its logits, redone in float64 from the
+    original features (slower, exact). On ordinary data the check costs a few percent.
 
     Example:
         >>> x = torch.tensor([[0.0], [0.1], [5.0], [5.2]])
@@ -249,26 +280,25 @@ def soft_nearest_neighbor_loss(
         True
     """
     x, y = _check_features_labels(features, labels)
-    temperature = _check_temperature(temperature)
-    _check_choice("distance", distance, _DISTANCES)
-    _check_choice("reduction", reduction, _REDUCTIONS)
-    if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
-        raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+    check_choice("distance", distance, DISTANCES)
+    check_choice("reduction", reduction, REDUCTIONS)
+    _check_temperature(temperature, x.dtype)
+    _check_block_size(block_size)
     n = x.shape[0]
     batch = _blocked.sort_by_class(y)
     _warn_left_out(batch, n)
     t = _temperature_tensor(temperature, x)
-    prepared = _prepare(x, distance)
     euclidean = distance == "euclidean"
-    needs_grad = torch.is_grad_enabled() and (prepared.requires_grad or t.requires_grad)
+    points = x if euclidean else _unit_vectors(x)
+    needs_grad = torch.is_grad_enabled() and (points.requires_grad or t.requires_grad)
     if reduction == "none":
-        return _SNNLFunction.apply(prepared, t, batch, euclidean, None, block_size, needs_grad)
+        return _SNNLFunction.apply(points, t, batch, euclidean, None, block_size, needs_grad)
     if batch.num_valid == 0:
         zero = (x * 0.0).sum()
         return zero + t * 0.0 if t.requires_grad else zero
     scale = 1.0 / batch.num_valid if reduction == "mean" else 1.0
     weights = batch.valid.to(x.dtype) * scale
-    return _SNNLFunction.apply(prepared, t, batch, euclidean, weights, block_size, needs_grad)
+    return _SNNLFunction.apply(points, t, batch, euclidean, weights, block_size, needs_grad)
 
 
 class SoftNearestNeighborLoss(nn.Module):
@@ -295,9 +325,9 @@ class SoftNearestNeighborLoss(nn.Module):
         reduction: Reduction = "mean",
     ) -> None:
         super().__init__()
-        _check_temperature(temperature)
-        _check_choice("distance", distance, _DISTANCES)
-        _check_choice("reduction", reduction, _REDUCTIONS)
+        _check_temperature(temperature, torch.float32)  # log T is stored in float32
+        check_choice("distance", distance, DISTANCES)
+        check_choice("reduction", reduction, REDUCTIONS)
         self.distance = distance
         self.reduction = reduction
         log_t = torch.tensor(math.log(float(temperature)))
@@ -326,6 +356,22 @@ class SoftNearestNeighborLoss(nn.Module):
         )
 
 
+def _positive_temperatures(temperatures) -> list[float]:
+    temps = np.asarray(temperatures, dtype=np.float64)
+    if temps.ndim != 1 or len(temps) == 0:
+        raise ValueError("temperatures must be a non-empty 1-D sequence")
+    if not np.isfinite(temps).all() or (temps <= 0).any():
+        raise ValueError(f"temperatures must be positive and finite, got {temps.tolist()}")
+    return [float(t) for t in temps]
+
+
+def _prepared(x: Tensor, batch: _blocked.SortedBatch, distance: str, temperature: float):
+    euclidean = distance == "euclidean"
+    with torch.no_grad():
+        points = x.detach() if euclidean else _unit_vectors(x.detach())
+    return _blocked.prepare_points(points, batch, euclidean, temperature)
+
+
 def snnl_temperature_curve(
     features: Tensor,
     labels: Tensor,
@@ -336,7 +382,8 @@ def snnl_temperature_curve(
     """SNNL (mean over anchors with a positive) at each of ``temperatures``: (len(temperatures),).
 
     The pairwise products are computed once per block and reused for every
-    temperature, so a curve costs one pass of matrix products.
+    temperature, so a curve costs one pass of matrix products. Float32 curves are
+    spot-checked at every temperature like :func:`soft_nearest_neighbor_loss`.
 
     Example:
         >>> x, y = torch.randn(40, 3), torch.arange(40) % 4
@@ -344,20 +391,77 @@ def snnl_temperature_curve(
         torch.Size([3])
     """
     x, y = _check_features_labels(features, labels)
-    _check_choice("distance", distance, _DISTANCES)
-    temps = torch.as_tensor(np.asarray(temperatures, dtype=np.float64), dtype=torch.float64)
-    if temps.dim() != 1 or len(temps) == 0:
-        raise ValueError("temperatures must be a non-empty 1-D sequence")
-    if not bool(torch.isfinite(temps).all()) or bool((temps <= 0).any()):
-        raise ValueError(f"temperatures must be positive and finite, got {temps.tolist()}")
+    check_choice("distance", distance, DISTANCES)
+    temps = _positive_temperatures(temperatures)
+    for t in (min(temps), max(temps)):
+        _check_temperature_range("temperature", t, x.dtype)
     batch = _blocked.sort_by_class(y)
     _warn_left_out(batch, x.shape[0])
     if batch.num_valid == 0:
         return torch.zeros(len(temps), dtype=x.dtype)
+    prep = _prepared(x, batch, distance, math.sqrt(min(temps) * max(temps)))
     with torch.no_grad():
-        xs = _prepare(x.detach(), distance)[batch.perm]
-        per_anchor = _blocked.snnl_temperature_grid(xs, batch, temps, distance == "euclidean")
+        per_anchor = _blocked.exact_grid(prep, batch, temps, x.dtype)
     return per_anchor.nanmean(1).cpu()
+
+
+def _same_value_at_every_temperature(x: Tensor, batch: _blocked.SortedBatch, distance: str):
+    """Why SNNL does not depend on T here (a reason string), or None."""
+    if batch.num_classes == 1:
+        return "there is only one class, so SNNL = 0"
+    points = x if distance == "euclidean" else _unit_vectors(x)
+    if bool((points == points[0]).all()):
+        return "all points are identical, so every distance is the same"
+    return None
+
+
+def _optimal_temperature(
+    x: Tensor,
+    y: Tensor,
+    distance: str,
+    bounds: tuple[float, float],
+    *,
+    warn_left_out: bool,
+    stacklevel: int,
+) -> tuple[float, float]:
+    """:func:`optimal_temperature` on validated (x, y); see there."""
+    lo, hi = bounds
+    log_lo, log_hi = math.log10(lo), math.log10(hi)
+    n_grid = max(2, int(math.ceil((log_hi - log_lo) * _GRID_PER_DECADE)) + 1)
+    log_grid = np.linspace(log_lo, log_hi, n_grid)
+    batch = _blocked.sort_by_class(y)
+    if warn_left_out:
+        _warn_left_out(batch, x.shape[0], stacklevel + 1)
+    if batch.num_valid == 0:
+        return lo, 0.0
+    constant = _same_value_at_every_temperature(x.detach(), batch, distance)
+    with torch.no_grad():
+        prep = _prepared(x, batch, distance, math.sqrt(lo * hi))
+
+        def value_at(log_t: float) -> float:
+            res = _blocked.exact_pass(prep, batch, 10.0**log_t, x.dtype, None)
+            return float(res.loss.double().nanmean())
+
+        if constant is not None:
+            value = value_at(log_lo)
+            warnings.warn(
+                f"every temperature gives the same SNNL ({value:.6g}): {constant}; "
+                f"returning the lower bound T = {lo:g}",
+                SNNLWarning,
+                stacklevel=stacklevel,
+            )
+            return lo, value
+        grid = [float(10.0**g) for g in log_grid]
+        grid_values = _blocked.exact_grid(prep, batch, grid, x.dtype).double().nanmean(1).numpy()
+        best_log, best_value = float(log_grid[np.argmin(grid_values)]), float(grid_values.min())
+        for k in np.argsort(grid_values, kind="stable")[:3]:
+            left, right = log_grid[max(k - 1, 0)], log_grid[min(k + 1, n_grid - 1)]
+            res = minimize_scalar(
+                value_at, bounds=(left, right), method="bounded", options={"xatol": 1e-6}
+            )
+            if float(res.fun) < best_value:
+                best_log, best_value = float(res.x), float(res.fun)
+    return float(min(max(10**best_log, lo), hi)), best_value
 
 
 def optimal_temperature(
@@ -372,11 +476,16 @@ def optimal_temperature(
     SNNL*(x, y) = min_T SNNL(x, y, T). The search is in log T: a grid of 6 points
     per decade over ``bounds`` (one pass of products for the whole grid), then a
     bounded Brent refinement (to 1e-6 in log10 T) around each of the three best grid
-    points. The value
-    returned is never above the value at any grid point.
+    points. The value returned is never above the value at any grid point.
 
     Returns:
-        (temperature, value) as Python floats.
+        (temperature, value) as Python floats. Where SNNL does not depend on T (a
+        single class: SNNL = 0; all points identical) an ``SNNLWarning`` says so and
+        the lower bound is returned with that value; where no label occurs twice
+        (SNNL undefined) the lower bound and 0.0, with an ``SNNLWarning``.
+
+    ``bounds`` must lie within the normal range of the features' dtype (float32:
+    [1.18e-38, 3.4e38]).
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -386,41 +495,22 @@ def optimal_temperature(
         >>> 1e-4 < t < 1e4 and v <= snnl_temperature_curve(x, y, [t / 2, t * 2]).min().item()
         True
     """
-    lo, hi = (float(b) for b in bounds)
+    x, y = _check_features_labels(features, labels)
+    check_choice("distance", distance, DISTANCES)
+    lo, hi = _check_bounds(bounds, x.dtype)
+    return _optimal_temperature(x, y, distance, (lo, hi), warn_left_out=True, stacklevel=3)
+
+
+def _check_bounds(bounds, dtype: torch.dtype) -> tuple[float, float]:
+    try:
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds must be a pair (low, high) of numbers, got {bounds!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
         raise ValueError(f"bounds must satisfy 0 < low < high (finite), got {bounds}")
-    x, y = _check_features_labels(features, labels)
-    _check_choice("distance", distance, _DISTANCES)
-    log_lo, log_hi = math.log10(lo), math.log10(hi)
-    n_grid = max(2, int(math.ceil((log_hi - log_lo) * _GRID_PER_DECADE)) + 1)
-    log_grid = np.linspace(log_lo, log_hi, n_grid)
-    batch = _blocked.sort_by_class(y)
-    _warn_left_out(batch, x.shape[0])
-    if batch.num_valid == 0:
-        return float(10 ** log_grid[0]), 0.0
-    with torch.no_grad():
-        xs = _prepare(x.detach(), distance)[batch.perm]
-        euclidean = distance == "euclidean"
-        grid_values = (
-            _blocked.snnl_temperature_grid(xs, batch, torch.tensor(10**log_grid), euclidean)
-            .nanmean(1)
-            .double()
-            .numpy()
-        )
-
-        def value_at(log_t: float) -> float:
-            loss, _, _ = _blocked.exact_pass(xs, batch, 10.0**log_t, euclidean, None)
-            return float(loss.double().nanmean())
-
-        best_log, best_value = float(log_grid[np.argmin(grid_values)]), float(grid_values.min())
-        for k in np.argsort(grid_values, kind="stable")[:3]:
-            left, right = log_grid[max(k - 1, 0)], log_grid[min(k + 1, n_grid - 1)]
-            res = minimize_scalar(
-                value_at, bounds=(left, right), method="bounded", options={"xatol": 1e-6}
-            )
-            if float(res.fun) < best_value:
-                best_log, best_value = float(res.x), float(res.fun)
-    return float(10**best_log), best_value
+    _check_temperature_range("lower temperature bound", lo, dtype)
+    _check_temperature_range("upper temperature bound", hi, dtype)
+    return lo, hi
 
 
 def entanglement_between(
@@ -468,7 +558,14 @@ def entanglement_between(
         ]
     )
     if temperature is None:
-        temperature, _ = optimal_temperature(features.detach(), labels, distance=distance)
+        # the loss below warns about left-out anchors; the search warns only about
+        # what is its own (a value that does not depend on T)
+        x, y = _check_features_labels(features.detach(), labels)
+        check_choice("distance", distance, DISTANCES)
+        bounds = _check_bounds((1e-4, 1e4), x.dtype)
+        temperature, _ = _optimal_temperature(
+            x, y, distance, bounds, warn_left_out=False, stacklevel=3
+        )
     return soft_nearest_neighbor_loss(features, labels, temperature, distance=distance)
 
 
