@@ -14,12 +14,29 @@ class CommandError(Exception):
 
 
 def _entanglement(args: argparse.Namespace) -> int:
+    import math
+    import tempfile
+
     import numpy as np
     import torch
 
     from snnl.data import load_dataset, load_features
+    from snnl.figures import _check_target, figure_format
     from snnl.loss import optimal_temperature, snnl_temperature_curve, soft_nearest_neighbor_loss
 
+    if args.plot is not None:
+        # Refused before anything is computed or printed: unknown suffix (the message
+        # lists the formats), a directory, a missing folder, an unwritable folder.
+        _check_target(args.plot)
+        figure_format(args.plot)
+        try:  # a real probe: permission bits say nothing to root, read-only mounts neither
+            with tempfile.NamedTemporaryFile(dir=args.plot.parent, prefix=".snnl-probe-"):
+                pass
+        except OSError as err:
+            raise CommandError(
+                f"cannot save a figure to {str(args.plot)!r}: its folder is not writable "
+                f"({err.strerror or err})"
+            ) from None
     if args.file is not None:
         features, labels = load_features(args.file, args.labels)
         source = str(args.file)
@@ -30,21 +47,30 @@ def _entanglement(args: argparse.Namespace) -> int:
         source = f"dataset {ds.name} (inputs, train + test)"
     features = features.reshape(features.shape[0], -1)
     n, d = features.shape
-    classes = int(torch.unique(labels).numel())
-    print(f"source      : {source}")
-    print(f"points      : {n} x {d} features, {classes} classes")
-    print(f"distance    : {args.distance}")
+    _, counts = torch.unique(labels, return_counts=True)
+    classes = int(counts.numel())
+    if not bool((counts >= 2).any()):
+        raise CommandError(
+            f"SNNL is undefined for {source}: no label occurs twice among its {n} points, so "
+            "no point has another point of its class (the SNNL of a point needs one)"
+        )
     bounds = (args.t_min, args.t_max)
     if args.temperature is None:
         t, value = optimal_temperature(features, labels, distance=args.distance, bounds=bounds)
-        print(f"temperature : {t:.6g} (optimal within [{bounds[0]:g}, {bounds[1]:g}])")
+        t_line = f"{t:.6g} (optimal within [{bounds[0]:g}, {bounds[1]:g}])"
     else:
         t = args.temperature
         with torch.no_grad():
             value = float(soft_nearest_neighbor_loss(features, labels, t, distance=args.distance))
-        print(f"temperature : {t:.6g} (given)")
-    print(f"SNNL        : {value:.6f}   (log C = {np.log(max(classes, 1)):.4f})")
-    if args.plot is not None:
+        t_line = f"{t:.6g} (given)"
+    if not math.isfinite(value) and features.dtype != torch.float64:
+        with torch.no_grad():  # beyond float32's range: float64 holds it
+            value = float(
+                soft_nearest_neighbor_loss(features.double(), labels, t, distance=args.distance)
+            )
+    if not math.isfinite(value):
+        raise CommandError(f"SNNL at T = {t:g} is {value}, beyond the range of float64")
+    if args.plot is not None:  # saved before anything is printed: an error leaves no output
         from snnl.figures import save_figure, temperature_curve_figure
 
         lo = min(bounds[0], t)
@@ -54,6 +80,12 @@ def _entanglement(args: argparse.Namespace) -> int:
         name = Path(source).name if args.file is not None else args.dataset
         fig = temperature_curve_figure(grid, curve, best=(t, value), title=f"SNNL of {name}")
         save_figure(fig, args.plot)
+    print(f"source      : {source}")
+    print(f"points      : {n} x {d} features, {classes} classes")
+    print(f"distance    : {args.distance}")
+    print(f"temperature : {t_line}")
+    print(f"SNNL        : {value:.7g}   (log C = {np.log(max(classes, 1)):.4f})")
+    if args.plot is not None:
         print(f"plot        : {args.plot}")
     return 0
 
@@ -187,7 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
     ent.add_argument("--distance", choices=("euclidean", "cosine"), default="euclidean")
     ent.add_argument("--t-min", type=_positive_float, default=1e-4, help="search bound")
     ent.add_argument("--t-max", type=_positive_float, default=1e4, help="search bound")
-    ent.add_argument("--plot", type=Path, default=None, help="save the SNNL-vs-T curve (PNG)")
+    ent.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="save the SNNL-vs-T curve; the suffix picks the format (.png, .pdf, .svg, .jpg)",
+    )
     ent.set_defaults(func=_entanglement)
 
     from snnl.experiments import registry

@@ -1,0 +1,134 @@
+"""``snnl entanglement``: undefined values, the plot file, huge features, and (below)
+memory-mapped .npy files, the anchor estimate and --json.
+
+Values are checked against ``reference.snnl_reference_mean`` (a float64 loop over anchors).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pytest
+
+from reference import snnl_reference_mean
+from snnl.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _npz(tmp_path, x, y, name="f.npz"):
+    path = tmp_path / name
+    np.savez(path, features=x, labels=y)
+    return path
+
+
+def _blobs(n=60, d=5, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = np.arange(n) % 3
+    x[y == 1] += 1.5
+    return x, y
+
+
+def _value(out: str) -> float:
+    return float(out.split("SNNL        :")[1].split()[0])
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("snnl entanglement: error: ") and "Traceback" not in err
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- undefined
+
+
+@pytest.mark.parametrize("temperature", [[], ["--temperature", "1.0"]])
+def test_undefined_snnl_is_an_error_not_zero(tmp_path, capsys, temperature):
+    """No label occurs twice: the SNNL is undefined (it used to print 0.0000, which
+    reads as perfectly separated)."""
+    x, _ = _blobs(n=6)
+    path = _npz(tmp_path, x, np.arange(6))
+    assert main(["entanglement", str(path), *temperature]) == 2
+    captured = capsys.readouterr()
+    line = _one_error_line(captured.err)
+    assert "undefined" in line and "no label occurs twice" in line
+    assert captured.out == ""
+
+
+# ----------------------------------------------------------------------------- plot
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p, "is a directory"),
+        (lambda p: p / "missing" / "curve.png", "does not exist"),
+        (lambda p: p / "curve.bmp", "unknown figure format 'bmp'.*png, pdf, svg, jpg, jpeg"),
+        (lambda p: p / "curve", "unknown figure format ''"),
+    ],
+)
+def test_bad_plot_path_fails_before_any_output(tmp_path, capsys, make, message):
+    x, y = _blobs()
+    path = _npz(tmp_path, x, y)
+    assert (
+        main(["entanglement", str(path), "--temperature", "2", "--plot", str(make(tmp_path))]) == 2
+    )
+    captured = capsys.readouterr()
+    line = _one_error_line(captured.err)
+    assert re.search(message, line), line
+    assert captured.out == ""
+
+
+def test_unwritable_plot_folder_fails_before_any_output(tmp_path, capsys):
+    x, y = _blobs()
+    path = _npz(tmp_path, x, y)
+    # /proc refuses new files even to root (permission bits would not)
+    assert main(["entanglement", str(path), "--plot", "/proc/curve.png"]) == 2
+    captured = capsys.readouterr()
+    assert "not writable" in _one_error_line(captured.err)
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize(
+    ("suffix", "magic"),
+    [(".png", b"\x89PNG\r\n\x1a\n"), (".jpg", b"\xff\xd8\xff"), (".JPEG", b"\xff\xd8\xff"),
+     (".pdf", b"%PDF"), (".svg", b"<?xml")],
+)  # fmt: skip
+def test_plot_is_written_in_the_format_its_suffix_names(tmp_path, capsys, suffix, magic):
+    x, y = _blobs()
+    path = _npz(tmp_path, x, y)
+    plot = tmp_path / f"curve{suffix}"
+    assert main(["entanglement", str(path), "--temperature", "2", "--plot", str(plot)]) == 0
+    assert plot.read_bytes()[: len(magic)] == magic
+    out = capsys.readouterr().out
+    assert f"plot        : {plot}" in out
+    assert _value(out) == pytest.approx(snnl_reference_mean(x, y, 2.0), rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- huge features
+
+
+def test_huge_float32_features_print_the_true_value_not_nan(tmp_path, capsys):
+    """x * 1e20 in float32 printed 'SNNL: nan' with exit 0; at T = 1 the true value (~1e39)
+    is beyond float32, so it is computed in float64."""
+    x, y = _blobs(n=30, d=3)
+    x = x * np.float32(1e20)
+    path = _npz(tmp_path, x, y)
+    assert main(["entanglement", str(path), "--temperature", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower()
+    assert _value(out) == pytest.approx(snnl_reference_mean(x, y, 1.0), rel=1e-6)
+    assert main(["entanglement", str(path)]) == 0  # optimal T within the default bounds
+    out = capsys.readouterr().out
+    t = float(out.split("temperature :")[1].split()[0])
+    assert "nan" not in out.lower()
+    assert _value(out) == pytest.approx(snnl_reference_mean(x, y, t), rel=1e-4)
