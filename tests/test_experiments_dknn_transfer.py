@@ -1,26 +1,42 @@
-"""Experiments "dknn" and "transfer" on tiny digits runs, against independent recomputation."""
+"""Experiments "dknn" and "transfer" on tiny digits runs, against independent recomputation.
+
+One ``snnl reproduce`` of both experiments (2 seeds x 2 kinds, 1 epoch on 200 digits)
+is shared by the module; every number checked is recomputed here from the saved
+models with plain autograd, numpy loops or scikit-learn.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import warnings
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import silhouette_score
 from sklearn.neighbors import NearestNeighbors
 
 from reference import snnl_reference_mean
-from snnl import _io
-from snnl.experiments import ReproduceConfig, dknn, entangle, transfer
+from snnl.experiments import Context, ReproduceConfig, dknn, transfer
+from snnl.experiments.zoo import Zoo
 from snnl.report import write_report
+from snnl.runner import reproduce
 from snnl.taps import capture
 from snnl.train import load_run
 
-CONFIG = ReproduceConfig(dataset="digits", seeds=1, epochs=1, limit_train=200, limit_test=120)
+CONFIG = ReproduceConfig(
+    dataset="digits",
+    seeds=2,
+    epochs=1,
+    limit_train=200,
+    limit_test=120,
+    experiments=["dknn", "transfer"],
+)
+N_EVAL = 84  # 120 test points, 30% (36) calibrate
 
 
 @pytest.fixture(autouse=True)
@@ -42,16 +58,15 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """Both experiments run once on tiny settings (trains 2 seeds x 2 kinds, 1 epoch)."""
+    """Both experiments through ``reproduce`` once; the saved results.json."""
     out = tmp_path_factory.mktemp("rep")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        dataset = entangle.load_data(CONFIG)
-        res_dknn = dknn.run(CONFIG, out)
-        res_transfer = transfer.run(CONFIG, out)
-    for res in (res_dknn, res_transfer):  # JSON-serialisable without NaN / inf
-        json.dumps(res, allow_nan=False)
-    return out, dataset, res_dknn, res_transfer
+        reproduce(CONFIG, out)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["complete"]
+    dataset = Zoo(CONFIG, out).dataset
+    return out, dataset, saved["experiments"]["dknn"], saved["experiments"]["transfer"]
 
 
 def _model(out, rel, dataset):
@@ -76,6 +91,31 @@ def _auroc_pairs(clean, odd):
     return total / (len(odd) * len(clean))
 
 
+def _mean_sd(values):
+    """Mean and sample standard deviation by hand."""
+    m = sum(values) / len(values)
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+def _groups_rule(a, b, expect):
+    """The verdict rule for two groups, by hand (Welch's standard error)."""
+    (ma, sa), (mb, sb) = _mean_sd(a), _mean_sd(b)
+    diff = ma - mb if expect == "greater" else mb - ma
+    se = math.sqrt(sa**2 / len(a) + sb**2 / len(b))
+    return "holds" if diff > 2 * se else "does not hold" if diff < -2 * se else "inconclusive"
+
+
+def _paired_rule(a, b):
+    """The verdict rule for "a < b" paired by seed, by hand (standard error of differences)."""
+    md, sd = _mean_sd([x - y for x, y in zip(a, b, strict=True)])
+    se = sd / math.sqrt(len(a))
+    return "holds" if -md > 2 * se else "does not hold" if md > 2 * se else "inconclusive"
+
+
+def _record(res, kind, seed):
+    return next(r for r in res["models"] if r["kind"] == kind and r["seed"] == seed)
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -84,38 +124,13 @@ def test_split_and_k():
     assert len(cal) == 36 and len(ev) == 84
     assert sorted(cal.tolist() + ev.tolist()) == list(range(120))
     assert torch.equal(cal, dknn.split_calibration(120, 0.3)[0])  # seeded
-    assert dknn.choose_k(200) == 10 and dknn.choose_k(10**5) == 75
+    assert not torch.equal(cal, dknn.split_calibration(120, 0.3, seed=1)[0])
+    assert dknn.choose_k(200) == 10 and dknn.choose_k(10**5) == 75 and dknn.choose_k(5) == 1
+    assert dknn.choose_k(10**5, k_max=50) == 50
     with pytest.raises(ValueError, match="at least 2"):
         dknn.split_calibration(1, 0.3)
     with pytest.raises(ValueError, match="fraction"):
         dknn.split_calibration(10, 1.0)
-
-
-def test_reliability_against_a_loop():
-    rng = np.random.default_rng(0)
-    conf = rng.uniform(size=300)
-    conf[:5] = [0.0, 1.0, 0.1, 0.2999999, 0.3]
-    ok = rng.uniform(size=300) < conf
-    r = dknn.reliability(conf, ok, bins=10)
-    count, correct, csum = [0] * 10, [0] * 10, [0.0] * 10
-    for c, k in zip(conf, ok, strict=True):
-        b = min(int(math.floor(c * 10)), 9)
-        count[b] += 1
-        correct[b] += int(k)
-        csum[b] += c
-    assert r["count"] == count and r["correct"] == correct
-    assert r["confidence_sum"] == pytest.approx(csum, abs=1e-5)
-    ece = sum(abs(correct[b] - csum[b]) for b in range(10) if count[b]) / 300
-    assert r["ece"] == pytest.approx(ece)
-    with pytest.raises(ValueError, match="equal length"):
-        dknn.reliability(conf, ok[:10])
-
-
-def test_auroc_against_pair_count():
-    rng = np.random.default_rng(1)
-    clean = rng.integers(0, 5, 30) / 4
-    odd = rng.integers(0, 5, 20) / 4  # many ties
-    assert dknn.auroc(clean, odd) == pytest.approx(_auroc_pairs(clean, odd))
 
 
 def test_gradient_directions_of_a_linear_model():
@@ -128,118 +143,142 @@ def test_gradient_directions_of_a_linear_model():
     w, b = net[1].weight, net[1].bias
     p = torch.softmax(x.flatten(1) @ w.T + b, dim=1)
     g = ((p - F.one_hot(y, 3)) @ w).detach()  # d CE / dx = W^T (p - onehot)
-    assert torch.equal(d["sign"], g.sign())
-    assert torch.allclose(d["normalised"], g / g.norm(dim=1, keepdim=True))
+    assert torch.equal(d, g.sign())
 
 
-def test_clustering_against_references():
-    rng = np.random.default_rng(2)
-    y = torch.arange(30) % 3
-    f = torch.from_numpy(rng.normal(size=(30, 4))) + y[:, None].double()
-    c = transfer.clustering(f, y)
-    # silhouette by a plain loop
-    fn, yn = f.numpy(), y.numpy()
-    dist = np.sqrt(((fn[:, None] - fn[None]) ** 2).sum(-1))
-    sil = []
-    for i in range(30):
-        same = (yn == yn[i]) & (np.arange(30) != i)
-        a = dist[i, same].mean()
-        b = min(dist[i, yn == k].mean() for k in set(yn.tolist()) - {yn[i]})
-        sil.append((b - a) / max(a, b))
-    assert c["silhouette"] == pytest.approx(np.mean(sil))
-    # SNNL value at the reported temperature, and not above nearby temperatures
-    assert c["snnl"] == pytest.approx(snnl_reference_mean(fn, yn, c["temperature"]), rel=1e-6)
-    for t in (c["temperature"] / 3, c["temperature"] * 3):
-        assert c["snnl"] <= snnl_reference_mean(fn, yn, t) + 1e-9
-
-
-def test_transfer_summary_hand_case():
+def test_transfer_pairs_hand_case():
     m = np.arange(16, dtype=float).reshape(4, 4) / 16
     names = ["normal-0", "normal-1", "entangled-0", "entangled-1"]
+    p = transfer.transfer_pairs(m, names)
+    assert p["normal->normal"] == [1 / 16, 4 / 16]
+    assert p["entangled->entangled"] == [11 / 16, 14 / 16]
+    assert p["normal->entangled"] == [2 / 16, 3 / 16, 6 / 16, 7 / 16]
+    assert p["entangled->normal"] == [8 / 16, 9 / 16, 12 / 16, 13 / 16]
+    assert p["white-box normal"] == [0.0, 5 / 16] and p["white-box entangled"] == [10 / 16, 15 / 16]
     s = transfer.transfer_summary(m, names)
-    assert s["normal->normal"] == pytest.approx((1 + 4) / 2 / 16)
-    assert s["entangled->entangled"] == pytest.approx((11 + 14) / 2 / 16)
-    assert s["normal->entangled"] == pytest.approx((2 + 3 + 6 + 7) / 4 / 16)
-    assert s["entangled->normal"] == pytest.approx((8 + 9 + 12 + 13) / 4 / 16)
-    assert s["white-box normal"] == pytest.approx((0 + 5) / 2 / 16)
-    assert s["white-box entangled"] == pytest.approx((10 + 15) / 2 / 16)
+    assert s["normal->entangled"]["mean"] == pytest.approx(18 / 4 / 16)
+    # one model of a kind: no pair within it
+    p = transfer.transfer_pairs(m[:3, :3], names[:3])
+    assert "entangled->entangled" not in p and p["white-box entangled"] == [10 / 16]
+
+
+def test_outlier_sets_with_and_without_notmnist(tmp_path):
+    from PIL import Image
+
+    from snnl.data import load_dataset
+
+    dataset = load_dataset("digits", limit_train=50, limit_test=60)
+    rng = np.random.default_rng(0)
+    for letter in "ABCDEFGHIJ":
+        (tmp_path / letter).mkdir()
+        for i in range(3):
+            img = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+            Image.fromarray(img).save(tmp_path / letter / f"{i}.png")
+    with_dir = dknn.Settings(seeds=1, data_dir=str(tmp_path))
+    sets, skipped = dknn._input_sets(with_dir, dataset, 20)
+    assert list(sets) == ["letters", "rotated", "notmnist"] and not skipped
+    assert all(tuple(x.shape) == (20, 1, 8, 8) for x in sets.values())
+    sets, skipped = dknn._input_sets(with_dir, dataset, 40)  # only 30 images on disk
+    assert "notmnist" not in sets and "n=40" in skipped["notmnist"]
+    sets, skipped = dknn._input_sets(dknn.Settings(seeds=1), dataset, 20)
+    assert list(sets) == ["letters", "rotated"] and "--data-dir" in skipped["notmnist"]
+    assert dknn.settings(ReproduceConfig(dataset="digits", data_dir="/x")).data_dir == "/x"
 
 
 # --------------------------------------------------------------------------- dknn
 
 
-def test_dknn_structure(tiny):
-    _, dataset, res, _ = tiny
-    st = res["settings"]
-    assert (st["n_calibration"], st["n_eval"], st["k"]) == (36, 84, 10)
+def test_dknn_structure_and_summary(tiny):
+    _, _, res, _ = tiny
+    assert res["settings"]["seeds"] == 2 and res["k"] == 10 and res["num_classes"] == 10
+    assert (res["n_calibration"], res["n_eval"]) == (36, N_EVAL)
     assert res["input_sets"] == ["clean", "fgsm", "letters", "rotated"]
     assert "notmnist" in res["skipped_sets"]
-    for kind in ("normal", "entangled"):
-        m = res["models"][kind]
-        assert m["layers"] == ["relu1", "relu2", "relu3", "logits"]
-        assert set(m["auroc"]) == {"fgsm", "letters", "rotated"}
+    assert [(r["kind"], r["seed"]) for r in res["models"]] == [
+        ("normal", 0),
+        ("normal", 1),
+        ("entangled", 0),
+        ("entangled", 1),
+    ]
+    for r in res["models"]:
+        assert r["health"] == "ok" and r["layers"] == ["relu1", "relu2", "relu3", "logits"]
+        assert set(r["auroc"]) == {"fgsm", "letters", "rotated"}
         for name in res["input_sets"]:
-            e = m["sets"][name]
-            assert e["n"] == 84 and sum(e["credibility_hist"]) == 84
-            assert 0.0 <= e["credibility_mean"] <= 1.0 and 0.0 < e["softmax_mean"] <= 1.0
-            labelled = name in ("clean", "fgsm")
-            assert (e["dknn_accuracy"] is not None) == labelled
-            q = e["credibility_quantiles"]
-            assert q == sorted(q)
+            e = r["sets"][name]
+            assert e["n"] == N_EVAL and sum(e["credibility_hist"]) == N_EVAL
+            assert (e["dknn_accuracy"] is not None) == (name in ("clean", "fgsm"))
             per_layer = e["neighbours_of_predicted_class"]
-            assert all(0 <= v <= st["k"] for v in per_layer.values())
-        for score in ("credibility", "softmax"):
-            r = m["reliability"][score]
-            assert sum(r["count"]) == 2 * 84  # clean + fgsm pooled
-            assert 0.0 <= r["ece"] <= 1.0
+            assert e["hidden_neighbours_mean"] == pytest.approx(
+                (per_layer["relu1"] + per_layer["relu2"] + per_layer["relu3"]) / 3
+            )
+        for name in ("clean", "fgsm"):
+            rel = r["reliability"][name]["credibility"]
+            assert sum(rel["count"]) == N_EVAL
+    # summary = mean and sample std over the seeds, by hand
+    for kind in ("normal", "entangled"):
+        runs = [_record(res, kind, s) for s in (0, 1)]
+        summ = res["summary"][kind]
+        for name in res["input_sets"][1:]:
+            m, sd = _mean_sd([r["auroc"][name]["credibility"] for r in runs])
+            assert summ["auroc"][name]["credibility"]["mean"] == pytest.approx(m)
+            assert summ["auroc"][name]["credibility"]["std"] == pytest.approx(sd)
+        m, sd = _mean_sd([r["reliability"]["fgsm"]["softmax"]["ece"] for r in runs])
+        assert summ["ece"]["fgsm"]["softmax"]["std"] == pytest.approx(sd)
 
 
 def test_dknn_auroc_and_means_from_scores(tiny):
     _, _, res, _ = tiny
-    for kind in ("normal", "entangled"):
-        m = res["models"][kind]
-        clean = m["sets"]["clean"]["score_sample"]  # 84 <= SAMPLE_SIZE: all points
+    for r in res["models"]:
+        clean = r["sets"]["clean"]["score_sample"]  # 84 <= sample_size: every point
         for name in ("fgsm", "letters", "rotated"):
-            odd = m["sets"][name]["score_sample"]
+            odd = r["sets"][name]["score_sample"]
             for score in ("credibility", "softmax", "agreement"):
-                assert len(odd[score]) == 84
+                assert len(odd[score]) == N_EVAL
                 want = _auroc_pairs(clean[score], odd[score])
-                assert m["auroc"][name][score] == pytest.approx(want, abs=1e-12)
-                assert m["sets"][name][f"{score}_mean"] == pytest.approx(np.mean(odd[score]))
+                assert r["auroc"][name][score] == pytest.approx(want, abs=1e-12)
+                assert r["sets"][name][f"{score}_mean"] == pytest.approx(np.mean(odd[score]))
 
 
-def test_dknn_softmax_and_fgsm_by_hand(tiny):
+def test_dknn_softmax_fgsm_and_ece_by_hand(tiny):
     out, dataset, res, _ = tiny
-    _, ev = dknn.split_calibration(len(dataset.y_test), dknn.CALIBRATION_FRACTION)
+    _, ev = dknn.split_calibration(len(dataset.y_test), 0.3)
     x, y = dataset.x_test[ev], dataset.y_test[ev]
     for kind in ("normal", "entangled"):
-        m = res["models"][kind]
-        model = _model(out, m["run"], dataset)
+        r = _record(res, kind, 1)
+        model = _model(out, r["run"], dataset)
         with torch.no_grad():
             p = torch.softmax(model(x).double(), dim=1)
-        assert m["sets"]["clean"]["softmax_mean"] == pytest.approx(p.max(1).values.mean().item())
-        acc = (p.argmax(1) == y).double().mean().item()
-        assert m["sets"]["clean"]["softmax_accuracy"] == pytest.approx(acc)
+        conf = p.max(1).values.numpy()
+        correct = (p.argmax(1) == y).numpy()
+        assert r["sets"]["clean"]["softmax_mean"] == pytest.approx(conf.mean())
+        assert r["sets"]["clean"]["softmax_accuracy"] == pytest.approx(correct.mean())
+        # ECE by a plain loop over 10 bins
+        ece = 0.0
+        for b in range(10):
+            inside = [i for i in range(len(conf)) if min(int(conf[i] * 10), 9) == b]
+            if inside:
+                ece += abs(sum(correct[inside]) - sum(conf[inside])) / len(conf)
+        assert r["reliability"]["clean"]["softmax"]["ece"] == pytest.approx(ece)
         x_adv = _fgsm_by_hand(model, x, y, 0.1)
         with torch.no_grad():
             acc_adv = (model(x_adv).argmax(1) == y).double().mean().item()
-        assert m["sets"]["fgsm"]["softmax_accuracy"] == pytest.approx(acc_adv, abs=1.5 / 84)
+        assert r["sets"]["fgsm"]["softmax_accuracy"] == pytest.approx(acc_adv, abs=1.5 / N_EVAL)
 
 
 def test_dknn_credibility_against_sklearn_neighbours(tiny):
     """Plain DkNN: sklearn exact neighbours on centred, L2-normalised layers, numpy p-values."""
     out, dataset, res, _ = tiny
-    cal, ev = dknn.split_calibration(len(dataset.y_test), dknn.CALIBRATION_FRACTION)
-    m = res["models"]["normal"]
-    model = _model(out, m["run"], dataset)
-    k, layers = res["settings"]["k"], m["layers"]
+    cal, ev = dknn.split_calibration(len(dataset.y_test), 0.3)
+    r = _record(res, "normal", 1)
+    model = _model(out, r["run"], dataset)
+    k, layers = res["k"], r["layers"]
     ytr = dataset.y_train.numpy()
 
     def counts(x):
         reps_tr = capture(model, dataset.x_train, layers)
         reps = capture(model, x, layers)
-        total = np.zeros((len(x), 10))
-        for name in layers:
+        per_layer = np.zeros((len(layers), len(x), 10))
+        for li, name in enumerate(layers):
             tr = reps_tr[name].double().numpy()
             mu = tr.mean(0)
             tr = (tr - mu) / np.linalg.norm(tr - mu, axis=1, keepdims=True)
@@ -248,129 +287,157 @@ def test_dknn_credibility_against_sklearn_neighbours(tiny):
             idx = NearestNeighbors(n_neighbors=k).fit(tr).kneighbors(q)[1]
             for i, row in enumerate(idx):
                 for j in row:
-                    total[i, ytr[j]] += 1
-        return len(layers) * k - total  # nonconformity alpha (N, C)
+                    per_layer[li, i, ytr[j]] += 1
+        return per_layer
 
-    a_cal = counts(dataset.x_test[cal])
+    a_cal = len(layers) * k - counts(dataset.x_test[cal]).sum(0)  # nonconformity (N, C)
     scores = a_cal[np.arange(len(cal)), dataset.y_test[cal].numpy()]
-    a_ev = counts(dataset.x_test[ev])
+    c_ev = counts(dataset.x_test[ev])
+    a_ev = len(layers) * k - c_ev.sum(0)
     p = (scores[None, None, :] >= a_ev[:, :, None]).mean(-1)
     cred = p.max(1)
-    sample = np.array(m["sets"]["clean"]["score_sample"]["credibility"])
+    sample = np.array(r["sets"]["clean"]["score_sample"]["credibility"])
     # exact ties between float32/float64 neighbour distances may differ for a point or two
     assert np.mean(np.abs(sample - cred) < 1e-6) > 0.95
-    assert m["sets"]["clean"]["credibility_mean"] == pytest.approx(cred.mean(), abs=0.02)
+    assert r["sets"]["clean"]["credibility_mean"] == pytest.approx(cred.mean(), abs=0.02)
     pred = p.argmax(1)
     acc = (pred == dataset.y_test[ev].numpy()).mean()
-    assert m["sets"]["clean"]["dknn_accuracy"] == pytest.approx(acc, abs=2.5 / 84)
+    assert r["sets"]["clean"]["dknn_accuracy"] == pytest.approx(acc, abs=2.5 / N_EVAL)
+    agree = c_ev[:, np.arange(len(ev)), pred].mean(1)  # neighbours of the predicted class
+    for li, name in enumerate(layers):
+        got = r["sets"]["clean"]["neighbours_of_predicted_class"][name]
+        assert got == pytest.approx(agree[li], abs=0.1)
 
 
-def test_dknn_section(tiny, tmp_path):
+def test_dknn_claims_from_the_per_seed_numbers(tiny):
     _, _, res, _ = tiny
-    sec = dknn.section(res, tmp_path)
-    for fname, _ in sec.figures:
-        assert (tmp_path / fname).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for name in ("clean", "fgsm", "letters", "rotated", "notmnist"):
-        assert f"`{name}`" in sec.markdown
-    assert "`notmnist` not used" in sec.markdown
-    a = res["models"]["entangled"]["auroc"]["letters"]["credibility"]
-    assert f"| entangled | letters | {a:.3f} |" in sec.markdown
+    found = dknn.claims(res)
+    assert len(found) == 5
+    outlier, adversarial, neighbours, vs_letters, vs_rotated = found
+    runs = {k: [_record(res, k, s) for s in (0, 1)] for k in ("normal", "entangled")}
+    ent = [r["auroc"]["letters"]["credibility"] for r in runs["entangled"]]
+    nor = [r["auroc"]["letters"]["credibility"] for r in runs["normal"]]
+    assert outlier.verdict == _groups_rule(ent, nor, "greater")
+    assert f"entangled {np.mean(ent):.3f} +- {np.std(ent, ddof=1):.3f} (n=2)" in outlier.measured
+    assert "generated letters" in outlier.setting and "digits, mlp" in outlier.setting
+    ent = [r["reliability"]["fgsm"]["credibility"]["ece"] for r in runs["entangled"]]
+    nor = [r["reliability"]["fgsm"]["credibility"]["ece"] for r in runs["normal"]]
+    assert adversarial.verdict == _groups_rule(ent, nor, "less")
+    assert f"normal {np.mean(nor):.3f} +- {np.std(nor, ddof=1):.3f}" in adversarial.measured
+    # paired over seeds: the differences' mean against twice their standard error
+    a = [r["sets"]["letters"]["hidden_neighbours_mean"] for r in runs["normal"]]
+    b = [r["sets"]["clean"]["hidden_neighbours_mean"] for r in runs["normal"]]
+    assert neighbours.verdict == _paired_rule(a, b)
+    assert f"letters {np.mean(a):.2f} +- {np.std(a, ddof=1):.2f} (n=2)" in neighbours.measured
+    for claim, name, paper in (
+        (vs_letters, "letters", "0.06 vs 0.33"),
+        (vs_rotated, "rotated", "0.09 vs 0.31"),
+    ):
+        a = [r["sets"][name]["credibility_mean"] for r in runs["normal"]]
+        b = [r["sets"][name]["softmax_mean"] for r in runs["normal"]]
+        assert claim.verdict == _paired_rule(a, b) and paper in claim.measured
+        assert f"softmax confidence {np.mean(b):.3f} +- {np.std(b, ddof=1):.3f}" in claim.measured
 
 
 # --------------------------------------------------------------------------- transfer
 
 
-def test_transfer_structure_and_diagonal(tiny):
+def test_transfer_matrix_by_hand(tiny):
     out, dataset, _, res = tiny
-    names = ["normal-0", "normal-1", "entangled-0", "entangled-1"]  # seeds=1 -> 2 per kind
-    assert res["names"] == names and res["settings"]["n_points"] == 120
+    names = ["normal-0", "normal-1", "entangled-0", "entangled-1"]
+    assert res["names"] == names and res["n_points"] == 120
     matrix = np.array(res["matrix"])
-    assert matrix.shape == (4, 4)
     x, y = dataset.x_test, dataset.y_test
-    models = {n: _model(out, res["runs"][n], dataset) for n in names}
+    runs = {r["name"]: r["run"] for r in res["models"]}
+    models = {n: _model(out, runs[n], dataset) for n in names}
     x_adv = {n: _fgsm_by_hand(m, x, y, 0.1) for n, m in models.items()}
-    for t, (name, model) in enumerate(models.items()):
+    for t, model in enumerate(models.values()):
         with torch.no_grad():
-            clean_err = (model(x).argmax(1) != y).double().mean().item()
-            white_box = (model(x_adv[name]).argmax(1) != y).double().mean().item()
-            from_first = (model(x_adv["normal-0"]).argmax(1) != y).double().mean().item()
-        assert res["clean_error"][t] == pytest.approx(clean_err)
-        assert matrix[t, t] == pytest.approx(white_box, abs=1.5 / 120)
-        assert matrix[0, t] == pytest.approx(from_first, abs=1.5 / 120)
-    s = res["summary"]
-    assert s["normal->entangled"] == pytest.approx(matrix[:2, 2:].mean())
-    assert s["entangled->normal"] == pytest.approx(matrix[2:, :2].mean())
+            assert res["clean_error"][t] == pytest.approx((model(x).argmax(1) != y).double().mean())
+            for s, src in enumerate(names):
+                err = (model(x_adv[src]).argmax(1) != y).double().mean().item()
+                assert matrix[s, t] == pytest.approx(err, abs=1.5 / 120)
+    summary = res["summary"]
+    assert summary["normal->entangled"]["mean"] == pytest.approx(matrix[:2, 2:].mean())
+    assert summary["entangled->entangled"]["values"] == [matrix[2, 3], matrix[3, 2]]
+    claim = transfer.claims(res)[0]
+    ent, nor = [matrix[2, 3], matrix[3, 2]], [matrix[0, 1], matrix[1, 0]]
+    assert claim.verdict == _groups_rule(ent, nor, "less")
+    assert f"entangled {np.mean(ent):.3f} +- {np.std(ent, ddof=1):.3f} (n=2)" in claim.measured
 
 
-def test_transfer_directions(tiny):
+def test_transfer_directions_by_hand(tiny):
     out, dataset, _, res = tiny
     d = res["directions"]
     assert len(d["labels"]) == 120 and set(d["projection"]) == {"normal", "entangled"}
-    assert np.array(d["projection"]["normal"]).shape == (120, 2)
-    # the clustering numbers of normal-0, recomputed from directions taken by hand
-    model = _model(out, res["runs"]["normal-0"], dataset)
+    assert np.array(d["projection"]["normal"]["points"]).shape == (120, 2)
     x, y = dataset.x_test, dataset.y_test
-    xg = x.clone().requires_grad_(True)
-    (g,) = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)
-    sign = g.flatten(1).sign().double()
-    from sklearn.metrics import silhouette_score
-
-    want = silhouette_score(sign.numpy(), y.numpy())
-    assert d["per_model"]["normal-0"]["sign"]["silhouette"] == pytest.approx(want, abs=1e-6)
-    by = d["by_kind"]["entangled"]["sign"]["snnl"]
-    vals = [d["per_model"][n]["sign"]["snnl"] for n in ("entangled-0", "entangled-1")]
-    assert by["mean"] == pytest.approx(np.mean(vals))
-
-
-def test_transfer_section(tiny, tmp_path):
-    _, _, _, res = tiny
-    sec = transfer.section(res, tmp_path)
-    for fname, _ in sec.figures:
-        assert (tmp_path / fname).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    snnl = {}
     for name in res["names"]:
-        assert f"| {name} |" in sec.markdown
-    assert "normal -> entangled" in sec.markdown and "t-SNE" in sec.markdown
+        run = next(r["run"] for r in res["models"] if r["name"] == name)
+        model = _model(out, run, dataset)
+        xg = x.clone().requires_grad_(True)
+        (g,) = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)
+        sign = g.flatten(1).sign().double().numpy()
+        c = d["per_model"][name]
+        assert c["silhouette"] == pytest.approx(silhouette_score(sign, y.numpy()), abs=1e-6)
+        # SNNL at the reported temperature by a float64 loop, and not above nearby ones
+        value = snnl_reference_mean(sign, y.numpy(), c["temperature"])
+        assert c["snnl"] == pytest.approx(value, rel=1e-6)
+        for t in (c["temperature"] / 2, c["temperature"] * 2):
+            assert c["snnl"] <= snnl_reference_mean(sign, y.numpy(), t) + 1e-9
+        snnl[name] = c["snnl"]
+    claim = transfer.claims(res)[1]
+    ent, nor = [snnl["entangled-0"], snnl["entangled-1"]], [snnl["normal-0"], snnl["normal-1"]]
+    assert claim.verdict == _groups_rule(ent, nor, "greater")
+    assert f"normal {np.mean(nor):.3f} +- {np.std(nor, ddof=1):.3f} (n=2)" in claim.measured
 
 
-def test_report_with_all_three_experiments(tiny):
+# --------------------------------------------------------------------------- report, health
+
+
+def test_report_rebuilt_from_saved_results(tiny):
     out, _, res_dknn, res_transfer = tiny
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        res_ent = entangle.run(CONFIG, out)  # reuses the trained seed-0 runs
-    _io.write_json(
-        out / "results.json",
-        {
-            "snnl_version": "test",
-            "config": asdict(CONFIG),
-            "complete": True,
-            "experiments": {"entangle": res_ent, "dknn": res_dknn, "transfer": res_transfer},
-        },
-    )
+    for name in ("report.md", "report.html"):
+        (out / name).unlink()
+    shutil.rmtree(out / "figures")
     html = write_report(out).read_text()
-    assert html.count("data:image/png;base64,") == 6
-    for title in (entangle.TITLE, dknn.TITLE, transfer.TITLE):
-        assert title in html
     md = (out / "report.md").read_text()
-    for fname in ("dknn_reliability.png", "transfer_matrix.png", "transfer_directions.png"):
-        assert f"figures/{fname}" in md
+    assert html.count("data:image/png;base64,") == 5
+    for module, res in ((dknn, res_dknn), (transfer, res_transfer)):
+        assert f"## {module.TITLE}" in md
+        for c in module.claims(res):
+            assert f"| {c.claim} | {c.source} | {c.setting} | {c.measured} | **{c.verdict}**" in md
+        for fname, _ in module.section(res, out / "figures").figures:
+            assert f"figures/{fname}" in md
+    assert "`notmnist` not used: no --data-dir given" in md
 
 
-def test_outlier_sets_with_and_without_notmnist(tmp_path):
-    from PIL import Image
-
-    dataset = entangle.load_data(CONFIG)
-    rng = np.random.default_rng(0)
-    for letter in "ABCDEFGHIJ":
-        (tmp_path / letter).mkdir()
-        for i in range(3):
-            img = rng.integers(0, 256, (28, 28), dtype=np.uint8)
-            Image.fromarray(img).save(tmp_path / letter / f"{i}.png")
-    with_dir = ReproduceConfig(dataset="digits", data_dir=str(tmp_path))
-    sets, skipped = dknn._input_sets(with_dir, dataset, 20)
-    assert list(sets) == ["letters", "rotated", "notmnist"] and not skipped
-    assert all(tuple(x.shape) == (20, 1, 8, 8) for x in sets.values())
-    sets, skipped = dknn._input_sets(with_dir, dataset, 40)  # only 30 images on disk
-    assert "notmnist" not in sets and "n=40" in skipped["notmnist"]
-    empty = ReproduceConfig(dataset="digits", data_dir=str(tmp_path / "A"))
-    sets, skipped = dknn._input_sets(empty, dataset, 20)
-    assert "notmnist" not in sets and "missing letter folder" in skipped["notmnist"]
+def test_unhealthy_runs_left_out(tiny, tmp_path):
+    """A run whose saved health is not ok is listed, not studied, and left out of means."""
+    out, _, res_dknn, res_transfer = tiny
+    shutil.copytree(out / "runs", tmp_path / "runs")
+    bad = tmp_path / _record(res_dknn, "normal", 1)["run"] / "results.json"
+    saved = json.loads(bad.read_text())
+    saved["health"] = {"verdict": "collapsed", "reasons": ["relu3 constant"]}
+    bad.write_text(json.dumps(saved))
+    context = Context(CONFIG, tmp_path, Zoo(CONFIG, tmp_path))
+    s = replace(dknn.settings(CONFIG), outlier_sets=("letters",))
+    res = {"settings": asdict(s), **dknn.run(s, context)}
+    rec = _record(res, "normal", 1)
+    assert rec["health"] == "collapsed" and "sets" not in rec
+    assert res["summary"]["normal"]["seeds"] == [0]
+    good = _record(res_dknn, "normal", 0)["auroc"]["letters"]["credibility"]
+    assert res["summary"]["normal"]["auroc"]["letters"]["credibility"]["mean"] == good
+    outlier = dknn.claims(res)[0]
+    assert outlier.verdict == "inconclusive" and "1 unhealthy run(s) left out" in outlier.note
+    sec = dknn.section(res, tmp_path)
+    assert "**collapsed** (not studied)" in sec.markdown and "relu3 constant" in sec.markdown
+    s = replace(transfer.settings(CONFIG), transfer_points=40, direction_points=40)
+    res = {"settings": asdict(s), **transfer.run(s, context)}
+    assert res["names"] == ["normal-0", "entangled-0", "entangled-1"]
+    assert np.array(res["matrix"]).shape == (3, 3) and "normal->normal" not in res["summary"]
+    assert res["directions"]["by_kind"]["normal"]["snnl"]["n"] == 1
+    for claim in transfer.claims(res):
+        assert claim.verdict == "inconclusive" and "1 unhealthy run(s) left out" in claim.note
+    assert "**collapsed** (left out)" in transfer.section(res, tmp_path).markdown

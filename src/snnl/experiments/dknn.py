@@ -1,91 +1,127 @@
 """Experiment "dknn": DkNN credibility of normal and entangled models on odd inputs.
 
-The SNNL paper (section 5) reports that models trained to entangle their hidden
-layers give DkNN credibility that is better calibrated on outliers and on FGSM
-adversarial examples. This experiment studies the seed-0 normal and entangled
-runs of experiment "entangle" (the same trained models).
+Frosst, Papernot & Hinton (2019, sec. 5) report that entangled models give DkNN
+credibility that is better calibrated on outliers (notMNIST for an MNIST model) and on
+FGSM adversarial examples, and that outliers have fewer than the usual number of
+hidden-layer neighbours from their predicted class; Papernot & McDaniel (2018) report
+that DkNN credibility on outliers is far below softmax confidence. This experiment
+studies the zoo's normal and entangled model of every seed.
 
-Per model:
+Per model (runs whose health is not "ok" are listed and not studied):
 
-1. DkNN (Papernot & McDaniel 2018) over every hidden layer and the logits,
-   cosine search (centred, L2-normalised, as the paper), ``k = min(75, n_train // 20)``
-   (the paper's 75 unless the training set is small), fitted on the training set.
-2. Calibration on a seeded ``CALIBRATION_FRACTION`` of the test set (the paper used
-   the first 750 test points); the rest of the test set is the clean evaluation set.
-3. Input sets: ``clean`` (evaluation points), ``fgsm`` (FGSM, eps 0.1, crafted on the
-   same model from the clean evaluation points), ``letters`` (generated
-   notMNIST-like letters), ``rotated`` (test digits rotated 45 degrees) and
-   ``notmnist`` (the real set, only when ``--data-dir`` holds it). Each outlier
-   set has as many points as the clean evaluation set.
-4. Per set: mean DkNN credibility, mean softmax confidence (max softmax
-   probability), the neighbour-agreement signal (mean over layers of the fraction
-   of calibration points whose agreement with their predicted class is <= the
-   input's; small = unusual) and the accuracy of DkNN and softmax where labels exist.
-5. AUROC of telling each outlier / adversarial set from clean data, per score,
-   with "outlier-ness" ``1 - score`` (1 = perfectly separated, 0.5 = chance).
-6. Reliability diagrams (accuracy against confidence in 10 equal bins) for
-   credibility and for softmax confidence on clean + FGSM data pooled, with the
-   expected calibration error ``ECE = sum_b (n_b / n) |acc_b - conf_b|``.
+1. DkNN (Papernot & McDaniel 2018) over every hidden layer and the logits, cosine
+   search (centred, L2-normalised, as the paper), ``k = min(75, n_train // 20)``
+   (:func:`choose_k`: the paper's 75 unless the training set is small), fitted on the
+   training set.
+2. Calibration on a seeded ``calibration_fraction`` of the test set
+   (:func:`split_calibration`; the paper used the first 750 test points); the rest of
+   the test set is the clean evaluation set.
+3. Input sets, each as large as the clean evaluation set: ``clean``; ``fgsm`` (FGSM,
+   ``eps`` in input units, crafted on the same model from the clean points);
+   ``letters`` (generated letters, the offline stand-in for notMNIST); ``rotated``
+   (test digits rotated 45 degrees); ``notmnist`` (the real set, only when
+   ``--data-dir`` holds it).
+4. Per set: mean DkNN credibility, mean softmax confidence
+   (:func:`snnl.measures.softmax_confidence`), the agreement signal (mean over layers of
+   the fraction of calibration points whose number of neighbours from their predicted
+   class is <= the input's; small = unusual), the mean number of the k neighbours from
+   the predicted class per layer, and the accuracy of DkNN and softmax where labels exist.
+5. AUROC of telling each odd set from clean data (:func:`snnl.measures.auroc`, 1 =
+   separated, 0.5 = chance) per score; reliability bins and expected calibration error
+   (:func:`snnl.measures.reliability`) of credibility and softmax confidence on the clean
+   and on the FGSM inputs.
 
-The results hold bin counts, quantiles and means (enough for every figure), plus
-``score_sample``: the scores of at most ``SAMPLE_SIZE`` seeded points per set.
+Reported: every number as mean +- std over the healthy seeds, each seed's numbers, and
+the claims (``claims``) with verdicts by :func:`snnl.experiments.base.compare_groups` /
+:func:`~snnl.experiments.base.compare_paired`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import Tensor, nn
 
 from snnl.attacks import fgsm
 from snnl.data import DataSplits, load_outliers
 from snnl.dknn import DkNN
-from snnl.experiments import ReproduceConfig, Section
-from snnl.experiments import entangle as ent
-from snnl.taps import capture, resolve_layers
-from snnl.train import load_run
+from snnl.experiments.base import (
+    Claim,
+    Context,
+    ReproduceConfig,
+    Section,
+    compare_groups,
+    compare_paired,
+    format_mean_std,
+    mean_std,
+)
+from snnl.experiments.zoo import Kind
+from snnl.measures import auroc, reliability, softmax_confidence
+from snnl.taps import resolve_layers
 
 NAME = "dknn"
 TITLE = "DkNN credibility on outliers and adversarial examples"
-KINDS = ent.KINDS
-EPS = 0.1  # FGSM budget for inputs in [0, 1]
-CALIBRATION_FRACTION = 0.3
-K_MAX = 75  # the paper's k
-METRIC = "cosine"
-N_BINS = 10  # reliability diagram bins
-HIST_BINS = 20  # credibility histogram bins
-SAMPLE_SIZE = 200  # scores kept per set in the results
-SPLIT_SEED = 0
+SOURCE = "Frosst, Papernot & Hinton 2019, sec. 5"
+DKNN_SOURCE = "Papernot & McDaniel 2018, sec. 6"
+KINDS = (Kind.NORMAL.value, Kind.ENTANGLED.value)
 SCORES = ("credibility", "softmax", "agreement")
 LABELLED = ("clean", "fgsm")
 OUTLIER_SETS = ("letters", "rotated", "notmnist")
+#: Papernot & McDaniel 2018 (FIELD_NOTES sec. 2): mean DkNN credibility vs mean softmax
+#: confidence of an MNIST model on real notMNIST and on MNIST rotated 45 degrees.
+PAPER_DKNN_VS_SOFTMAX = {"notmnist": (0.06, 0.33), "rotated": (0.09, 0.31)}
 
 __all__ = [
     "NAME",
     "TITLE",
+    "Settings",
+    "settings",
     "run",
     "section",
+    "claims",
     "split_calibration",
     "choose_k",
-    "reliability",
-    "auroc",
 ]
 
 
-def choose_k(n_train: int) -> int:
-    """The paper's k = 75, lowered to ``n_train // 20`` (at least 1) for small training sets.
+@dataclass(frozen=True)
+class Settings:
+    """What the experiment measures on the zoo's models (saved with the results)."""
+
+    seeds: int
+    eps: float = 0.1  # FGSM L-inf budget, inputs in [0, 1]
+    calibration_fraction: float = 0.3  # of the test set; the rest is the clean set
+    k_max: int = 75  # the paper's k (lowered for small training sets, see choose_k)
+    metric: str = "cosine"  # centred, L2-normalised search, as the paper
+    outlier_sets: tuple[str, ...] = OUTLIER_SETS
+    data_dir: str | None = None  # where real notMNIST is read from (--data-dir)
+    split_seed: int = 0  # calibration split, outlier subsets and score samples
+    reliability_bins: int = 10
+    histogram_bins: int = 20
+    sample_size: int = 200  # scores kept per set and model (seeded subset)
+
+
+def settings(config: ReproduceConfig) -> Settings:
+    return Settings(seeds=config.seeds, data_dir=config.data_dir)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def choose_k(n_train: int, k_max: int = 75) -> int:
+    """The paper's k = 75 (``k_max``), lowered to ``n_train // 20`` (at least 1) for small sets.
 
     >>> choose_k(60000), choose_k(1437), choose_k(10)
     (75, 71, 1)
     """
-    return max(1, min(K_MAX, n_train // 20))
+    return max(1, min(k_max, n_train // 20))
 
 
-def split_calibration(n: int, fraction: float, seed: int = SPLIT_SEED) -> tuple[Tensor, Tensor]:
+def split_calibration(n: int, fraction: float, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Seeded split of ``range(n)`` into (calibration, evaluation) index tensors, each sorted.
 
     The calibration part has ``round(fraction * n)`` points, clipped to [1, n - 1].
@@ -103,79 +139,23 @@ def split_calibration(n: int, fraction: float, seed: int = SPLIT_SEED) -> tuple[
     return perm[:n_cal].sort().values, perm[n_cal:].sort().values
 
 
-def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = N_BINS) -> dict[str, Any]:
-    """Reliability-diagram bins over [0, 1] and the expected calibration error.
-
-    Bin b holds confidences in [b/bins, (b+1)/bins) (the last bin includes 1).
-    ``ECE = sum_b (count_b / n) * |correct_b / count_b - confidence_sum_b / count_b|``.
-
-    >>> r = reliability(np.array([0.05, 0.95, 0.95, 1.0]), np.array([0, 1, 0, 1]), bins=2)
-    >>> r["count"], r["correct"], round(r["ece"], 4)
-    ([1, 3], [0, 2], 0.2375)
-    """
-    conf = np.asarray(confidence, dtype=np.float64)
-    ok = np.asarray(correct, dtype=bool)
-    if conf.shape != ok.shape or conf.ndim != 1 or conf.size == 0:
-        raise ValueError(
-            f"confidence and correct must be non-empty 1-D of equal length, got "
-            f"{conf.shape} and {ok.shape}"
-        )
-    idx = np.clip((conf * bins).astype(np.int64), 0, bins - 1)
-    count = np.bincount(idx, minlength=bins)
-    n_correct = np.bincount(idx, weights=ok.astype(np.float64), minlength=bins)
-    conf_sum = np.bincount(idx, weights=conf, minlength=bins)
-    nz = count > 0
-    ece = float(np.sum(np.abs(n_correct[nz] - conf_sum[nz])) / conf.size)
-    return {
-        "bin_edges": np.linspace(0.0, 1.0, bins + 1).round(6).tolist(),
-        "count": count.astype(int).tolist(),
-        "correct": n_correct.round().astype(int).tolist(),
-        "confidence_sum": conf_sum.round(6).tolist(),
-        "ece": ece,
-    }
-
-
-def auroc(clean_scores: np.ndarray, odd_scores: np.ndarray) -> float:
-    """AUROC of flagging ``odd`` against ``clean`` with outlier-ness ``1 - score``.
-
-    Equals P(score_odd < score_clean) + 0.5 P(tie): 1 = every odd input scores lower.
-
-    >>> auroc(np.array([0.9, 0.8]), np.array([0.1, 0.85]))
-    0.75
-    """
-    clean = np.asarray(clean_scores, dtype=np.float64)
-    odd = np.asarray(odd_scores, dtype=np.float64)
-    labels = np.r_[np.zeros(clean.size), np.ones(odd.size)]
-    return float(roc_auc_score(labels, 1.0 - np.r_[clean, odd]))
-
-
-def _quantiles(v: np.ndarray) -> list[float]:
-    return np.quantile(v, [0.0, 0.25, 0.5, 0.75, 1.0]).round(6).tolist()
-
-
-def _softmax(model: nn.Module, x: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """(max softmax probability, argmax) per input."""
-    logits = capture(model, x, ["logits"])["logits"].double()
-    p = logits.softmax(dim=1)
-    conf, pred = p.max(dim=1)
-    return conf.numpy(), pred.numpy()
-
-
 def _input_sets(
-    config: ReproduceConfig, dataset: DataSplits, n: int
+    s: Settings, dataset: DataSplits, n: int
 ) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Outlier sets of ``n`` points each, and {set: reason} for the ones left out."""
     sets: dict[str, Tensor] = {}
     skipped: dict[str, str] = {}
-    for name in OUTLIER_SETS:
+    for name in s.outlier_sets:
         if dataset.name == "notmnist" and name in {"letters", "notmnist"}:
             skipped[name] = "letters are in-distribution for a notMNIST model"
             continue
-        if name == "notmnist" and config.data_dir is None:
+        if name == "notmnist" and s.data_dir is None:
             skipped[name] = "no --data-dir given"
             continue
         try:
-            sets[name] = load_outliers(name, like=dataset, n=n, seed=0, data_dir=config.data_dir)
+            sets[name] = load_outliers(
+                name, like=dataset, n=n, seed=s.split_seed, data_dir=s.data_dir
+            )
         except (FileNotFoundError, ValueError) as err:
             skipped[name] = str(err).splitlines()[0]
     return sets, skipped
@@ -188,277 +168,604 @@ def _study_model(
     ev: Tensor,
     outliers: dict[str, Tensor],
     k: int,
+    s: Settings,
 ) -> dict[str, Any]:
+    """Every DkNN and softmax number of one trained model (see the module docstring)."""
     layers = [*resolve_layers(model, "hidden"), "logits"]
-    dknn = DkNN(model, layers, k=k, metric=METRIC)
+    dknn = DkNN(model, layers, k=k, metric=s.metric)
     dknn.fit(dataset.x_train, dataset.y_train, num_classes=dataset.num_classes)
     dknn.calibrate(dataset.x_test[cal], dataset.y_test[cal])
     x_clean, y_clean = dataset.x_test[ev], dataset.y_test[ev]
-    inputs = {"clean": x_clean, "fgsm": fgsm(model, x_clean, y_clean, EPS), **outliers}
-    sample_rng = np.random.default_rng(SPLIT_SEED)
+    inputs = {"clean": x_clean, "fgsm": fgsm(model, x_clean, y_clean, s.eps), **outliers}
+    sample_rng = np.random.default_rng(s.split_seed)
     scores: dict[str, dict[str, np.ndarray]] = {}
     sets: dict[str, dict[str, Any]] = {}
-    correct: dict[str, dict[str, np.ndarray]] = {}
+    reliabilities: dict[str, dict[str, Any]] = {}
+    agreement_cal: list[float] = []
     for name, x in inputs.items():
         res = dknn.predict(x)
         agreement = dknn.compare_agreement(res)
-        soft_conf, soft_pred = _softmax(model, x)
+        agreement_cal = agreement.calibration_mean.tolist()
+        soft_conf, soft_pred = softmax_confidence(model, x)
         # rounded to 12 decimals: credibility and agreement are ratios of small
         # integers, and the float noise of summing them in another order must not
         # break their ties (it would change the AUROCs)
-        s = {
+        sc = {
             "credibility": res.credibility.numpy().astype(np.float64).round(12),
             "softmax": soft_conf.round(12),
             "agreement": agreement.mean_fraction.numpy().astype(np.float64).round(12),
         }
-        scores[name] = s
+        scores[name] = sc
+        per_layer = dict(zip(layers, agreement.mean.tolist(), strict=True))
         entry: dict[str, Any] = {
             "n": len(x),
-            **{f"{score}_mean": float(v.mean()) for score, v in s.items()},
-            "credibility_quantiles": _quantiles(s["credibility"]),
-            "softmax_quantiles": _quantiles(s["softmax"]),
-            "credibility_hist": np.histogram(s["credibility"], HIST_BINS, (0.0, 1.0))[0].tolist(),
-            "softmax_hist": np.histogram(s["softmax"], HIST_BINS, (0.0, 1.0))[0].tolist(),
-            "neighbours_of_predicted_class": dict(
-                zip(layers, agreement.mean.tolist(), strict=True)
-            ),
+            **{f"{score}_mean": float(v.mean()) for score, v in sc.items()},
+            "credibility_hist": np.histogram(sc["credibility"], s.histogram_bins, (0.0, 1.0))[
+                0
+            ].tolist(),
+            "softmax_hist": np.histogram(sc["softmax"], s.histogram_bins, (0.0, 1.0))[0].tolist(),
+            "neighbours_of_predicted_class": per_layer,
+            "hidden_neighbours_mean": float(np.mean([per_layer[la] for la in layers[:-1]])),
             "dknn_accuracy": None,
             "softmax_accuracy": None,
         }
         if name in LABELLED:
             y = y_clean.numpy()
-            correct[name] = {"credibility": res.labels.numpy() == y, "softmax": soft_pred == y}
-            entry["dknn_accuracy"] = float(correct[name]["credibility"].mean())
-            entry["softmax_accuracy"] = float(correct[name]["softmax"].mean())
-        keep = np.sort(sample_rng.permutation(len(x))[:SAMPLE_SIZE])
-        entry["score_sample"] = {score: v[keep].tolist() for score, v in s.items()}
+            correct = {"credibility": res.labels.numpy() == y, "softmax": soft_pred == y}
+            entry["dknn_accuracy"] = float(correct["credibility"].mean())
+            entry["softmax_accuracy"] = float(correct["softmax"].mean())
+            reliabilities[name] = {
+                score: reliability(sc[score], correct[score], s.reliability_bins)
+                for score in ("credibility", "softmax")
+            }
+        keep = np.sort(sample_rng.permutation(len(x))[: s.sample_size])
+        entry["score_sample"] = {score: v[keep].tolist() for score, v in sc.items()}
         sets[name] = entry
     aurocs = {
         name: {score: auroc(scores["clean"][score], scores[name][score]) for score in SCORES}
         for name in inputs
         if name != "clean"
     }
-    pooled = {
-        score: reliability(
-            np.concatenate([scores[n][score] for n in LABELLED]),
-            np.concatenate([correct[n][score] for n in LABELLED]),
-        )
-        for score in ("credibility", "softmax")
-    }
     return {
         "layers": layers,
-        "calibration_scores_mean": float(dknn.calibration_scores.double().mean()),
+        "calibration_neighbours_of_predicted_class": dict(zip(layers, agreement_cal, strict=True)),
         "sets": sets,
         "auroc": aurocs,
-        "reliability": pooled,
+        "reliability": reliabilities,
     }
 
 
-def run(config: ReproduceConfig, out: Path) -> dict[str, Any]:
-    dataset = ent.load_data(config)
-    dirs = ent.trained_models(config, out, dataset, seeds=1)
-    cal, ev = split_calibration(len(dataset.y_test), CALIBRATION_FRACTION)
-    k = choose_k(len(dataset.y_train))
-    outliers, skipped = _input_sets(config, dataset, len(ev))
-    models: dict[str, Any] = {}
+def _healthy(results: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    return [r for r in results["models"] if r["kind"] == kind and r["health"] == "ok"]
+
+
+def _summary(results: dict[str, Any]) -> dict[str, Any]:
+    """Per kind: every per-set mean, AUROC and ECE as mean_std over the healthy seeds."""
+    out: dict[str, Any] = {}
     for kind in KINDS:
-        model, run_results = load_run(dirs[kind][0], dataset=dataset)
-        models[kind] = {
-            "run": str(dirs[kind][0].relative_to(out)),
-            "test_accuracy": run_results["final"]["test_accuracy"],
-            **_study_model(model, dataset, cal, ev, outliers, k),
+        runs = _healthy(results, kind)
+        if not runs:
+            out[kind] = None
+            continue
+        sets = {
+            name: {
+                key: mean_std([r["sets"][name][key] for r in runs])
+                for key in (
+                    *(f"{score}_mean" for score in SCORES),
+                    "hidden_neighbours_mean",
+                    *(("dknn_accuracy", "softmax_accuracy") if name in LABELLED else ()),
+                )
+            }
+            for name in results["input_sets"]
         }
-    return {
-        "dataset": dataset.name,
-        "settings": {
-            "k": k,
-            "metric": METRIC,
-            "eps": EPS,
-            "calibration_fraction": CALIBRATION_FRACTION,
-            "n_train": len(dataset.y_train),
-            "n_calibration": len(cal),
-            "n_eval": len(ev),
-            "split_seed": SPLIT_SEED,
-            "reliability_bins": N_BINS,
-            "histogram_bins": HIST_BINS,
-        },
+        out[kind] = {
+            "seeds": [r["seed"] for r in runs],
+            "sets": sets,
+            "auroc": {
+                name: {score: mean_std([r["auroc"][name][score] for r in runs]) for score in SCORES}
+                for name in results["input_sets"][1:]
+            },
+            "ece": {
+                name: {
+                    score: mean_std([r["reliability"][name][score]["ece"] for r in runs])
+                    for score in ("credibility", "softmax")
+                }
+                for name in LABELLED
+            },
+        }
+    return out
+
+
+def run(s: Settings, context: Context) -> dict[str, Any]:
+    zoo, out = context.zoo, context.out
+    data = zoo.dataset
+    cal, ev = split_calibration(len(data.y_test), s.calibration_fraction, s.split_seed)
+    k = choose_k(len(data.y_train), s.k_max)
+    outliers, skipped = _input_sets(s, data, len(ev))
+    records: list[dict[str, Any]] = []
+    model_name = None
+    for kind in KINDS:
+        for ref in zoo.runs(kind, s.seeds):
+            res = ref.results()
+            model_name = ref.config.model
+            record: dict[str, Any] = {
+                "kind": kind,
+                "seed": ref.seed,
+                "run": ref.describe(out)["path"],
+                "health": res["health"]["verdict"],
+                "health_reasons": res["health"]["reasons"],
+                "test_accuracy": res["final"]["test_accuracy"],
+            }
+            if record["health"] == "ok":
+                context.log(f"dknn: {kind} seed {ref.seed}")
+                record.update(_study_model(ref.load(), data, cal, ev, outliers, k, s))
+            records.append(record)
+    results: dict[str, Any] = {
+        "dataset": data.name,
+        "model": model_name,
+        "num_classes": data.num_classes,
+        "k": k,
+        "n_train": len(data.y_train),
+        "n_calibration": len(cal),
+        "n_eval": len(ev),
         "input_sets": ["clean", "fgsm", *outliers],
         "skipped_sets": skipped,
-        "models": models,
+        "models": records,
     }
+    results["summary"] = _summary(results)
+    return results
 
 
-# --------------------------------------------------------------------------- report
+# ----------------------------------------------------------------------------- report
 
 _SET_TEXT = {
     "clean": "clean test points (not used for calibration)",
     "fgsm": "FGSM examples (crafted on the same model from the clean points)",
-    "letters": "generated notMNIST-like letters",
+    "letters": "generated letters A-J in assorted fonts (the offline stand-in for notMNIST)",
     "rotated": "test digits rotated 45 degrees",
-    "notmnist": "real notMNIST images",
+    "notmnist": "real notMNIST images (from --data-dir)",
 }
+_COLORS = {"normal": "C0", "entangled": "C3"}
 
 
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"
+def _ms(stats: dict[str, Any] | None, digits: int = 3) -> str:
+    """``mean +- std`` without the count (the section states the seeds once)."""
+    if stats is None:
+        return "-"
+    return f"{stats['mean']:.{digits}f} +- {stats['std']:.{digits}f}"
+
+
+def _notmnist_role(results: dict[str, Any]) -> str | None:
+    """The outlier set that plays notMNIST: the real one when read, else the letters."""
+    for name in ("notmnist", "letters"):
+        if name in results["input_sets"]:
+            return name
+    return None
+
+
+def _pooled_bins(runs: list[dict[str, Any]], name: str, score: str) -> dict[str, np.ndarray]:
+    keys = ("count", "correct", "confidence_sum")
+    return {
+        key: np.sum([np.array(r["reliability"][name][score][key], dtype=float) for r in runs], 0)
+        for key in keys
+    }
 
 
 def _reliability_figure(results: dict[str, Any], path: Path) -> None:
     from snnl.figures import plt, save_figure
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4), sharey=True)
-    colors = {"normal": "C0", "entangled": "C3"}
-    for ax, score in zip(axes, ("credibility", "softmax"), strict=True):
-        ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
-        for kind in KINDS:
-            r = results["models"][kind]["reliability"][score]
-            count = np.array(r["count"], dtype=np.float64)
-            nz = count > 0
-            conf = np.array(r["confidence_sum"])[nz] / count[nz]
-            acc = np.array(r["correct"])[nz] / count[nz]
-            label = f"{kind} (ECE {r['ece']:.3f})"
-            ax.plot(conf, acc, "-", color=colors[kind], label=label)
-            # marker area proportional to the number of inputs in the bin
-            ax.scatter(conf, acc, s=200 * count[nz] / count.sum() + 6, color=colors[kind])
-        ax.set_title(f"{'DkNN credibility' if score == 'credibility' else 'softmax confidence'}")
+    fig, axes = plt.subplots(2, 2, figsize=(9, 7.5), sharex=True, sharey=True)
+    for row, name in enumerate(LABELLED):
+        for col, score in enumerate(("credibility", "softmax")):
+            ax = axes[row, col]
+            ax.plot([0, 1], [0, 1], color="0.6", lw=1, ls="--", label="perfect calibration")
+            for kind in KINDS:
+                runs = _healthy(results, kind)
+                if not runs:
+                    continue
+                b = _pooled_bins(runs, name, score)
+                nz = b["count"] > 0
+                conf = b["confidence_sum"][nz] / b["count"][nz]
+                acc = b["correct"][nz] / b["count"][nz]
+                ece = results["summary"][kind]["ece"][name][score]
+                ax.plot(conf, acc, "-", color=_COLORS[kind], label=f"{kind} (ECE {_ms(ece)})")
+                # marker area proportional to the share of inputs in the bin
+                size = 200 * b["count"][nz] / b["count"].sum() + 6
+                ax.scatter(conf, acc, s=size, color=_COLORS[kind])
+            label = "DkNN credibility" if score == "credibility" else "softmax confidence"
+            ax.set_title(f"{label}, {name} inputs", fontsize=10)
+            ax.set_xlim(0, 1)
+            ax.set_ylim(0, 1.02)
+            ax.grid(alpha=0.3)
+            ax.legend(frameon=False, fontsize=8, loc="upper left")
+    for ax in axes[1]:
         ax.set_xlabel("mean confidence in bin")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(frameon=False, fontsize=8)
-    axes[0].set_ylabel("accuracy in bin")
-    fig.suptitle("Reliability on clean + FGSM inputs pooled (marker area ~ inputs in bin)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy in bin")
+    fig.suptitle(
+        "Reliability, bins pooled over the healthy seeds (marker area ~ inputs in bin)",
+        fontsize=11,
+    )
     fig.tight_layout()
     save_figure(fig, path)
 
 
-def _credibility_figure(results: dict[str, Any], path: Path) -> None:
+def _histogram_figure(results: dict[str, Any], path: Path) -> None:
     from snnl.figures import plt, save_figure
 
     sets = results["input_sets"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, score in zip(axes, ("credibility", "softmax"), strict=True):
-        stats, positions, colors = [], [], []
-        for i, name in enumerate(sets):
-            for j, kind in enumerate(KINDS):
-                entry = results["models"][kind]["sets"][name]
-                q = entry[f"{score}_quantiles"]
-                stats.append(
-                    {
-                        "label": "",
-                        "whislo": q[0],
-                        "q1": q[1],
-                        "med": q[2],
-                        "q3": q[3],
-                        "whishi": q[4],
-                        "mean": entry[f"{score}_mean"],
-                        "fliers": [],
-                    }
+    bins = results["settings"]["histogram_bins"]
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    fig, axes = plt.subplots(
+        2, len(sets), figsize=(2.6 * len(sets), 5.2), sharex=True, sharey="row", squeeze=False
+    )
+    for row, score in enumerate(("credibility", "softmax")):
+        for col, name in enumerate(sets):
+            ax = axes[row, col]
+            for kind in KINDS:
+                runs = _healthy(results, kind)
+                if not runs:
+                    continue
+                counts = np.sum([r["sets"][name][f"{score}_hist"] for r in runs], 0)
+                share = counts / counts.sum()
+                mean = results["summary"][kind]["sets"][name][f"{score}_mean"]["mean"]
+                ax.stairs(
+                    share, edges, color=_COLORS[kind], lw=1.5, label=f"{kind}, mean {mean:.2f}"
                 )
-                positions.append(i * 3 + j)
-                colors.append("C0" if kind == "normal" else "C3")
-        parts = ax.bxp(stats, positions=positions, showmeans=True, patch_artist=True, widths=0.8)
-        for box, c in zip(parts["boxes"], colors, strict=True):
-            box.set_facecolor(c)
-            box.set_alpha(0.5)
-        ax.set_xticks([i * 3 + 0.5 for i in range(len(sets))], sets)
-        ax.set_title("DkNN credibility" if score == "credibility" else "softmax confidence")
-        ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            ax.legend(frameon=False, fontsize=7, loc="upper center")
+            if row == 0:
+                ax.set_title(name, fontsize=10)
+            if row == 1:
+                ax.set_xlabel("softmax confidence" if score == "softmax" else "")
+        axes[row, 0].set_ylabel(
+            "share of inputs\n" + ("(DkNN credibility)" if score == "credibility" else "(softmax)")
+        )
+    for ax in axes[0]:
+        ax.set_xlabel("DkNN credibility")
+        ax.xaxis.set_tick_params(labelbottom=True)
+    fig.suptitle("Score distribution per input set, pooled over the healthy seeds", fontsize=11)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def _neighbours_figure(results: dict[str, Any], path: Path) -> None:
+    from snnl.figures import plt, save_figure
+
+    sets = results["input_sets"]
+    fig, axes = plt.subplots(1, len(KINDS), figsize=(11, 3.8), sharey=True)
+    for ax, kind in zip(axes, KINDS, strict=True):
+        runs = _healthy(results, kind)
+        if not runs:
+            ax.set_title(f"{kind}: no healthy run")
+            continue
+        layers = runs[0]["layers"]
+        width = 0.8 / (len(sets) + 1)
+        xs = np.arange(len(layers))
+        groups = [("calibration", None), *((name, name) for name in sets)]
+        for i, (label, name) in enumerate(groups):
+            values = (
+                np.array(
+                    [
+                        [
+                            (
+                                r["calibration_neighbours_of_predicted_class"]
+                                if name is None
+                                else r["sets"][name]["neighbours_of_predicted_class"]
+                            )[layer]
+                            for layer in layers
+                        ]
+                        for r in runs
+                    ]
+                )
+                / results["k"]
+            )
+            err = values.std(0, ddof=1) if len(runs) > 1 else None
+            ax.bar(
+                xs + (i - len(groups) / 2 + 0.5) * width,
+                values.mean(0),
+                width,
+                yerr=err,
+                color="0.6" if name is None else f"C{i % 10}",
+                label=label,
+                capsize=2,
+            )
+        ax.set_xticks(xs, layers)
+        ax.set_title(f"{kind} models ({len(runs)} healthy seed(s))", fontsize=10)
         ax.grid(alpha=0.3, axis="y")
-    handles = [
-        plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.5) for c in ("C0", "C3")
-    ]  # legend proxies
-    fig.legend(handles, list(KINDS), frameon=False, fontsize=9, loc="upper right")
-    axes[0].set_ylabel("score (box: quartiles, whiskers: min/max, triangle: mean)")
-    fig.suptitle("Scores per input set and model")
+    axes[0].set_ylabel(f"share of the k = {results['k']} neighbours\nfrom the predicted class")
+    axes[-1].legend(frameon=False, fontsize=8, loc="lower left")
+    fig.suptitle("Neighbours from the DkNN-predicted class per layer (mean +- std over seeds)")
     fig.tight_layout()
     save_figure(fig, path)
 
 
 def section(results: dict[str, Any], fig_dir: Path) -> Section:
+    s = results["settings"]
     sets = results["input_sets"]
-    st = results["settings"]
-    _reliability_figure(results, fig_dir / "dknn_reliability.png")
-    _credibility_figure(results, fig_dir / "dknn_credibility.png")
-    m = results["models"]
+    summary = results["summary"]
+    figures = []
+    if any(summary[kind] for kind in KINDS):
+        _reliability_figure(results, fig_dir / "dknn_reliability.png")
+        _histogram_figure(results, fig_dir / "dknn_histograms.png")
+        _neighbours_figure(results, fig_dir / "dknn_neighbours.png")
+        figures = [
+            ("dknn_reliability.png", "Reliability diagrams on clean and on FGSM inputs"),
+            ("dknn_histograms.png", "DkNN credibility and softmax confidence per input set"),
+            ("dknn_neighbours.png", "Neighbours from the predicted class, per layer and set"),
+        ]
+    studied = [r for r in results["models"] if r["health"] == "ok"]
+    layers = studied[0]["layers"] if studied else []
     lines = [
-        f"Dataset `{results['dataset']}`; the seed-0 normal and entangled models of "
-        f"experiment entangle. DkNN over the hidden layers and the logits "
-        f"({', '.join(m['normal']['layers'])}), k = {st['k']}, {st['metric']} search, "
-        f"fitted on {st['n_train']} training points, calibrated on a seeded "
-        f"{st['calibration_fraction']:.0%} of the test set ({st['n_calibration']} points), "
-        f"evaluated on the other {st['n_eval']}. FGSM eps = {st['eps']}.",
+        f"Dataset `{results['dataset']}`, model `{results['model']}`: the zoo's normal and "
+        f"entangled model of each of {s['seeds']} seed(s). DkNN over the hidden layers and "
+        f"the logits ({', '.join(layers)}), k = {results['k']}, {s['metric']} search, fitted "
+        f"on {results['n_train']} training points, calibrated on a seeded "
+        f"{s['calibration_fraction']:.0%} of the test set ({results['n_calibration']} "
+        f"points), evaluated on the other {results['n_eval']}. FGSM eps = {s['eps']:g}. "
+        "Every number below is mean +- std over the healthy seeds of each kind.",
         "",
-        "Input sets used:",
+        "Input sets used (each as large as the clean set):",
         "",
     ]
     lines += [f"- `{name}`: {_SET_TEXT.get(name, name)}" for name in sets]
-    for name, why in results["skipped_sets"].items():
-        lines.append(f"- `{name}` not used: {why}")
+    lines += [f"- `{name}` not used: {why}" for name, why in results["skipped_sets"].items()]
+    bad = [r for r in results["models"] if r["health"] != "ok"]
+    lines += ["", "| model | seed | run | health | test accuracy |", "|---|---|---|---|---|"]
+    for r in results["models"]:
+        health = r["health"] if r["health"] == "ok" else f"**{r['health']}** (not studied)"
+        lines.append(
+            f"| {r['kind']} | {r['seed']} | `{r['run']}` | {health} | {r['test_accuracy']:.4f} |"
+        )
+    if bad:
+        lines += [
+            "",
+            f"{len(bad)} run(s) were not healthy and are left out of every mean below: "
+            + "; ".join(
+                f"{r['kind']} seed {r['seed']} {r['health']} ({'; '.join(r['health_reasons'])})"
+                for r in bad
+            )
+            + ".",
+        ]
     lines += [
         "",
         "Mean scores per input set (agreement = mean over layers of the fraction of "
-        "calibration points with at most as many neighbours of their predicted class; "
+        "calibration points with at most as many neighbours from their predicted class; "
         "accuracy only where labels exist):",
         "",
-        "| model | input set | n | DkNN credibility | softmax confidence | agreement "
+        "| model | input set | DkNN credibility | softmax confidence | agreement "
         "| DkNN accuracy | softmax accuracy |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     for kind in KINDS:
+        if not summary[kind]:
+            lines.append(f"| {kind} | (no healthy run) | | | | | |")
+            continue
         for name in sets:
-            e = m[kind]["sets"][name]
+            e = summary[kind]["sets"][name]
             lines.append(
-                f"| {kind} | {name} | {e['n']} | {_fmt(e['credibility_mean'])} | "
-                f"{_fmt(e['softmax_mean'])} | {_fmt(e['agreement_mean'])} | "
-                f"{_fmt(e['dknn_accuracy'])} | {_fmt(e['softmax_accuracy'])} |"
+                f"| {kind} | {name} | {_ms(e['credibility_mean'])} | {_ms(e['softmax_mean'])} "
+                f"| {_ms(e['agreement_mean'])} | {_ms(e.get('dknn_accuracy'))} "
+                f"| {_ms(e.get('softmax_accuracy'))} |"
             )
     lines += [
         "",
-        "AUROC of telling each set from clean test data (1 = perfectly separated, "
-        "0.5 = chance; lower score = flagged):",
+        "AUROC of telling each set from the clean inputs by a low score (1 = perfectly "
+        "separated, 0.5 = chance):",
         "",
         "| model | input set | DkNN credibility | softmax confidence | agreement |",
         "|---|---|---|---|---|",
     ]
     for kind in KINDS:
-        for name in sets[1:]:
-            a = m[kind]["auroc"][name]
+        for name in sets[1:] if summary[kind] else []:
+            a = summary[kind]["auroc"][name]
             lines.append(
-                f"| {kind} | {name} | {a['credibility']:.3f} | {a['softmax']:.3f} | "
-                f"{a['agreement']:.3f} |"
+                f"| {kind} | {name} | {_ms(a['credibility'])} | {_ms(a['softmax'])} "
+                f"| {_ms(a['agreement'])} |"
             )
     lines += [
         "",
-        "Calibration on clean + FGSM inputs pooled (expected calibration error, "
-        f"{st['reliability_bins']} bins; lower is better):",
+        f"Expected calibration error ({s['reliability_bins']} equal bins; lower is better):",
         "",
-        "| model | ECE of DkNN credibility | ECE of softmax confidence |",
-        "|---|---|---|",
+        "| model | inputs | ECE of DkNN credibility | ECE of softmax confidence |",
+        "|---|---|---|---|",
     ]
     for kind in KINDS:
-        r = m[kind]["reliability"]
-        lines.append(f"| {kind} | {r['credibility']['ece']:.3f} | {r['softmax']['ece']:.3f} |")
-    layers = m["normal"]["layers"]
+        for name in LABELLED if summary[kind] else []:
+            e = summary[kind]["ece"][name]
+            lines.append(f"| {kind} | {name} | {_ms(e['credibility'])} | {_ms(e['softmax'])} |")
+    if layers:
+        lines += [
+            "",
+            f"Mean number of the k = {results['k']} neighbours that belong to the "
+            "DkNN-predicted class, per layer (calibration = the calibration points, the "
+            "usual number):",
+            "",
+            "| model | inputs | " + " | ".join(layers) + " |",
+            "|---|---|" + "---|" * len(layers),
+        ]
+        for kind in KINDS:
+            runs = _healthy(results, kind)
+            if not runs:
+                continue
+            rows = [("calibration", [r["calibration_neighbours_of_predicted_class"] for r in runs])]
+            rows += [
+                (n, [r["sets"][n]["neighbours_of_predicted_class"] for r in runs]) for n in sets
+            ]
+            for label, per_run in rows:
+                cells = [_ms(mean_std([p[la] for p in per_run]), 1) for la in layers]
+                lines.append(f"| {kind} | {label} | " + " | ".join(cells) + " |")
+    paper = [n for n in sets if n in PAPER_DKNN_VS_SOFTMAX or n == "letters"]
+    if paper and summary["normal"]:
+        lines += [
+            "",
+            "DkNN against softmax on outliers, side by side with Papernot & McDaniel (2018; "
+            "an MNIST model, real notMNIST and MNIST rotated 45 degrees), normal models:",
+            "",
+            "| input set | DkNN credibility | softmax confidence | paper: DkNN | paper: softmax |",
+            "|---|---|---|---|---|",
+        ]
+        for name in paper:
+            e = summary["normal"]["sets"][name]
+            ref = PAPER_DKNN_VS_SOFTMAX["notmnist" if name == "letters" else name]
+            lines.append(
+                f"| {name} | {_ms(e['credibility_mean'])} | {_ms(e['softmax_mean'])} "
+                f"| {ref[0]:.2f} | {ref[1]:.2f} |"
+            )
     lines += [
         "",
-        f"Mean number of the k = {st['k']} neighbours that belong to the DkNN-predicted "
-        "class, per layer:",
+        "Per seed (AUROC of DkNN credibility against the clean inputs; ECE of credibility "
+        "on FGSM inputs):",
         "",
-        "| model | input set | " + " | ".join(layers) + " |",
-        "|---|---|" + "---|" * len(layers),
+        "| model | seed | " + " | ".join(f"AUROC {n}" for n in sets[1:]) + " | ECE fgsm |",
+        "|---|---|" + "---|" * len(sets),
     ]
-    for kind in KINDS:
-        for name in sets:
-            per = m[kind]["sets"][name]["neighbours_of_predicted_class"]
-            lines.append(
-                f"| {kind} | {name} | " + " | ".join(f"{per[la]:.1f}" for la in layers) + " |"
-            )
-    return Section(
-        title=TITLE,
-        markdown="\n".join(lines),
-        figures=[
-            ("dknn_reliability.png", "Reliability diagrams: DkNN credibility and softmax"),
-            ("dknn_credibility.png", "DkNN credibility and softmax confidence per input set"),
-        ],
+    for r in studied:
+        cells = [f"{r['auroc'][n]['credibility']:.3f}" for n in sets[1:]]
+        ece = r["reliability"]["fgsm"]["credibility"]["ece"]
+        lines.append(f"| {r['kind']} | {r['seed']} | " + " | ".join(cells) + f" | {ece:.3f} |")
+    return Section(title=TITLE, markdown="\n".join(lines), figures=figures)
+
+
+# ----------------------------------------------------------------------------- claims
+
+
+def _setting(results: dict[str, Any], what: str) -> str:
+    r, s = results, results["settings"]
+    return (
+        f"{r['dataset']}, {r['model']}; {what}; DkNN k={r['k']} {s['metric']}, "
+        f"{r['n_calibration']} calibration / {r['n_eval']} clean points"
     )
+
+
+def _values_text(values: list[float], digits: int = 3) -> str:
+    return format_mean_std(mean_std(values), digits) if values else "no healthy run"
+
+
+def _unhealthy_note(results: dict[str, Any], kinds: tuple[str, ...]) -> str:
+    bad = sum(r["health"] != "ok" for r in results["models"] if r["kind"] in kinds)
+    return f"; {bad} unhealthy run(s) left out" if bad else ""
+
+
+def _kinds_claim(
+    results: dict[str, Any], text: str, setting: str, measure: Any, expect: str, label: str
+) -> Claim:
+    """Entangled against normal models over the healthy seeds (two independent groups).
+
+    ``measure(run record) -> float``; the measured text names ``label``.
+    """
+    ent = [measure(r) for r in _healthy(results, "entangled")]
+    nor = [measure(r) for r in _healthy(results, "normal")]
+    measured = f"{label}: entangled {_values_text(ent)} vs normal {_values_text(nor)}"
+    if len(ent) < 2 or len(nor) < 2:
+        verdict = "inconclusive"
+        note = f"fewer than two healthy seeds of a kind ({len(ent)} entangled, {len(nor)} normal)"
+    else:
+        verdict, note = compare_groups(ent, nor, expect=expect)
+    note += _unhealthy_note(results, KINDS)
+    return Claim(text, SOURCE, setting, measured, verdict, note)  # type: ignore[arg-type]
+
+
+def _paired_claim(
+    results: dict[str, Any],
+    text: str,
+    source: str,
+    setting: str,
+    a: list[float],
+    b: list[float],
+    measured: str,
+) -> Claim:
+    """``a < b`` paired by seed (the same normal model)."""
+    if len(a) < 2:
+        verdict, note = "inconclusive", f"fewer than two healthy seeds ({len(a)})"
+    else:
+        verdict, note = compare_paired(a, b, expect="less")
+    note += _unhealthy_note(results, ("normal",))
+    return Claim(text, source, setting, measured, verdict, note)  # type: ignore[arg-type]
+
+
+def claims(results: dict[str, Any]) -> list[Claim]:
+    out: list[Claim] = []
+    odd = _notmnist_role(results)
+    odd_text = {
+        "notmnist": "real notMNIST",
+        "letters": "generated letters (notMNIST stand-in)",
+        "rotated": "test digits rotated 45 degrees",
+    }
+    eps = results["settings"]["eps"]
+    outlier_claim = (
+        "Entangled models give better-calibrated DkNN credibility on outliers (notMNIST for "
+        "an MNIST model)"
+    )
+    if odd is None:
+        why = "; ".join(f"{n}: {w}" for n, w in results["skipped_sets"].items())
+        setting = _setting(results, "no outlier set")
+        out.append(Claim(outlier_claim, SOURCE, setting, "-", "inconclusive", why))
+    else:
+        claim = _kinds_claim(
+            results,
+            outlier_claim + ": low credibility tells outliers from clean inputs better",
+            _setting(results, f"clean test points vs {odd_text[odd]}"),
+            lambda r: r["auroc"][odd]["credibility"],
+            "greater",
+            "AUROC of credibility (clean vs outliers)",
+        )
+        cred = {
+            k: [r["sets"][odd]["credibility_mean"] for r in _healthy(results, k)] for k in KINDS
+        }
+        extra = (
+            f"; mean credibility on {odd}: entangled {_values_text(cred['entangled'])} vs "
+            f"normal {_values_text(cred['normal'])}"
+        )
+        out.append(replace(claim, measured=claim.measured + extra))
+    claim = _kinds_claim(
+        results,
+        "Entangled models give better-calibrated DkNN credibility on FGSM adversarial examples "
+        "(lower expected calibration error)",
+        _setting(results, f"FGSM eps={eps:g} crafted on each model from the clean points"),
+        lambda r: r["reliability"]["fgsm"]["credibility"]["ece"],
+        "less",
+        "ECE of credibility on FGSM inputs",
+    )
+    fgsm_auroc = {
+        k: [r["auroc"]["fgsm"]["credibility"] for r in _healthy(results, k)] for k in KINDS
+    }
+    extra = (
+        f"; AUROC of credibility (clean vs FGSM): entangled "
+        f"{_values_text(fgsm_auroc['entangled'])} vs normal {_values_text(fgsm_auroc['normal'])}"
+    )
+    out.append(replace(claim, measured=claim.measured + extra))
+    normal = _healthy(results, "normal")
+    if odd is not None:
+        a = [r["sets"][odd]["hidden_neighbours_mean"] for r in normal]
+        b = [r["sets"]["clean"]["hidden_neighbours_mean"] for r in normal]
+        out.append(
+            _paired_claim(
+                results,
+                "Outliers have fewer than the usual number of hidden-layer neighbours from "
+                "their predicted class",
+                SOURCE,
+                _setting(results, f"normal models, {odd_text[odd]} vs clean, paired by seed"),
+                a,
+                b,
+                f"mean over hidden layers of the k={results['k']} neighbours from the predicted "
+                f"class: {odd} {_values_text(a, 2)} vs clean {_values_text(b, 2)}",
+            )
+        )
+    for name in dict.fromkeys(n for n in (odd, "rotated") if n in results["input_sets"]):
+        a = [r["sets"][name]["credibility_mean"] for r in normal]
+        b = [r["sets"][name]["softmax_mean"] for r in normal]
+        paper = PAPER_DKNN_VS_SOFTMAX["notmnist" if name == "letters" else name]
+        out.append(
+            _paired_claim(
+                results,
+                "DkNN credibility on outliers is lower than softmax confidence",
+                DKNN_SOURCE,
+                _setting(results, f"normal models, {odd_text[name]}, paired by seed"),
+                a,
+                b,
+                f"mean DkNN credibility {_values_text(a)} vs mean softmax confidence "
+                f"{_values_text(b)} (paper, MNIST model: {paper[0]:.2f} vs {paper[1]:.2f})",
+            )
+        )
+    return out
