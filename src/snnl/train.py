@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from snnl import _io
 from snnl._checks import DISTANCES, check_choice, check_int, check_positive, check_real
 from snnl.data import DataSplits, load_dataset
+from snnl.loss import SNNLWarning
 from snnl.models import build_model
 from snnl.regularizers import (
     SNNL_FORMULAS,
@@ -458,10 +459,14 @@ def _train_epoch(
     sums = {"loss": 0.0, "ce": 0.0}
     term_sums: dict[str, dict[str, float]] = {}
     steps = 0
+    left_out = 0
     for idx in batches:
         xb, yb = dataset.x_train[idx], dataset.y_train[idx]
         optimizer.zero_grad(set_to_none=True)
-        res = regularized_loss(model, xb, yb, regs)
+        left_out += int((torch.bincount(yb)[yb] < 2).sum())
+        with warnings.catch_warnings():  # counted in the record instead, per epoch
+            warnings.simplefilter("ignore", SNNLWarning)
+            res = regularized_loss(model, xb, yb, regs)
         loss = float(res.total.detach())
         if not math.isfinite(loss):
             raise _NonFinite(f"non-finite loss {loss} at epoch {epoch + 1}, step {steps + 1}")
@@ -481,6 +486,7 @@ def _train_epoch(
         "train_loss": sums["loss"] / steps,
         "cross_entropy": sums["ce"] / steps,
         "batch_terms": {r: {k: v / steps for k, v in t.items()} for r, t in term_sums.items()},
+        "left_out_anchors": left_out,  # anchors whose class occurs once in their batch
     }
 
 
