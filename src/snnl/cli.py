@@ -184,6 +184,49 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gan(args: argparse.Namespace) -> int:
+    from snnl.gan import GANConfig, train_gan
+
+    config = GANConfig(
+        dataset=args.dataset,
+        arch=args.arch,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        latent_dim=args.latent_dim,
+        snnl_alpha=args.snnl_alpha,
+        snnl_target=args.snnl_target,
+        snnl_temperature_mode=args.snnl_temperature_mode,
+        classifier=str(args.classifier) if args.classifier else None,
+        eval_samples=args.eval_samples,
+        entanglement_samples=args.entanglement_samples,
+        seed=args.seed,
+        data_dir=str(args.data_dir) if args.data_dir else None,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+    )
+    _threads(args, "mlp" if args.arch == "mlp" else "cnn")
+    res = train_gan(config, args.out, resume=args.resume, force=args.force)
+    print(f"run         : {args.out}")
+    print("SNNL*(real, generated) per epoch (input; discriminator layers; classifier layers):")
+    for rec in [res["initial"], *res["history"]]:
+        ent = rec["entanglement"]
+        layers = [f"D.{k} {v:.4f}" for k, v in ent["discriminator"].items()]
+        layers += [f"C.{k} {v:.4f}" for k, v in ent["classifier"].items()]
+        line = f"  epoch {rec.get('epoch', 0)}: input {ent['input']:.4f}; " + ", ".join(layers)
+        if rec["coverage"] is not None:
+            line += (
+                f"; missing classes {rec['coverage']['num_missing']}"
+                f", FD {rec['frechet_distance']:.3f}"
+            )
+        print(line)
+    health = res["health"]
+    print(f"health      : {health['verdict']}")
+    if health["verdict"] != "ok":
+        print(f"snnl gan: warning: {'; '.join(health['reasons'])}", file=sys.stderr)
+    return 0
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -308,6 +351,50 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--force", action="store_true", help="retrain runs whose saved config differs")
     rp.add_argument("--threads", type=int, default=None, help=threads_help)
     rp.set_defaults(func=_reproduce)
+
+    from snnl.gan import SNNL_TARGETS, SNNL_TEMPERATURE_MODES, GANConfig
+    from snnl.models import GAN_ARCHITECTURES
+
+    gan_defaults = GANConfig()
+    gn = sub.add_parser(
+        "gan",
+        help="train a GAN and measure the entanglement of real and generated data",
+        description="Train a GAN (non-saturating loss, Adam) and record per epoch, on fresh "
+        "samples, SNNL*(real, generated) in input space and in the hidden layers of the "
+        "discriminator and of --classifier, with that classifier's mode coverage and "
+        "Frechet distance. --snnl-alpha > 0 adds -alpha * SNNL* to the generator's loss.",
+    )
+    gn.add_argument("--dataset", default=gan_defaults.dataset, choices=datasets)
+    gn.add_argument("--data-dir", type=Path, default=None)
+    gn.add_argument("--arch", choices=GAN_ARCHITECTURES, default=gan_defaults.arch)
+    gn.add_argument("--epochs", type=int, default=gan_defaults.epochs)
+    gn.add_argument("--batch-size", type=int, default=gan_defaults.batch_size)
+    gn.add_argument("--lr", type=_positive_float, default=gan_defaults.lr)
+    gn.add_argument("--latent-dim", type=int, default=gan_defaults.latent_dim)
+    gn.add_argument("--snnl-alpha", type=float, default=gan_defaults.snnl_alpha)
+    gn.add_argument("--snnl-target", choices=SNNL_TARGETS, default=gan_defaults.snnl_target)
+    gn.add_argument(
+        "--snnl-temperature-mode",
+        choices=SNNL_TEMPERATURE_MODES,
+        default=gan_defaults.snnl_temperature_mode,
+    )
+    gn.add_argument(
+        "--classifier",
+        type=Path,
+        default=None,
+        help="a finished `snnl train` run folder: the classifier that measures coverage, FD "
+        "and entanglement in its hidden layers",
+    )
+    gn.add_argument("--eval-samples", type=int, default=gan_defaults.eval_samples)
+    gn.add_argument("--entanglement-samples", type=int, default=gan_defaults.entanglement_samples)
+    gn.add_argument("--seed", type=int, default=gan_defaults.seed)
+    gn.add_argument("--limit-train", type=int, default=None)
+    gn.add_argument("--limit-test", type=int, default=None)
+    gn.add_argument("--out", type=Path, required=True, help="run folder")
+    gn.add_argument("--resume", action="store_true", help="continue an unfinished run")
+    gn.add_argument("--force", action="store_true", help="overwrite a run in --out")
+    gn.add_argument("--threads", type=int, default=None, help=threads_help)
+    gn.set_defaults(func=_gan)
 
     rep = sub.add_parser("report", help="rebuild the report of DIR from its saved results")
     rep.add_argument("dir", type=Path)

@@ -455,11 +455,13 @@ def _check_widths(widths: Sequence[int], model: str) -> tuple[int, ...]:
 
 
 class MLPGenerator(nn.Module):
-    """GAN generator: noise z -> image in [0, 1], [Linear -> LeakyReLU(0.2)] per width.
+    """GAN generator: noise z -> image in [0, 1], [Linear -> BatchNorm -> LeakyReLU(0.2)].
 
-    ``fc1 -> act1 -> ... -> fc{L} -> act{L} -> fc_out -> output`` (a sigmoid, so
-    samples lie in [0, 1] like the data), reshaped to ``output_shape``;
-    ``hidden_layer_names = ("act1", ..., "act{L}")``.
+    ``fc1 -> bn1 -> act1 -> ... -> fc{L} -> bn{L} -> act{L} -> fc_out -> output`` (a
+    sigmoid, so samples lie in [0, 1] like the data), reshaped to ``output_shape``;
+    ``hidden_layer_names = ("act1", ..., "act{L}")``. ``batch_norm=False`` drops the
+    ``bn`` modules. Batch norm uses batch statistics in train mode and running ones
+    in eval mode.
 
     Shapes: z (N, latent_dim) -> (N, *output_shape).
 
@@ -473,26 +475,33 @@ class MLPGenerator(nn.Module):
         latent_dim: int = 64,
         output_shape: Sequence[int] = (1, 28, 28),
         widths: Sequence[int] = (256, 512),
+        *,
+        batch_norm: bool = True,
     ) -> None:
         super().__init__()
         self.latent_dim = _check_latent(latent_dim, "MLPGenerator")
         self.output_shape = _check_shape(output_shape, "MLPGenerator")
         widths = _check_widths(widths, "MLPGenerator")
-        self._blocks: list[tuple[str, str]] = []
+        self._blocks: list[tuple[str, ...]] = []
         d = self.latent_dim
         for i, w in enumerate(widths, start=1):
             self.add_module(f"fc{i}", nn.Linear(d, w))
+            names = [f"fc{i}"]
+            if batch_norm:
+                self.add_module(f"bn{i}", nn.BatchNorm1d(w))
+                names.append(f"bn{i}")
             self.add_module(f"act{i}", nn.LeakyReLU(0.2))
-            self._blocks.append((f"fc{i}", f"act{i}"))
+            self._blocks.append((*names, f"act{i}"))
             d = w
         self.fc_out = nn.Linear(d, math.prod(self.output_shape))
         self.output = nn.Sigmoid()
-        self.hidden_layer_names: tuple[str, ...] = tuple(a for _, a in self._blocks)
+        self.hidden_layer_names: tuple[str, ...] = tuple(b[-1] for b in self._blocks)
 
     def forward(self, z: Tensor) -> Tensor:
         h = z
-        for fc, act in self._blocks:
-            h = getattr(self, act)(getattr(self, fc)(h))
+        for block in self._blocks:
+            for name in block:
+                h = getattr(self, name)(h)
         return self.output(self.fc_out(h)).view(z.shape[0], *self.output_shape)
 
 
