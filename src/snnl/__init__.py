@@ -13,6 +13,12 @@ from snnl.attacks import (
     pgd,
     transfer_matrix,
 )
+from snnl.corruptions import (
+    CorruptionAccuracy,
+    corrupt,
+    corruption_accuracy,
+    corruption_names,
+)
 from snnl.data import (
     DataSplits,
     available_datasets,
@@ -38,6 +44,7 @@ from snnl.taps import LayerTap, capture, resolve_layers
 
 __all__ = [
     "AgreementReport",
+    "CorruptionAccuracy",
     "DataSplits",
     "DkNN",
     "DkNNResult",
@@ -56,6 +63,9 @@ __all__ = [
     "bim",
     "build_model",
     "capture",
+    "corrupt",
+    "corruption_accuracy",
+    "corruption_names",
     "entanglement",
     "entanglement_between",
     "fgsm",
