@@ -29,6 +29,7 @@ from snnl.data import (
     rotate_images,
 )
 from snnl.dknn import AgreementReport, DkNN, DkNNResult
+from snnl.lipschitz import LayerBounds, empirical_check, layer_bounds
 from snnl.loss import (
     SNNLWarning,
     SoftNearestNeighborLoss,
@@ -51,6 +52,7 @@ __all__ = [
     "EntanglementOutput",
     "EntanglementRegularizer",
     "LBFGSResult",
+    "LayerBounds",
     "LayerTap",
     "MLP",
     "ReferenceCNN",
@@ -67,11 +69,13 @@ __all__ = [
     "corruption_accuracy",
     "corruption_names",
     "entanglement",
+    "empirical_check",
     "entanglement_between",
     "fgsm",
     "generated_letters",
     "input_gradient",
     "lbfgs",
+    "layer_bounds",
     "lbfgs_search",
     "load_dataset",
     "load_features",
