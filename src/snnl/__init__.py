@@ -29,6 +29,7 @@ from snnl.data import (
     rotate_images,
 )
 from snnl.dknn import AgreementReport, DkNN, DkNNResult
+from snnl.gan import GANConfig, frechet_distance, mode_coverage, train_gan
 from snnl.lipschitz import LayerBounds, empirical_check, layer_bounds
 from snnl.loss import (
     SNNLWarning,
@@ -39,7 +40,7 @@ from snnl.loss import (
     snnl_temperature_curve,
     soft_nearest_neighbor_loss,
 )
-from snnl.models import MLP, ReferenceCNN, ResNet20, available_models, build_model
+from snnl.models import MLP, ReferenceCNN, ResNet20, available_models, build_gan, build_model
 from snnl.regularizers import EntanglementOutput, EntanglementRegularizer
 from snnl.taps import LayerTap, capture, resolve_layers
 
@@ -51,6 +52,7 @@ __all__ = [
     "DkNNResult",
     "EntanglementOutput",
     "EntanglementRegularizer",
+    "GANConfig",
     "LBFGSResult",
     "LayerBounds",
     "LayerTap",
@@ -63,6 +65,7 @@ __all__ = [
     "available_datasets",
     "available_models",
     "bim",
+    "build_gan",
     "build_model",
     "capture",
     "corrupt",
@@ -72,6 +75,7 @@ __all__ = [
     "empirical_check",
     "entanglement_between",
     "fgsm",
+    "frechet_distance",
     "generated_letters",
     "input_gradient",
     "lbfgs",
@@ -80,12 +84,14 @@ __all__ = [
     "load_dataset",
     "load_features",
     "load_outliers",
+    "mode_coverage",
     "optimal_temperature",
     "pgd",
     "resolve_layers",
     "rotate_images",
     "snnl_temperature_curve",
     "soft_nearest_neighbor_loss",
+    "train_gan",
     "transfer_matrix",
 ]
 try:

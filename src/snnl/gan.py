@@ -85,6 +85,7 @@ __all__ = [
     "generate",
     "held_out_real",
     "noise_seed",
+    "state_digest",
     "entanglement_star",
     "evaluate_generator",
     "mode_coverage",
@@ -406,19 +407,32 @@ def evaluate_generator(
     Args:
         generator, discriminator: the GAN's networks (hidden layers tapped by name).
         real: (M, ...) held-out real images; the first ``num_samples`` are used.
+        num_samples: generated samples (coverage, FD).
         classifier: a trained classifier (hidden layers, logits) or None.
-        entanglement_samples: points per set for SNNL*(real, generated).
+        entanglement_samples: points per set for SNNL*(real, generated) (the first ones;
+            fewer when there are fewer real images).
 
     Returns:
         ``{"entanglement": {"input": v, "discriminator": {layer: v}, "classifier":
-        {layer: v}}, "log_temperature": (same shape), "discriminator_real",
+        {layer: v}}, "log_temperature": (same shape), "entanglement_points": points per
+        set, "discriminator_real",
         "discriminator_generated"`` (mean D probability of "real" on each set),
         ``"coverage"`` (:func:`mode_coverage` or None), ``"frechet_distance"`` (in the
         classifier's last hidden layer, or None)``}``.
+
+    Example:
+        >>> from snnl.models import build_gan
+        >>> _ = torch.manual_seed(0)
+        >>> gen, disc = build_gan("mlp", (1, 4, 4), latent_dim=4)
+        >>> real = torch.rand(20, 1, 4, 4)
+        >>> res = evaluate_generator(gen, disc, real, num_samples=20, entanglement_samples=10,
+        ...                          seed=0)
+        >>> sorted(res["entanglement"]["discriminator"]), res["entanglement_points"]
+        (['act1', 'act2'], 10)
     """
     fake = generate(generator, num_samples, seed)
     real = real[:num_samples]
-    k = entanglement_samples
+    k = min(entanglement_samples, real.shape[0])  # as many real as generated points
     ent: dict[str, Any] = {}
     log_t: dict[str, Any] = {}
     ent["input"], log_t["input"] = entanglement_star(real[:k], fake[:k])
@@ -432,6 +446,7 @@ def evaluate_generator(
     out: dict[str, Any] = {
         "entanglement": ent,
         "log_temperature": log_t,
+        "entanglement_points": k,
         "discriminator_real": float(torch.sigmoid(d_real["logits"]).mean()),
         "discriminator_generated": float(torch.sigmoid(d_fake["logits"]).mean()),
         "coverage": None,
@@ -454,8 +469,14 @@ def evaluate_generator(
 # ----------------------------------------------------------------------------- run folder
 
 
-def _state_digest(model: nn.Module) -> str:
-    """sha256 of a model's state (names, dtypes, shapes, values)."""
+def state_digest(model: nn.Module) -> str:
+    """sha256 of a model's state dict (names, dtypes, shapes, values): a classifier's identity.
+
+    >>> a, b = nn.Linear(2, 1), nn.Linear(2, 1)
+    >>> _ = b.load_state_dict(a.state_dict())
+    >>> state_digest(a) == state_digest(b)
+    True
+    """
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous()
@@ -745,7 +766,7 @@ def _train_locked(config, out, resume, force, dataset, on_step, progress) -> dic
     if dataset is None:
         dataset = load_config_dataset(config)
     classifier = _load_classifier(config, dataset)
-    digest = _state_digest(classifier) if classifier is not None else ""
+    digest = state_digest(classifier) if classifier is not None else ""
     gen, disc = build_gan_models(config, tuple(dataset.input_shape))
     betas = (config.betas[0], config.betas[1])
     nets: dict[str, Any] = {
