@@ -118,9 +118,12 @@ def _train(args: argparse.Namespace) -> int:
     res = train(config, args.out, resume=args.resume, force=args.force)
     final = res["final"]
     print(f"run         : {args.out}")
-    print(f"test acc    : {final['test_accuracy']:.4f}")
+    def fmt(value: float | None) -> str:
+        return "n/a (not finite)" if value is None else f"{value:.4f}"
+
+    print(f"test acc    : {fmt(final['test_accuracy'])}")
     for layer, value in final["probe_snnl"].items():
-        print(f"SNNL* {layer:<6}: {value:.4f}   (upper bound {res['snnl_upper_bound']:.4f})")
+        print(f"SNNL* {layer:<6}: {fmt(value)}   (upper bound {res['snnl_upper_bound']:.4f})")
     health = res["health"]
     print(f"health      : {health['verdict']}")
     if health["verdict"] != "ok":
@@ -224,6 +227,111 @@ def _gan(args: argparse.Namespace) -> int:
     print(f"health      : {health['verdict']}")
     if health["verdict"] != "ok":
         print(f"snnl gan: warning: {'; '.join(health['reasons'])}", file=sys.stderr)
+    return 0
+
+
+def _user_model(spec: str, weights: Path):
+    """``package.module:factory`` imported (no eval), called with no arguments, weights loaded."""
+    import importlib
+    import os
+
+    import torch
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr.isidentifier():
+        raise CommandError(f"--model must be package.module:factory, got {spec!r}")
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:  # the user's own modules, as `python -m` would find them
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise CommandError(f"cannot import {module_name!r} (--model): {err}") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise CommandError(f"{module_name!r} has no callable {attr!r} (--model {spec})")
+    try:
+        model = factory()
+    except Exception as err:  # the user's code: report it as one line
+        raise CommandError(f"{spec}() failed: {type(err).__name__}: {err}") from None
+    if not isinstance(model, torch.nn.Module):
+        raise CommandError(f"{spec}() returned {type(model).__name__}, not a torch.nn.Module")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as err:  # not a tensor file torch can read without unpickling code
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CommandError(f"cannot read weights {str(weights)!r}: {first}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a checkpoint holding the state dict under "model"
+    if not isinstance(state, dict):
+        raise CommandError(f"{str(weights)!r} holds {type(state).__name__}, not a state dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        detail = " ".join(line.strip() for line in str(err).strip().splitlines()[1:2])
+        raise CommandError(f"{str(weights)!r} does not fit {spec}(): {first} {detail}") from None
+    return model.eval()
+
+
+def _profile(args: argparse.Namespace) -> int:
+    from snnl.data import load_dataset
+    from snnl.profile import format_profile, profile_model, write_profile
+
+    if (args.run is None) == (args.model is None):
+        raise CommandError(
+            "give either a run folder (snnl profile RUN_DIR) or --model "
+            "package.module:factory --weights FILE"
+        )
+    if args.model is not None:
+        if args.weights is None:
+            raise CommandError("--model needs --weights FILE (a state dict saved by torch.save)")
+        if args.dataset is None:
+            raise CommandError("--model needs --dataset (the data the model takes)")
+        model = _user_model(args.model, args.weights)
+        dataset = load_dataset(args.dataset, data_dir=args.data_dir)
+        source = f"{args.model} with weights {args.weights}"
+        out = args.out if args.out is not None else Path("snnl-profile")
+        kind = "cnn"
+    else:
+        from snnl.train import TrainConfig, load_config_dataset, load_run
+
+        if args.weights is not None:
+            raise CommandError("--weights goes with --model, not with a run folder")
+        model, results = load_run(args.run)
+        config = TrainConfig.from_dict(results["config"])
+        if args.dataset is None:
+            dataset = load_config_dataset(config)
+        else:
+            dataset = load_dataset(args.dataset, data_dir=args.data_dir)
+        source = f"run {args.run} ({config.model} on {config.dataset})"
+        out = args.out if args.out is not None else args.run
+        kind = config.model
+    _threads(args, kind)
+    prof = profile_model(
+        model,
+        dataset,
+        limit=args.limit,
+        eps=args.eps,
+        steps=args.steps,
+        severity=args.severity,
+        seed=args.seed,
+    )
+    prof["model"] = source
+    json_path, figure_path = write_profile(prof, out)
+    settings = prof["settings"]
+    print(f"model       : {source}")
+    print(f"data        : {dataset.name}, {settings['split']} split, ", end="")
+    print(f"{settings['examples']} examples")
+    print(format_profile(prof))
+    print(f"profile     : {json_path}")
+    print(f"figure      : {figure_path}")
     return 0
 
 
@@ -395,6 +503,32 @@ def build_parser() -> argparse.ArgumentParser:
     gn.add_argument("--force", action="store_true", help="overwrite a run in --out")
     gn.add_argument("--threads", type=int, default=None, help=threads_help)
     gn.set_defaults(func=_gan)
+
+    pf = sub.add_parser(
+        "profile",
+        help="per-layer SNNL*, selectivity, dimensionality and Lipschitz bounds of a model "
+        "on clean, corrupted and adversarial inputs",
+        description="Profile the hidden layers of a trained model (a `snnl train` run folder, "
+        "or --model package.module:factory with --weights FILE) on the test split: SNNL at "
+        "the optimal temperature, mean class selectivity, dimensionality (95%% variance) and "
+        "participation ratio on clean inputs, on corrupted ones (the 15 CIFAR-10-C "
+        "corruptions at --severity, example i gets corruption i mod 15) and on PGD L-inf "
+        "adversarial ones (--eps, default 0.1, or 8/255 for colour), with each layer's "
+        "Lipschitz bound. Writes OUT/profile.json and OUT/profile.png.",
+    )
+    pf.add_argument("run", nargs="?", type=Path, default=None, help="a `snnl train` run folder")
+    pf.add_argument("--model", default=None, metavar="PACKAGE.MODULE:FACTORY")
+    pf.add_argument("--weights", type=Path, default=None, help="state dict for --model")
+    pf.add_argument("--dataset", default=None, choices=datasets, help="default: the run's")
+    pf.add_argument("--data-dir", type=Path, default=None)
+    pf.add_argument("--limit", type=int, default=1000, help="test examples used")
+    pf.add_argument("--eps", type=float, default=None, help="PGD L-inf radius")
+    pf.add_argument("--steps", type=int, default=10, help="PGD steps (of eps / 4)")
+    pf.add_argument("--severity", type=int, default=3, choices=range(1, 6))
+    pf.add_argument("--seed", type=int, default=0)
+    pf.add_argument("--out", type=Path, default=None, help="default: the run folder")
+    pf.add_argument("--threads", type=int, default=None, help=threads_help)
+    pf.set_defaults(func=_profile)
 
     rep = sub.add_parser("report", help="rebuild the report of DIR from its saved results")
     rep.add_argument("dir", type=Path)

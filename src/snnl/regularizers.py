@@ -54,7 +54,9 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
+from snnl import distributed
 from snnl._checks import (
     DISTANCES,
     check_choice,
@@ -169,12 +171,27 @@ def regularized_loss(
         \\mathcal{L} = \\mathrm{CE}(f(x), y) - \\sum_r \\alpha_r \\, \\mathrm{term}_r
 
     Args:
-        model: returns logits (N, C).
+        model: returns logits (N, C); or a ``DistributedDataParallel`` wrapper of
+            it, see below.
         x: (N, ...) inputs; y: (N,) integer labels.
         regularizers: e.g. an :class:`EntanglementRegularizer` and a
             :class:`SelectivityRegularizer`; inactive ones (alpha 0) are skipped.
         update: update the regularisers' state (temperatures); default: when
             gradients are enabled.
+
+    Under DistributedDataParallel (``model`` wrapped in it, W ranks), ``x``, ``y``
+    are this rank's share B_r of a global batch B (N = sum_r n_r) and the result
+    is that of one process on B (the concatenation of the shares in rank order):
+    every tapped layer's outputs and the labels are gathered from all ranks with
+    :func:`snnl.distributed.all_gather_batch`, so each regulariser's term (SNNL
+    with its temperature search or step, class selectivity) is computed on the
+    global batch, identically on every rank. The gather's backward gives rank r W
+    times the term's gradient for its rows, and DDP's gradient average divides by
+    W: the term needs no factor. The cross-entropy backpropagated is
+    CE_sum(B_r) * W / N, which DDP's average turns into the gradient of CE_mean(B);
+    its value (``cross_entropy`` and the value of ``total``) is the global mean,
+    all-reduced, so every rank returns the same loss (the derivation is in
+    :mod:`snnl.distributed`). ``logits`` are this rank's.
 
     Example:
         >>> from snnl.models import MLP
@@ -192,8 +209,10 @@ def regularized_loss(
     layers: list[str] = []
     for r in active:
         layers += [name for name in r.layers if name not in layers]
+    ddp = isinstance(model, DistributedDataParallel)
+    net = model.module if ddp else model  # layer names are those of the plain model
     if layers:
-        with LayerTap(model, layers) as tap:
+        with LayerTap(net, layers) as tap:
             logits = model(x)
         outputs = tap.outputs
     else:
@@ -201,7 +220,11 @@ def regularized_loss(
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != y.shape[0]:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ValueError(f"model must return logits of shape (N, C), got {shape}")
-    ce = F.cross_entropy(logits, y)
+    group = model.process_group if ddp else None
+    if ddp and distributed.world_size(group) > 1:
+        ce, y, outputs = _global_batch(logits, y, outputs, layers, group)
+    else:
+        ce = F.cross_entropy(logits, y)
     total = ce
     terms: dict[str, dict[str, Tensor]] = {}
     for r in active:
@@ -211,6 +234,25 @@ def regularized_loss(
     if not torch.is_grad_enabled():
         total = total.detach()
     return RegularizedOutput(total, ce.detach(), logits, terms)
+
+
+def _global_batch(
+    logits: Tensor, y: Tensor, outputs: Mapping[str, Tensor], layers: list[str], group: Any
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """(CE, labels, layer outputs) of the global batch, on a rank of W (see regularized_loss).
+
+    The CE's value is the global mean (all-reduced local sums / N); its gradient is
+    that of CE_sum(B_r) * W / N (``share - share.detach()`` is exactly 0).
+    """
+    sizes = distributed.batch_sizes(y.shape[0], y.device, group)
+    n = sum(sizes)
+    ce_sum = F.cross_entropy(logits, y, reduction="sum")
+    mean = distributed.all_reduce_sum(ce_sum.double().reshape(1), group)[0] / n
+    share = ce_sum * (len(sizes) / n)
+    ce = mean.to(ce_sum.dtype) + (share - share.detach())
+    y_all = distributed.all_gather_batch(y, sizes, group)
+    gathered = {name: distributed.all_gather_batch(outputs[name], sizes, group) for name in layers}
+    return ce, y_all, gathered
 
 
 # ----------------------------------------------------------------------------- formulas
@@ -271,9 +313,14 @@ def _distance_matrix(x: Tensor, distance: str) -> Tensor:
         xn = F.normalize(x, dim=1, eps=1e-12)
         return (1.0 - xn @ xn.T).double().clamp_min_(0.0)
     xc = x - x.mean(0, keepdim=True)
-    sq = (xc * xc).sum(1)
-    d = (sq[:, None] + sq[None, :] - 2.0 * (xc @ xc.T)).double()
-    return d.clamp_min_(0.0)
+    # a power of two near the largest entry: the products cannot overflow, and the
+    # scaling is exact (distances scale by its square, applied in float64)
+    peak = float(xc.abs().max()) if xc.numel() else 0.0
+    scale = 2.0 ** math.frexp(peak)[1] if math.isfinite(peak) and peak > 0 else 1.0
+    xs = xc / scale
+    sq = (xs * xs).sum(1)
+    d = (sq[:, None] + sq[None, :] - 2.0 * (xs @ xs.T)).double()
+    return d.clamp_min_(0.0).mul_(scale * scale)
 
 
 class _Curve:
