@@ -469,3 +469,38 @@ def test_cli_gan(tmp_path, classifier_run, capsys):
     assert main(args) == 2  # a finished run is not overwritten without --force
     assert "--force" in capsys.readouterr().err
     assert main([*args, "--force"]) == 0
+
+
+@pytest.mark.slow
+def test_mnist5k_gan_entanglement_rises_in_input_space(tmp_path):
+    """The default experiment's plain MLP GAN: SNNL*(real, generated) rises from epoch 1."""
+    config = GANConfig(
+        epochs=4,
+        lr=1e-3,
+        generator_kwargs={"widths": [128, 256]},
+        discriminator_kwargs={"widths": [256, 128]},
+        eval_samples=300,
+        entanglement_samples=150,
+    )
+    res = train_gan(config, tmp_path / "r")
+    curve = [r["entanglement"]["input"] for r in res["history"]]
+    assert res["initial"]["entanglement"]["input"] < 0.05  # noise images: separated
+    assert curve[-1] > curve[0] + 0.2, curve
+
+
+@pytest.mark.slow
+def test_dcgan_trains_on_mnist5k(tmp_path):
+    config = GANConfig(
+        arch="dcgan",
+        epochs=1,
+        generator_kwargs={"channels": 16},
+        discriminator_kwargs={"channels": 16},
+        limit_train=1000,
+        eval_samples=200,
+        entanglement_samples=100,
+        snnl_alpha=1.0,
+    )
+    res = train_gan(config, tmp_path / "r")
+    assert res["health"]["verdict"] == "ok"
+    assert set(res["history"][0]["entanglement"]["discriminator"]) == {"act1", "act2"}
+    assert np.array(res["history"][0]["samples"]).shape == (8, 1, 28, 28)

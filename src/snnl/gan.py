@@ -106,7 +106,16 @@ SAMPLE_DECIMALS = 2
 
 @dataclass
 class GANConfig:
-    """Everything that determines a GAN run (saved as config.json)."""
+    """Everything that determines a GAN run (saved as config.json).
+
+    Example:
+        >>> GANConfig(snnl_alpha=1.0).snnl_target
+        'discriminator'
+        >>> GANConfig(arch="vae")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown arch 'vae'; expected one of: mlp, dcgan
+    """
 
     dataset: str = "mnist5k"
     arch: str = "mlp"  # "mlp" or "dcgan" (image sides multiples of 4)
@@ -726,6 +735,18 @@ def train_gan(
 
     Raises:
         RunExistsError, DamagedRunError, snnl._io.RunLockedError, ValueError.
+
+    Example:
+        >>> import tempfile
+        >>> config = GANConfig(dataset="digits", epochs=1, limit_train=64, limit_test=40,
+        ...                    latent_dim=4, generator_kwargs={"widths": [16]},
+        ...                    discriminator_kwargs={"widths": [16]}, eval_samples=20,
+        ...                    entanglement_samples=10)
+        >>> res = train_gan(config, tempfile.mkdtemp() + "/run")
+        >>> [r["epoch"] for r in res["history"]], sorted(res["history"][0]["entanglement"])
+        ([1], ['classifier', 'discriminator', 'input'])
+        >>> 0 <= res["history"][0]["entanglement"]["input"] <= math.log(19 / 9)
+        True
     """
     if not isinstance(config, GANConfig):
         raise TypeError(f"config must be a GANConfig, got {type(config).__name__}")
@@ -880,7 +901,17 @@ def _train_locked(config, out, resume, force, dataset, on_step, progress) -> dic
 
 
 def load_gan_run(out_dir: str | Path) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
-    """(generator, discriminator, results) of a finished GAN run, networks in eval mode."""
+    """(generator, discriminator, results) of a finished GAN run, networks in eval mode.
+
+    Example:
+        >>> import tempfile
+        >>> out = tempfile.mkdtemp() + "/run"
+        >>> _ = train_gan(GANConfig(dataset="digits", epochs=1, limit_train=64, limit_test=40,
+        ...                         eval_samples=20, entanglement_samples=10), out)
+        >>> gen, disc, results = load_gan_run(out)
+        >>> generate(gen, 3, seed=0).shape
+        torch.Size([3, 1, 8, 8])
+    """
     out = Path(out_dir)
     if not (out / RESULTS).exists():
         raise FileNotFoundError(f"{out / RESULTS} not found: {out} is not a finished GAN run")
