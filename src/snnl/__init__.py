@@ -41,6 +41,7 @@ from snnl.loss import (
     soft_nearest_neighbor_loss,
 )
 from snnl.models import MLP, ReferenceCNN, ResNet20, available_models, build_gan, build_model
+from snnl.profile import profile_model
 from snnl.regularizers import EntanglementOutput, EntanglementRegularizer
 from snnl.taps import LayerTap, capture, resolve_layers
 
@@ -87,6 +88,7 @@ __all__ = [
     "mode_coverage",
     "optimal_temperature",
     "pgd",
+    "profile_model",
     "resolve_layers",
     "rotate_images",
     "snnl_temperature_curve",
