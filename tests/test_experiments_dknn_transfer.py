@@ -408,8 +408,12 @@ def test_report_rebuilt_from_saved_results(tiny):
         assert f"## {module.TITLE}" in md
         for c in module.claims(res):
             assert f"| {c.claim} | {c.source} | {c.setting} | {c.measured} | **{c.verdict}**" in md
-        for fname, _ in module.section(res, out / "figures").figures:
-            assert f"figures/{fname}" in md
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert figures == sorted(
+        [f"dknn_{n}.png" for n in ("reliability", "histograms", "neighbours")]
+        + [f"transfer_{n}.png" for n in ("matrix", "directions")]
+    )
+    assert all(f"figures/{name}" in md for name in figures)
     assert "`notmnist` not used: no --data-dir given" in md
 
 
