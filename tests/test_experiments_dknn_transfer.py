@@ -7,6 +7,7 @@ models with plain autograd, numpy loops or scikit-learn.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -337,6 +338,20 @@ def test_dknn_claims_from_the_per_seed_numbers(tiny):
         b = [r["sets"][name]["softmax_mean"] for r in runs["normal"]]
         assert claim.verdict == _paired_rule(a, b) and paper in claim.measured
         assert f"softmax confidence {np.mean(b):.3f} +- {np.std(b, ddof=1):.3f}" in claim.measured
+
+
+def test_dknn_claims_without_outlier_sets(tiny):
+    """Data without image outliers (e.g. mnist1d): the outlier claims say why they are open."""
+    _, _, res, _ = tiny
+    res = copy.deepcopy(res)
+    res["input_sets"] = ["clean", "fgsm"]
+    res["skipped_sets"] = {"letters": "needs an image dataset", "rotated": "needs an image"}
+    found = dknn.claims(res)
+    assert [c.verdict for c in found[:1]] == ["inconclusive"] and len(found) == 2
+    assert "letters: needs an image dataset" in found[0].note
+    assert found[1].verdict == dknn.claims(tiny[2])[1].verdict  # FGSM claim unchanged
+    res["input_sets"] = ["clean", "fgsm", "rotated"]  # a notMNIST model: rotated plays outlier
+    assert "rotated 45 degrees" in dknn.claims(res)[0].setting
 
 
 # --------------------------------------------------------------------------- transfer

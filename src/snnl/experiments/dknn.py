@@ -181,11 +181,12 @@ def _study_model(
     scores: dict[str, dict[str, np.ndarray]] = {}
     sets: dict[str, dict[str, Any]] = {}
     reliabilities: dict[str, dict[str, Any]] = {}
-    agreement_cal: list[float] = []
+    calibration_agreement: dict[str, float] = {}
     for name, x in inputs.items():
         res = dknn.predict(x)
         agreement = dknn.compare_agreement(res)
-        agreement_cal = agreement.calibration_mean.tolist()
+        # the calibration points' agreement: the same in every report
+        calibration_agreement = dict(zip(layers, agreement.calibration_mean.tolist(), strict=True))
         soft_conf, soft_pred = softmax_confidence(model, x)
         # rounded to 12 decimals: credibility and agreement are ratios of small
         # integers, and the float noise of summing them in another order must not
@@ -228,7 +229,7 @@ def _study_model(
     }
     return {
         "layers": layers,
-        "calibration_neighbours_of_predicted_class": dict(zip(layers, agreement_cal, strict=True)),
+        "calibration_neighbours_of_predicted_class": calibration_agreement,
         "sets": sets,
         "auroc": aurocs,
         "reliability": reliabilities,
@@ -336,8 +337,9 @@ def _ms(stats: dict[str, Any] | None, digits: int = 3) -> str:
 
 
 def _notmnist_role(results: dict[str, Any]) -> str | None:
-    """The outlier set that plays notMNIST: the real one when read, else the letters."""
-    for name in ("notmnist", "letters"):
+    """The outlier set of the SNNL paper's claims: real notMNIST when read, else the
+    generated letters, else (a notMNIST model) the rotated test images; None if none."""
+    for name in ("notmnist", "letters", "rotated"):
         if name in results["input_sets"]:
             return name
     return None
