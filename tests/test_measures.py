@@ -21,6 +21,7 @@ from snnl.measures import (
     dimensionality,
     layer_selectivity,
     layer_snnl_profile,
+    linear_dimensionality,
     participation_ratio,
     reliability,
     softmax_confidence,
@@ -327,6 +328,8 @@ def test_dimensionality_and_participation_ratio_match_sklearn_pca(name: str) -> 
         assert dimensionality(xt, share) == _k_from_spectrum(ev, share), share
     pr = ev.sum() ** 2 / (ev**2).sum()
     assert participation_ratio(xt) == pytest.approx(pr, rel=1e-9)
+    k, ratio = linear_dimensionality(xt, 0.9)
+    assert k == _k_from_spectrum(ev, 0.9) and ratio == pytest.approx(pr, rel=1e-9)
     if "low-rank" in name:
         rank = 4 if "N>D" in name else 3
         assert dimensionality(xt, 0.999999) <= rank

@@ -5,8 +5,9 @@ Representations (activations of named layers):
 - :func:`layer_snnl_profile`: SNNL at the optimal temperature (SNNL*) of every layer.
 - :func:`class_selectivity`, :func:`layer_selectivity`: class selectivity index of
   every unit (Leavitt & Morcos 2020), differentiable.
-- :func:`dimensionality`, :func:`participation_ratio`: linear dimensionality of a
-  layer's activations (PCA, exact, float64).
+- :func:`dimensionality`, :func:`participation_ratio` (both at once:
+  :func:`linear_dimensionality`): linear dimensionality of a layer's activations (PCA,
+  exact, float64).
 - :func:`class_clustering`: how much points cluster by class (silhouette, SNNL*).
 
 Predictions:
@@ -45,6 +46,7 @@ __all__ = [
     "layer_selectivity",
     "dimensionality",
     "participation_ratio",
+    "linear_dimensionality",
 ]
 
 #: The constant in the denominator of the class selectivity index. Leavitt & Morcos's
@@ -415,7 +417,10 @@ def dimensionality(activations: Tensor, variance: float = 0.95) -> int:
         (1, 2, 0)
     """
     share = check_real("variance", variance, low=0.0, high=1.0, low_inclusive=False)
-    eig = _pca_variances(activations)
+    return _components_for(_pca_variances(activations), share)
+
+
+def _components_for(eig: Tensor, share: float) -> int:
     cumulative = torch.cumsum(eig, 0)
     total = cumulative[-1]
     if float(total) == 0.0:
@@ -435,8 +440,25 @@ def participation_ratio(activations: Tensor) -> float:
         >>> participation_ratio(x), participation_ratio(x * torch.tensor([1.0, 0.0]))
         (2.0, 1.0)
     """
-    eig = _pca_variances(activations)
+    return _participation(_pca_variances(activations))
+
+
+def _participation(eig: Tensor) -> float:
     total = eig.sum()
     if float(total) == 0.0:
         return 0.0
     return float(total**2 / (eig**2).sum())
+
+
+def linear_dimensionality(activations: Tensor, variance: float = 0.95) -> tuple[int, float]:
+    """``(dimensionality(activations, variance), participation_ratio(activations))`` from one
+    eigen-decomposition (the two functions each compute the spectrum).
+
+    Example:
+        >>> x = torch.tensor([[3.0, 0.0], [-3.0, 0.0], [0.0, 1.0], [0.0, -1.0]])
+        >>> linear_dimensionality(x, 0.9)
+        (1, 1.2195121951219512)
+    """
+    share = check_real("variance", variance, low=0.0, high=1.0, low_inclusive=False)
+    eig = _pca_variances(activations)
+    return _components_for(eig, share), _participation(eig)
