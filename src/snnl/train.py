@@ -19,10 +19,25 @@ of the activations), the spread (RMS distance to the centroid) and SNNL* next to
 its upper bound (its value when the classes are indistinguishable), on a fixed
 probe subset. The run ends with a verdict (:func:`health_verdict`): ``ok``,
 ``collapsed`` or ``diverged``; a non-finite loss stops the run at once.
+
+Distributed: started with ``torchrun --nproc_per_node=W -m snnl train ...`` (the
+process group initialised from torchrun's environment, see
+:mod:`snnl.distributed`), the model is wrapped in DistributedDataParallel and
+each global batch, the single-process batch of the same seeded order and size,
+is split across the ranks in rank order. Every regulariser's term is computed
+over the global batch (features and labels gathered with gradient) and the
+cross-entropy is scaled so that DDP's average gives the global mean: loss,
+gradients and temperatures are those of one process on the whole batch (to
+float rounding), so the history matches one process's. Every rank evaluates
+identically; only rank 0 holds the folder lock and writes files, the others
+wait for it. The checkpoint holds the plain model's state and the data order
+does not depend on W, so a run resumes on any number of ranks. The ranks share
+the run folder (one machine or a shared file system).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -36,7 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from snnl import _io
+from snnl import _io, distributed
 from snnl._checks import DISTANCES, check_choice, check_int, check_positive, check_real
 from snnl.data import DataSplits, load_dataset
 from snnl.loss import SNNLWarning
@@ -153,7 +168,8 @@ def default_threads(model: str) -> int:
     for a second thread to pay off, and on a machine where another process keeps a
     core busy, OpenMP threads that wait for each other made a 3-epoch digits run
     4.1x slower with 2 threads but 1.4x with 1 (FIELD_NOTES section 7). Larger
-    models take half the cores (at least 1), leaving room for other work.
+    models take half the cores (at least 1), leaving room for other work; under
+    torchrun the processes on one machine (``LOCAL_WORLD_SIZE``) share that half.
 
     >>> default_threads("mlp")
     1
@@ -162,7 +178,11 @@ def default_threads(model: str) -> int:
 
     if model == "mlp":
         return 1
-    return max(1, (os.cpu_count() or 1) // 2)
+    try:
+        local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local_processes = 1
+    return max(1, (os.cpu_count() or 1) // 2 // local_processes)
 
 
 def load_config_dataset(config: TrainConfig) -> DataSplits:
@@ -454,16 +474,24 @@ def _train_epoch(
     bar: Any,
     on_step: Callable[[int, int], None] | None,
 ) -> dict[str, Any]:
-    """One pass over ``batches``; raises _NonFinite at the first non-finite loss."""
+    """One pass over ``batches``; raises _NonFinite at the first non-finite loss.
+
+    Under DDP (``model`` wrapped) each rank runs its share of every global batch;
+    the loss, cross-entropy and terms :func:`regularized_loss` returns are those of
+    the global batch, the same on every rank, so the record is one process's.
+    """
     model.train()
+    device = distributed.training_device()
     sums = {"loss": 0.0, "ce": 0.0}
     term_sums: dict[str, dict[str, float]] = {}
     steps = 0
     left_out = 0
     for idx in batches:
-        xb, yb = dataset.x_train[idx], dataset.y_train[idx]
+        mine = distributed.shard(idx)  # this rank's share; the whole batch in one process
+        xb, yb = dataset.x_train[mine].to(device), dataset.y_train[mine].to(device)
         optimizer.zero_grad(set_to_none=True)
-        left_out += int((torch.bincount(yb)[yb] < 2).sum())
+        y_all = dataset.y_train[idx]
+        left_out += int((torch.bincount(y_all)[y_all] < 2).sum())
         with warnings.catch_warnings():  # counted in the record instead, per epoch
             warnings.simplefilter("ignore", SNNLWarning)
             res = regularized_loss(model, xb, yb, regs)
@@ -555,25 +583,40 @@ def train(
         RunExistsError, DamagedRunError, snnl._io.RunLockedError, ValueError.
     """
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out} exists and is not a folder")
+    main = distributed.is_main_process()
     created = not out.exists()
     try:
-        with _io.folder_lock(out):
-            return _train_locked(config, out, resume, force, dataset, progress, on_step)
+        with contextlib.ExitStack() as stack:
+
+            def prepare() -> bool:  # rank 0 only: lock the folder, check what it holds
+                if out.exists() and not out.is_dir():
+                    raise NotADirectoryError(f"{out} exists and is not a folder")
+                stack.enter_context(_io.folder_lock(out))
+                return _prepare_dir(out, config, resume, force)
+
+            start_from_ckpt = distributed.run_on_main(prepare)
+            return _train_locked(config, out, start_from_ckpt, dataset, progress, on_step)
     except BaseException:
-        if created and out.is_dir() and not any(p.name != ".snnl.lock" for p in out.iterdir()):
+        if (
+            main
+            and created
+            and out.is_dir()
+            and not any(p.name != ".snnl.lock" for p in out.iterdir())
+        ):
             (out / ".snnl.lock").unlink(missing_ok=True)
             out.rmdir()  # a failed run leaves no empty folder behind
         raise
 
 
-def _train_locked(config, out, resume, force, dataset, progress, on_step) -> dict[str, Any]:
-    start_from_ckpt = _prepare_dir(out, config, resume, force)
+def _train_locked(config, out, start_from_ckpt, dataset, progress, on_step) -> dict[str, Any]:
+    main = distributed.is_main_process()
     if dataset is None:
         dataset = load_config_dataset(config)
     model = build_run_model(config, dataset)
     layers = resolve_layers(model, config.layers)
+    ddp_model = distributed.wrap_model(model)  # model itself in one process
+    if ddp_model is not model:
+        model = ddp_model.module  # the plain model (BatchNorm made SyncBatchNorm on CUDA)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     idx = _probe_indices(dataset.y_train, config.probe_size, config.seed)
     probe = (dataset.x_train[idx], dataset.y_train[idx])
@@ -597,10 +640,10 @@ def _train_locked(config, out, resume, force, dataset, progress, on_step) -> dic
                 f"{out / CHECKPOINT} does not match this run's config (or is damaged); "
                 "start over with --force"
             ) from None
-    else:
+    elif main:
         _io.write_json(out / CONFIG, asdict(config))
 
-    show = sys.stderr.isatty() if progress is None else progress
+    show = (sys.stderr.isatty() if progress is None else progress) and main
     from tqdm.auto import tqdm
 
     non_finite = None
@@ -618,7 +661,7 @@ def _train_locked(config, out, resume, force, dataset, progress, on_step) -> dic
             try:
                 record = {"epoch": epoch + 1}
                 record.update(
-                    _train_epoch(model, optimizer, regs, dataset, batches, epoch, bar, on_step)
+                    _train_epoch(ddp_model, optimizer, regs, dataset, batches, epoch, bar, on_step)
                 )
             except _NonFinite as err:
                 non_finite = str(err)
@@ -626,7 +669,8 @@ def _train_locked(config, out, resume, force, dataset, progress, on_step) -> dic
         record.update(_evaluate_epoch(model, regs, dataset, probe, layers, config.distance))
         history.append(_io.json_safe(record))
         seconds.append(time.perf_counter() - started)
-        _save_checkpoint(out, model, optimizer, regs, history, seconds, initial)
+        if main:
+            _save_checkpoint(out, model, optimizer, regs, history, seconds, initial)
         if show:
             tqdm.write(
                 f"epoch {epoch + 1}: loss {record['train_loss']:.4f} "
@@ -655,7 +699,9 @@ def _train_locked(config, out, resume, force, dataset, progress, on_step) -> dic
         "timing": {"seconds_per_epoch": seconds, "total_seconds": sum(seconds)},
     }
     results = _io.json_safe(results)
-    _io.write_json(out / RESULTS, results)
+    if main:
+        _io.write_json(out / RESULTS, results)
+    distributed.barrier()  # every rank returns once the run is complete on disk
     return results
 
 
