@@ -114,8 +114,18 @@ def _train(args: argparse.Namespace) -> int:
         limit_train=args.limit_train,
         limit_test=args.limit_test,
     )
+    from snnl import distributed
+
     _threads(args, config.model)
-    res = train(config, args.out, resume=args.resume, force=args.force)
+    joined = distributed.init_from_environment()  # under torchrun with WORLD_SIZE > 1: DDP
+    main_rank = distributed.is_main_process()
+    try:
+        res = train(config, args.out, resume=args.resume, force=args.force)
+    finally:
+        if joined:
+            distributed.shutdown()
+    if not main_rank:
+        return 0  # rank 0 reports
     final = res["final"]
     print(f"run         : {args.out}")
     def fmt(value: float | None) -> str:
@@ -390,7 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a normal (alpha = 0) or entangled (alpha > 0) model",
         description="Train one model with loss = CE - alpha * sum of hidden-layer SNNL (eq. 3), "
-        "logging per epoch the SNNL of every hidden layer at its optimal temperature.",
+        "logging per epoch the SNNL of every hidden layer at its optimal temperature. "
+        "Under `torchrun --nproc_per_node=N -m snnl train ...` it trains with "
+        "DistributedDataParallel: each batch is split across the N processes and the SNNL "
+        "is computed over the whole batch, so the run matches one process's.",
     )
     tr.add_argument("--dataset", default="digits", choices=datasets)
     tr.add_argument("--data-dir", type=Path, default=None)
