@@ -111,8 +111,11 @@ def init_from_environment() -> bool:
     unset or 1 (one process: nothing to do) or a group already exists.
 
     >>> import os
-    >>> "WORLD_SIZE" in os.environ or init_from_environment()
+    >>> saved = os.environ.pop("WORLD_SIZE", None)
+    >>> init_from_environment()  # one process: nothing to join
     False
+    >>> if saved is not None:
+    ...     os.environ["WORLD_SIZE"] = saved
     """
     if "WORLD_SIZE" not in os.environ:
         return False
