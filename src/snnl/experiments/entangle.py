@@ -228,6 +228,11 @@ def _acc_text(summary: dict[str, Any]) -> str:
     return format_mean_std(acc) if acc else "no healthy run"
 
 
+def _short(label: str) -> str:
+    """A setting label, one word a line, for an axis tick."""
+    return "\n".join(label.replace("authors: fixed", "authors").split())
+
+
 def _sweep_figure(results: dict[str, Any], path: Path) -> None:
     from snnl.figures import plt, save_figure
 
@@ -259,7 +264,7 @@ def _sweep_figure(results: dict[str, Any], path: Path) -> None:
             ax.legend(frameon=False, fontsize=8, loc="center left")
         ax.set_xticks(xs)
         ax.set_xticklabels(
-            [k.replace("authors: ", "authors\n").replace(" a=", "\na=") for k in sweep + others],
+            [_short(k) for k in sweep + others],
             fontsize=7,
         )
         ax.set_ylabel(ylabel)
@@ -395,7 +400,9 @@ def section(results: dict[str, Any], fig_dir: Path) -> Section:
             f"In this run it reached accuracy {_acc_text(ent)} (normal: {_acc_text(normal)}, "
             f"a cost of {cost:+.4f}) and mean hidden SNNL* "
             f"{format_mean_std(ent['snnl_healthy'], 3)} (normal: "
-            f"{format_mean_std(normal['snnl_healthy'], 3)}); health {ent['health']}."
+            f"{format_mean_std(normal['snnl_healthy'], 3)}); health: "
+            + ", ".join(f"{n} {v}" for v, n in ent["health"].items())
+            + "."
         )
     return Section(
         title=TITLE,
