@@ -947,6 +947,10 @@ def _num(v: float | None, digits: int = 3) -> str:
     return "n/a" if v is None else f"{v:.{digits}f}"
 
 
+def _mean(values: Sequence[float], digits: int = 3) -> str:
+    return _num(float(np.mean(values)) if len(values) else None, digits)
+
+
 def _row(table: dict[str, Any], name: str) -> dict[str, Any]:
     return next(r for r in table["rows"] if r["row"] == name)
 
@@ -1192,6 +1196,13 @@ def _all_of(verdicts: Sequence[str]) -> Verdict:
     return "holds" if all(v == "holds" for v in verdicts) else "inconclusive"
 
 
+def _paired(a: Sequence[float], b: Sequence[float], expect: str) -> tuple[Verdict, str]:
+    """:func:`compare_paired`, "inconclusive" when fewer than two pairs were measured."""
+    if len(a) < 2:
+        return "inconclusive", f"{len(a)} pair(s) measured: no standard error"
+    return compare_paired(a, b, expect=expect)
+
+
 _NEGATE: dict[str, Verdict] = {
     "holds": "does not hold",
     "does not hold": "holds",
@@ -1203,8 +1214,12 @@ def _claim_units(results: dict[str, Any], setting: str) -> Claim:
     verdicts, measured, notes = [], [], []
     for name, u in results["units"].items():
         # "units are purer than random directions" by at least 0.1: the claim is its negation
-        v, note = compare_groups(u["unit_purity"], u["random_purity"], expect="greater",
-                                 min_effect=0.1)  # fmt: skip
+        if min(len(u["unit_purity"]), len(u["random_purity"])) < 2:
+            v, note = "inconclusive", "fewer than two live units"
+        else:
+            v, note = compare_groups(
+                u["unit_purity"], u["random_purity"], expect="greater", min_effect=0.1
+            )
         verdicts.append(_NEGATE[v])
         units, rand = u["unit_purity"], u["random_purity"]
         measured.append(
@@ -1240,8 +1255,8 @@ def _claim_transfer(results: dict[str, Any], setting: str) -> Claim:
                 adv.append(_row(tab, src)["errors"][col])
                 same.append(_row(tab, f"noise like {src}")["errors"][col])
                 gauss.append(g["errors"][col])
-    v_same, n_same = compare_paired(adv, same, expect="greater")
-    v_gauss, n_gauss = compare_paired(adv, gauss, expect="greater")
+    v_same, n_same = _paired(adv, same, "greater")
+    v_gauss, n_gauss = _paired(adv, gauss, "greater")
     sigma = min(results["settings"]["noise_sigmas"])
     return Claim(
         claim="Adversarial examples exist for every model and transfer to models with other "
@@ -1275,7 +1290,7 @@ def _claim_layers(results: dict[str, Any], setting: str) -> Claim:
         verdict: Verdict = "inconclusive"
         note = "fewer than two models with two or more weight layers have bounds"
     else:
-        verdict, note = compare_paired(upper, lower, expect="greater")
+        verdict, note = _paired(upper, lower, "greater")
     return Claim(
         claim="Higher layers are less stable: their upper Lipschitz bounds are larger.",
         source=f"{SOURCE}, sec. 4.3 (Table 5)",
@@ -1294,7 +1309,7 @@ def _claim_autoencoder(results: dict[str, Any], setting: str) -> Claim:
     both = [i for i in range(len(d[ae])) if all(d[m][i] is not None for m in (ae, *others))]
     a = [d[ae][i] for i in both]
     b = [float(np.mean([d[m][i] for m in others])) for i in both]
-    v_dist, n_dist = compare_paired(a, b, expect="greater")
+    v_dist, n_dist = _paired(a, b, "greater")
     t2 = results["table2"]
     col_ae, col_min = [], []
     for r in results["table1_models"]:
@@ -1303,7 +1318,7 @@ def _claim_autoencoder(results: dict[str, Any], setting: str) -> Claim:
         errs = _row(t2, r)["errors"]
         col_ae.append(errs[ae])
         col_min.append(min(v for c, v in errs.items() if c not in (ae, r)))
-    v_col, n_col = compare_paired(col_ae, col_min, expect="less")
+    v_col, n_col = _paired(col_ae, col_min, "less")
     return Claim(
         claim="The autoencoder-based model is more resilient: it needs larger perturbations, "
         "and the other models' examples fool it least.",
@@ -1312,7 +1327,7 @@ def _claim_autoencoder(results: dict[str, Any], setting: str) -> Claim:
         "vs the mean of FC100-100-10's and FC200-200-10's (the models of comparable "
         "error), paired, > 2 SE; (b) per row of Table 2, the AE400-10 column vs the lowest "
         "other column (the row's own model left out), paired, > 2 SE; both must hold",
-        measured=f"(a) distortion {np.mean(a):.4f} vs {np.mean(b):.4f} ({len(a)} images); "
+        measured=f"(a) distortion {_mean(a, 4)} vs {_mean(b, 4)} ({len(a)} images); "
         f"(b) AE column {np.mean(col_ae):.3f} vs lowest other {np.mean(col_min):.3f} "
         f"({len(col_ae)} rows)",
         verdict=_all_of([v_dist, v_col]),
