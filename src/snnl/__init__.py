@@ -42,7 +42,13 @@ from snnl.loss import (
 )
 from snnl.models import MLP, ReferenceCNN, ResNet20, available_models, build_gan, build_model
 from snnl.profile import profile_model
-from snnl.regularizers import EntanglementOutput, EntanglementRegularizer
+from snnl.regularizers import (
+    EntanglementOutput,
+    EntanglementRegularizer,
+    RegularizedOutput,
+    SelectivityRegularizer,
+    regularized_loss,
+)
 from snnl.taps import LayerTap, capture, resolve_layers
 
 __all__ = [
@@ -53,6 +59,9 @@ __all__ = [
     "DkNNResult",
     "EntanglementOutput",
     "EntanglementRegularizer",
+    "RegularizedOutput",
+    "SelectivityRegularizer",
+    "regularized_loss",
     "GANConfig",
     "LBFGSResult",
     "LayerBounds",
