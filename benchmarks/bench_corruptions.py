@@ -185,6 +185,8 @@ def b_fog(img, p, rng):
 
 
 def b_brightness(img, p, rng):
+    if img.shape[0] == 1:  # grey: V = x (the same shortcut as the torch code)
+        return img + p["delta"]
     v = img.max(axis=0, keepdims=True)
     v_new = np.minimum(v + p["delta"], 1)
     return np.where(v > 0, img * v_new / np.maximum(v, 1e-300), v_new)

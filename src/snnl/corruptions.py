@@ -679,43 +679,33 @@ _F0899, _F1175, _F1501, _F1847 = 7373, 9633, 12299, 15137
 _F1961, _F2053, _F2562, _F3072 = 16069, 16819, 20995, 25172
 
 
-def _descale(x: Tensor, n: int) -> Tensor:
-    """libjpeg's DESCALE: (x + 2^(n-1)) >> n, arithmetic shift."""
-    return (x + (1 << (n - 1))) >> n
-
-
-def _fdct_1d(d: list[Tensor], first_pass: bool) -> list[Tensor]:
-    """One pass of ``jpeg_fdct_islow`` on the 8 values d[0..7] (int64 tensors)."""
+def _fdct_sums(d: list[Tensor]) -> list[Tensor]:
+    """``jpeg_fdct_islow``'s butterflies for one pass, before its DESCALE: eight integer
+    linear combinations of d[0..7] (outputs 0 and 4 scaled by 2^13 so that every output
+    takes the same shift: 11 in the row pass, 15 in the column pass)."""
     tmp0, tmp7 = d[0] + d[7], d[0] - d[7]
     tmp1, tmp6 = d[1] + d[6], d[1] - d[6]
     tmp2, tmp5 = d[2] + d[5], d[2] - d[5]
     tmp3, tmp4 = d[3] + d[4], d[3] - d[4]
     tmp10, tmp13 = tmp0 + tmp3, tmp0 - tmp3
     tmp11, tmp12 = tmp1 + tmp2, tmp1 - tmp2
-    shift = _CONST_BITS - _PASS1_BITS if first_pass else _CONST_BITS + _PASS1_BITS
     out: list[Tensor] = [tmp0] * 8
-    if first_pass:
-        out[0], out[4] = (tmp10 + tmp11) << _PASS1_BITS, (tmp10 - tmp11) << _PASS1_BITS
-    else:
-        out[0] = _descale(tmp10 + tmp11, _PASS1_BITS)
-        out[4] = _descale(tmp10 - tmp11, _PASS1_BITS)
+    out[0], out[4] = (tmp10 + tmp11) << _CONST_BITS, (tmp10 - tmp11) << _CONST_BITS
     z1 = (tmp12 + tmp13) * _F0541
-    out[2] = _descale(z1 + tmp13 * _F0765, shift)
-    out[6] = _descale(z1 - tmp12 * _F1847, shift)
+    out[2], out[6] = z1 + tmp13 * _F0765, z1 - tmp12 * _F1847
     z1, z2, z3, z4 = tmp4 + tmp7, tmp5 + tmp6, tmp4 + tmp6, tmp5 + tmp7
     z5 = (z3 + z4) * _F1175
     tmp4, tmp5, tmp6, tmp7 = tmp4 * _F0298, tmp5 * _F2053, tmp6 * _F3072, tmp7 * _F1501
     z1, z2 = z1 * -_F0899, z2 * -_F2562
     z3, z4 = z3 * -_F1961 + z5, z4 * -_F0390 + z5
-    out[7] = _descale(tmp4 + z1 + z3, shift)
-    out[5] = _descale(tmp5 + z2 + z4, shift)
-    out[3] = _descale(tmp6 + z2 + z3, shift)
-    out[1] = _descale(tmp7 + z1 + z4, shift)
+    out[7], out[5] = tmp4 + z1 + z3, tmp5 + z2 + z4
+    out[3], out[1] = tmp6 + z2 + z3, tmp7 + z1 + z4
     return out
 
 
-def _idct_1d(d: list[Tensor], first_pass: bool) -> list[Tensor]:
-    """One pass of ``jpeg_idct_islow`` on the 8 values d[0..7] (dequantised, int64)."""
+def _idct_sums(d: list[Tensor]) -> list[Tensor]:
+    """``jpeg_idct_islow``'s butterflies for one pass, before its DESCALE (11 in the
+    column pass, 18 in the row pass)."""
     z1 = (d[2] + d[6]) * _F0541
     tmp2 = z1 - d[6] * _F1847
     tmp3 = z1 + d[2] * _F0765
@@ -729,34 +719,54 @@ def _idct_1d(d: list[Tensor], first_pass: bool) -> list[Tensor]:
     z1, z2 = z1 * -_F0899, z2 * -_F2562
     z3, z4 = z3 * -_F1961 + z5, z4 * -_F0390 + z5
     t0, t1, t2, t3 = t0 + z1 + z3, t1 + z2 + z4, t2 + z2 + z3, t3 + z1 + z4
-    shift = _CONST_BITS - _PASS1_BITS if first_pass else _CONST_BITS + _PASS1_BITS + 3
-    return [
-        _descale(tmp10 + t3, shift), _descale(tmp11 + t2, shift),
-        _descale(tmp12 + t1, shift), _descale(tmp13 + t0, shift),
-        _descale(tmp13 - t0, shift), _descale(tmp12 - t1, shift),
-        _descale(tmp11 - t2, shift), _descale(tmp10 - t3, shift),
-    ]  # fmt: skip
+    return [tmp10 + t3, tmp11 + t2, tmp12 + t1, tmp13 + t0,
+            tmp13 - t0, tmp12 - t1, tmp11 - t2, tmp10 - t3]  # fmt: skip
 
 
-def _two_pass(blocks: Tensor, one_d: Callable[..., list[Tensor]], rows_first: bool) -> Tensor:
-    """Apply a 1-D transform along the rows and the columns of (..., 8, 8) int64 blocks."""
-    first, second = (-1, -2) if rows_first else (-2, -1)
-    t = torch.stack(one_d(list(blocks.unbind(first)), True), dim=first)
-    return torch.stack(one_d(list(t.unbind(second)), False), dim=second)
+@functools.lru_cache(maxsize=1)
+def _islow_matrices() -> tuple[Tensor, Tensor]:
+    """The integer matrices of the two butterflies (applied to the unit vectors), float64.
+
+    Within a pass libjpeg only adds and multiplies integers, so each pass is exactly
+    DESCALE(C @ v); in float64 every product and sum here stays below 2^53 and is exact.
+    """
+    eye = list(torch.eye(8, dtype=torch.int64))
+    forward = torch.stack(_fdct_sums(eye)).to(torch.float64)
+    inverse = torch.stack(_idct_sums(eye)).to(torch.float64)
+    return forward, inverse
+
+
+def _descale(x: Tensor, n: int) -> Tensor:
+    """libjpeg's DESCALE, (x + 2^(n-1)) >> n, on float64 integers."""
+    return torch.floor((x + 2.0 ** (n - 1)) / 2.0**n)
 
 
 def _jpeg_plane(plane: Tensor, table: Tensor) -> Tensor:
-    """Encode and decode (N, H, W) int64 samples in 0..255, H and W multiples of 8, the
-    way libjpeg does with JDCT_ISLOW: integer forward DCT (scaled by 8), quantisation
-    sign(t) * ((|t| + 4q) // 8q), dequantisation, integer inverse DCT, + 128, clamp."""
+    """Encode and decode (N, H, W) integer samples in 0..255 (int64), H and W multiples
+    of 8, as libjpeg does with JDCT_ISLOW: integer forward DCT (rows, then columns;
+    scaled by 8), quantisation sign(t) * ((|t| + 4q) // 8q), dequantisation, integer
+    inverse DCT (columns, then rows), + 128, clamp to 0..255."""
     n, h, w = plane.shape
-    q = table.to(device=plane.device, dtype=torch.int64)
-    blocks = (plane - 128).reshape(n, h // 8, 8, w // 8, 8).transpose(2, 3)
-    coef = _two_pass(blocks, _fdct_1d, rows_first=True)
-    q8 = q * 8
-    coef = torch.sign(coef) * ((coef.abs() + q8 // 2) // q8)
-    out = _two_pass(coef * q, _idct_1d, rows_first=False) + 128
-    return out.clamp(0, 255).transpose(2, 3).reshape(n, h, w)
+    forward, inverse = (m.to(plane.device) for m in _islow_matrices())
+    q = table.to(device=plane.device, dtype=torch.float64)
+    # blocks as (n, h/8, 8, w/8, 8): a row transform acts on the last dim, a column
+    # transform on dim 2; each is one (rows x 8) @ (8 x 8) product
+    blocks = (plane - 128).to(torch.float64).reshape(n, h // 8, 8, w // 8, 8)
+
+    def along_rows(t: Tensor, m: Tensor) -> Tensor:
+        return t @ m.T
+
+    def along_cols(t: Tensor, m: Tensor) -> Tensor:
+        return (t.transpose(2, 4) @ m.T).transpose(2, 4)
+
+    rows = _descale(along_rows(blocks, forward), _CONST_BITS - _PASS1_BITS)
+    coef = _descale(along_cols(rows, forward), _CONST_BITS + _PASS1_BITS)
+    q8 = q.view(1, 1, 8, 1, 8) * 8
+    coef = torch.sign(coef) * torch.floor((coef.abs() + q8 / 2) / q8)
+    dequantised = coef * q.view(1, 1, 8, 1, 8)
+    cols = _descale(along_cols(dequantised, inverse), _CONST_BITS - _PASS1_BITS)
+    out = _descale(along_rows(cols, inverse), _CONST_BITS + _PASS1_BITS + 3) + 128
+    return out.clamp(0, 255).reshape(n, h, w).long()
 
 
 def _fancy_upsample(plane: Tensor, h: int, w: int) -> Tensor:
@@ -888,21 +898,33 @@ def _stripe(x: Tensor, p: Params, rnd: _Random) -> Tensor:
 
 
 def _lines(
-    h: int, w: int, c0: Tensor, r0: Tensor, c1: Tensor, r1: Tensor, width: float, like: Tensor
+    h: int,
+    w: int,
+    c0: Tensor,
+    r0: Tensor,
+    c1: Tensor,
+    r1: Tensor,
+    width: float,
+    like: Tensor,
+    cols: Tensor | None = None,
 ) -> Tensor:
-    """MNIST-C's ``line_from_points`` for N segments at once: (N, H, W).
+    """MNIST-C's ``line_from_points`` for N segments at once: (N, H, W), or (N, H, K) on
+    the columns ``cols`` (N, K) only.
 
     Value clip(log(1 - d / width) + 1, 0, 1) with d the vertical distance to the line
     (clipped below width), zero outside columns [floor(c0), ceil(c1)) and for c1 == c0.
     """
     rows = torch.arange(h, dtype=like.dtype, device=like.device).view(1, h, 1)
-    cols = torch.arange(w, dtype=like.dtype, device=like.device).view(1, 1, w)
+    if cols is None:
+        cols = torch.arange(w, dtype=like.dtype, device=like.device).view(1, 1, w)
+    else:
+        cols = cols.to(like.dtype).unsqueeze(1)
     c0, r0, c1, r1 = (t.to(like.dtype).view(-1, 1, 1) for t in (c0, r0, c1, r1))
     vertical = c1 == c0
     slope = (r1 - r0) / torch.where(vertical, torch.ones_like(c1), c1 - c0)
     dist = (rows - (slope * (cols - c0) + r0)).abs().clamp(max=width - 1e-10)
     value = (torch.log(1 - dist / width) + 1).clamp(0, 1)
-    keep = (cols >= torch.floor(c0)) & (cols < torch.ceil(c1)) & ~vertical
+    keep = (cols >= torch.floor(c0)) & (cols < torch.ceil(c1)) & (cols < w) & ~vertical
     return value * keep.to(like.dtype)
 
 
@@ -973,8 +995,16 @@ def _zigzag(x: Tensor, p: Params, rnd: _Random) -> Tensor:
     for _ in range(p["zigzags"]):
         xs, ys, ok = _zigzag_points(n, h, p, rnd, x)
         for k in range(1, xs.shape[1]):
-            seg = _lines(h, w, xs[:, k - 1], ys[:, k - 1], xs[:, k], ys[:, k], p["width"], x)
-            total = total + seg * ok[:, k].view(n, 1, 1).to(x.dtype)
+            c0, c1 = xs[:, k - 1], xs[:, k]
+            # only the columns [floor(c0), ceil(c1)) can be drawn: a window of K columns
+            start = torch.floor(c0).clamp(0, w - 1).long()
+            span = (torch.ceil(c1) - torch.floor(c0)).clamp(1, w)
+            k_cols = w if x.device.type == "meta" else int(span.max())
+            cols = start.view(n, 1) + torch.arange(k_cols, device=x.device)
+            seg = _lines(h, w, c0, ys[:, k - 1], c1, ys[:, k], p["width"], x, cols=cols)
+            seg = seg * ok[:, k].view(n, 1, 1).to(x.dtype)
+            index = cols.clamp(max=w - 1).view(n, 1, k_cols).expand(n, h, k_cols)
+            total = total.scatter_add(2, index, seg)
     return x + total.unsqueeze(1)
 
 
@@ -1021,15 +1051,19 @@ def _canny(grey: Tensor, sigma: float, low: float, high: float) -> Tensor:
     ahead = (1 - weight) * at(pi, pj) + weight * at(si, sj)
     behind = (1 - weight) * at(-pi, -pj) + weight * at(-si, -sj)
     local_max = interior & (mag > 0) & (ahead <= mag) & (behind <= mag)
-    low_mask = local_max & (mag >= low)
-    edges = low_mask & (mag >= high)
+    low_mask = (local_max & (mag >= low)).unsqueeze(1).to(torch.float32)
+    edges = low_mask * (mag >= high).unsqueeze(1)
+    count = -1.0
     while edges.device.type != "meta":  # meta tensors: shapes only, nothing to grow
-        grown = F.max_pool2d(edges.unsqueeze(1).to(g.dtype), 3, 1, 1)[:, 0] > 0
-        grown = grown & low_mask
-        if torch.equal(grown, edges):
+        # grow into 8-neighbours inside the low mask until nothing changes (the edge
+        # count only grows, so an unchanged count means an unchanged set)
+        for _ in range(4):
+            edges = F.max_pool2d(edges, 3, 1, 1) * low_mask
+        total = float(edges.sum())
+        if total == count:
             break
-        edges = grown
-    return edges.unsqueeze(1)
+        count = total
+    return edges > 0
 
 
 def _canny_edges(x: Tensor, p: Params, rnd: _Random) -> Tensor:
