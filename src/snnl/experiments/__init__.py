@@ -31,10 +31,10 @@ __all__ = [
     "registry",
 ]
 
-from snnl.experiments import dknn, entangle, gan, intriguing, transfer  # noqa: E402
+from snnl.experiments import dknn, entangle, gan, intriguing, selectivity, transfer  # noqa: E402
 
 #: The experiments, in the order they run and appear in the report.
-REGISTRY: tuple[ModuleType, ...] = (entangle, dknn, transfer, gan, intriguing)
+REGISTRY: tuple[ModuleType, ...] = (entangle, dknn, transfer, gan, intriguing, selectivity)
 
 
 def registry() -> dict[str, ModuleType]:
