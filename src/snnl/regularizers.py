@@ -367,13 +367,16 @@ class _Curve:
         out = []
         for u in us.tolist():
             c = math.exp(-u)
-            lse = torch.exp(self._dd32 * -c).sum(2).log_().sub_(m, alpha=c)
+            # exp below -87 would be a float32 denormal (up to 100x slower); the
+            # clamped weight e^-87 is invisible next to the set's weight of 1
+            lse = torch.exp((self._dd32 * -c).clamp_min_(-87.0)).sum(2).log_().sub_(m, alpha=c)
             out.append((lse[0] - lse[1]).mean())
         return torch.stack(out).double()
 
     def stats(self, u: float) -> tuple[float, float, float]:
         c = math.exp(-u)
-        w = torch.exp(self.dd * -c)
+        # float64 exp below -700 is slow (denormals); e^-700 next to a weight of 1 is nothing
+        w = torch.exp((self.dd * -c).clamp_min_(-700.0))
         s0 = w.sum(2)
         e1 = (w * self.dd).sum(2).div_(s0)
         e2 = (w.mul_(self.dd2)).sum(2).div_(s0)
@@ -459,6 +462,15 @@ def optimal_log_temperature(
             if moved < tol:
                 converged = True
                 break
+        if converged and start is not None and attempt == 0:
+            # a warm start can settle in a local minimum: check a few points around it
+            # and the large-T end (the indistinguishable-classes value) before trusting it
+            probes = torch.tensor([u - 2.0, u + 2.0, curve.u_hi], dtype=torch.float64).clamp(
+                curve.u_lo, curve.u_hi
+            )
+            evals += len(probes)
+            if float(curve.values(probes).min()) < f - 1e-6 * max(1.0, abs(f)):
+                converged = False
         if converged or attempt == 1:
             break
         u = grid_start()
