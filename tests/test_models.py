@@ -162,8 +162,8 @@ def test_resnet_shortcut_is_option_a() -> None:
 
 
 def test_build_model_unknown_name_lists_known() -> None:
-    assert available_models() == ("mlp", "cnn", "resnet20")
-    with pytest.raises(ValueError, match="mlp, cnn, resnet20"):
+    assert available_models() == ("mlp", "cnn", "resnet20", "autoencoder")
+    with pytest.raises(ValueError, match="mlp, cnn, resnet20, autoencoder"):
         build_model("vgg", (1, 28, 28), 10)
 
 
@@ -171,3 +171,17 @@ def test_build_model_passes_normalisation() -> None:
     model = build_model("cnn", (1, 28, 28), 10, mean=0.1307, std=0.3081)
     torch.testing.assert_close(model.normalize.mean, torch.tensor([0.1307]))
     torch.testing.assert_close(model.normalize.std, torch.tensor([0.3081]))
+
+
+def test_reference_cnn_authors_init() -> None:
+    torch.manual_seed(0)
+    m = build_model("cnn", (1, 28, 28), 10, mean=0.5, std=0.25, init="authors")
+    # He-normal: std sqrt(2 / fan_in) for every weight, zero biases, raw inputs
+    for layer in (m.conv1, m.conv2, m.conv3, m.logits):
+        fan_in = layer.weight[0].numel()
+        assert layer.weight.std().item() == pytest.approx((2 / fan_in) ** 0.5, rel=0.1)
+        assert torch.count_nonzero(layer.bias) == 0
+    torch.testing.assert_close(m.normalize.mean, torch.tensor([0.0]))
+    torch.testing.assert_close(m.normalize.std, torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="init"):
+        build_model("cnn", (1, 28, 28), 10, init="glorot")
