@@ -79,6 +79,7 @@ def test_bad_temperature_is_refused(capsys):
 
 
 _TINY = ["--dataset", "digits", "--epochs", "1", "--limit-train", "200", "--limit-test", "100"]
+_TINY += ["--workers", "1"]
 
 
 def _run_folders(out):
@@ -117,7 +118,7 @@ def test_reproduce_end_to_end_and_report_rebuild(tmp_path, capsys):
 def test_reproduce_with_other_epochs_trains_new_runs(tmp_path, capsys):
     out = tmp_path / "rep"
     base = ["reproduce", "--experiments", "entangle", "--seeds", "1", "--out", str(out)]
-    tiny = ["--dataset", "digits", "--limit-train", "120", "--limit-test", "60"]
+    tiny = ["--dataset", "digits", "--limit-train", "120", "--limit-test", "60", "--workers", "1"]
     assert main([*base, *tiny, "--epochs", "1"]) == 0
     first = set(_run_folders(out))
     assert main([*base, *tiny, "--epochs", "2"]) == 0

@@ -158,6 +158,7 @@ def _reproduce_config(args: argparse.Namespace):
         epochs=args.epochs,
         model=args.model,
         force=args.force,
+        workers=args.workers,
     )
 
 
@@ -470,6 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--limit-test", type=int, default=None)
     rp.add_argument("--out", type=Path, default=Path("snnl-report"))
     rp.add_argument("--force", action="store_true", help="retrain runs whose saved config differs")
+    rp.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that train independent runs in parallel (default: the cores, at most 8)",
+    )
     rp.add_argument("--threads", type=int, default=None, help=threads_help)
     rp.set_defaults(func=_reproduce)
 

@@ -73,6 +73,7 @@ class ReproduceConfig:
     epochs: int | None = None  # override the experiments' default epochs
     model: str | None = None  # override the default model for the dataset
     force: bool = False  # retrain runs whose saved config differs from the one asked for
+    workers: int | None = None  # parallel training processes (None: cores, at most 8)
 
     def __post_init__(self) -> None:
         from snnl.experiments import registry

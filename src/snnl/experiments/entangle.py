@@ -179,18 +179,16 @@ def run(s: Settings, context: Context) -> dict[str, Any]:
     zoo, out = context.zoo, context.out
     records: list[dict[str, Any]] = []
     entangled_label = f"optimal a={s.entangled_alpha:g}"
+    plan: list[tuple[str, str, Any]] = []
     for seed in range(s.seeds):
         for label, cfg in _setting_configs(s, context.config, seed):
             if seed >= s.sweep_seeds and label not in ("normal", entangled_label):
                 continue
-            kind = (
-                "normal"
-                if cfg.alpha == 0
-                else "entangled"
-                if label.startswith("opt")
-                else "authors"
-            )
-            records.append(_run_record(label, zoo.train(kind, cfg), out))
+            kind = "normal" if cfg.alpha == 0 else "entangled" if label[:3] == "opt" else "authors"
+            plan.append((label, kind, cfg))
+    refs = zoo.train_many([(kind, cfg) for _, kind, cfg in plan])  # in parallel processes
+    for (label, _, _), ref in zip(plan, refs, strict=True):
+        records.append(_run_record(label, ref, out))
     normal0, ent0 = zoo.get(Kind.NORMAL, 0), zoo.get(Kind.ENTANGLED, 0)
     layers = normal0.results()["layers"]
     layer = layers[len(layers) // 2]

@@ -303,14 +303,25 @@ def _skip_reasons(x: Tensor) -> dict[str, str]:
 def _runs(s: Settings, context: Context) -> list[tuple[str, str, float, RunRef]]:
     """(setting, kind, alpha, run) for every seed: normal, the sweep, then entangled."""
     zoo = context.zoo
+    sweep = [
+        (
+            seed,
+            alpha,
+            replace(
+                recipe(context.config, Kind.NORMAL, seed),
+                selectivity_alpha=alpha,
+                probe_size=s.sweep_probe_size,
+            ),
+        )
+        for seed in range(s.seeds)
+        for alpha in s.alphas
+    ]
+    refs = iter(zoo.train_many([("selectivity", cfg) for _, _, cfg in sweep]))  # in parallel
     out: list[tuple[str, str, float, RunRef]] = []
     for seed in range(s.seeds):
         out.append(("normal", "normal", 0.0, zoo.get(Kind.NORMAL, seed)))
-        base = recipe(context.config, Kind.NORMAL, seed)
         for alpha in s.alphas:
-            cfg = replace(base, selectivity_alpha=alpha, probe_size=s.sweep_probe_size)
-            ref = zoo.train("selectivity", cfg)
-            out.append((setting_label(alpha), "selectivity", alpha, ref))
+            out.append((setting_label(alpha), "selectivity", alpha, next(refs)))
         if s.include_entangled:
             out.append(("entangled", "entangled", 0.0, zoo.get(Kind.ENTANGLED, seed)))
     return out

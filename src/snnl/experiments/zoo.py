@@ -107,7 +107,7 @@ def recipe(config: ReproduceConfig, kind: Kind | str, seed: int) -> TrainConfig:
         epochs=epochs,
         batch_size=128,
         lr=1e-3,
-        probe_size=500,
+        probe_size=300,
         model_kwargs=kwargs,
         data_dir=config.data_dir,
         limit_train=config.limit_train,
@@ -126,6 +126,18 @@ def config_key(config: TrainConfig) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
 
+def _train_worker(config: TrainConfig, folder: Path, force: bool, data: DataSplits) -> None:
+    """One run in a worker process (one torch thread; warnings counted in the run)."""
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train(config, folder, force=force, resume=not force, dataset=data)
+
+
 class Zoo:
     """Trains or reuses the runs experiments ask for, under ``out/runs``."""
 
@@ -142,28 +154,70 @@ class Zoo:
     def folder(self, name: str, config: TrainConfig) -> Path:
         return self.out / "runs" / f"{name}-{config_key(config)}-seed{config.seed}"
 
-    def train(self, name: str, config: TrainConfig) -> RunRef:
-        """Train ``config`` as run ``name`` (e.g. "sweep-a0.3"), or reuse it if finished."""
+    def _plan(self, name: str, config: TrainConfig) -> str:
+        """ "reuse", "train" (new or unfinished: resume) or "retrain" (--force)."""
         folder = self.folder(name, config)
         results = folder / "results.json"
-        if results.exists():
-            saved = json.loads(results.read_text()).get("config")
-            if saved == asdict(config):
-                return RunRef(name, config.seed, folder, config, self.dataset)
-            if not self.config.force:
-                diff = sorted(
-                    k for k, v in asdict(config).items() if not saved or saved.get(k) != v
-                )
-                raise RunMismatchError(
-                    f"{folder} holds a finished run whose config differs in {', '.join(diff)}; "
-                    "rerun with --force to retrain it"
-                )
-            self._log(f"retraining {folder.name} (config changed, --force)")
-            train(config, folder, force=True, dataset=self.dataset)
+        if not results.exists():
+            return "train"
+        saved = json.loads(results.read_text()).get("config")
+        if saved == asdict(config):
+            return "reuse"
+        if not self.config.force:
+            diff = sorted(k for k, v in asdict(config).items() if not saved or saved.get(k) != v)
+            raise RunMismatchError(
+                f"{folder} holds a finished run whose config differs in {', '.join(diff)}; "
+                "rerun with --force to retrain it"
+            )
+        return "retrain"
+
+    def train(self, name: str, config: TrainConfig) -> RunRef:
+        """Train ``config`` as run ``name`` (e.g. "sweep-a0.3"), or reuse it if finished."""
+        return self.train_many([(name, config)])[0]
+
+    def train_many(self, items: list[tuple[str, TrainConfig]]) -> list[RunRef]:
+        """Train (or reuse) several runs; missing ones train in parallel worker processes.
+
+        ``config.workers`` processes (default: the machine's cores, at most 8), each
+        with one torch thread: the runs of a sweep are independent, so on 2 cores two
+        of them train at once. Results are identical to training them one by one
+        (each run is deterministic given its config).
+        """
+        todo = []
+        for name, config in items:
+            plan = self._plan(name, config)
+            if plan != "reuse":
+                todo.append((name, config, plan == "retrain"))
+        workers = min(len(todo), self.workers)
+        if workers > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            data = self.dataset
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                futures = []
+                for name, config, force in todo:
+                    folder = self.folder(name, config)
+                    self._log(f"training {folder.name}" + (" (--force)" if force else ""))
+                    futures.append(pool.submit(_train_worker, config, folder, force, data))
+                for future in futures:
+                    future.result()
         else:
-            self._log(f"training {folder.name}")
-            train(config, folder, resume=True, dataset=self.dataset)
-        return RunRef(name, config.seed, folder, config, self.dataset)
+            for name, config, force in todo:
+                folder = self.folder(name, config)
+                self._log(f"training {folder.name}" + (" (--force)" if force else ""))
+                train(config, folder, force=force, resume=not force, dataset=self.dataset)
+        return [
+            RunRef(name, config.seed, self.folder(name, config), config, self.dataset)
+            for name, config in items
+        ]
+
+    @property
+    def workers(self) -> int:
+        import os
+
+        requested = getattr(self.config, "workers", None)
+        return max(1, requested if requested else min(os.cpu_count() or 1, 8))
 
     def get(self, kind: Kind | str, seed: int) -> RunRef:
         """The zoo's run of ``kind`` and ``seed`` (trained on first use)."""
