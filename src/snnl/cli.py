@@ -128,6 +128,7 @@ def _train(args: argparse.Namespace) -> int:
         return 0  # rank 0 reports
     final = res["final"]
     print(f"run         : {args.out}")
+
     def fmt(value: float | None) -> str:
         return "n/a (not finite)" if value is None else f"{value:.4f}"
 
