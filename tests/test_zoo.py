@@ -60,6 +60,10 @@ def _items(cfg):
 
 
 def test_parallel_training_equals_one_by_one(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the caller's thread count must not change the runs
     one = Zoo(_config(workers=1), tmp_path / "one", log=lambda m: None)
     two = Zoo(_config(workers=2), tmp_path / "two", log=lambda m: None)
     refs1 = one.train_many(_items(one.config))
@@ -67,3 +71,5 @@ def test_parallel_training_equals_one_by_one(tmp_path):
     for a, b in zip(refs1, refs2, strict=True):
         assert a.path.name == b.path.name
         assert a.results()["history"] == b.results()["history"]
+    assert torch.get_num_threads() == 2  # restored after training
+    torch.set_num_threads(before)

@@ -180,8 +180,9 @@ class Zoo:
 
         ``config.workers`` processes (default: the machine's cores, at most 8), each
         with one torch thread: the runs of a sweep are independent, so on 2 cores two
-        of them train at once. Results are identical to training them one by one
-        (each run is deterministic given its config).
+        of them train at once. With one worker the runs train in this process, also
+        with one thread, so results are identical whatever ``workers`` is (each run is
+        deterministic given its config and thread count).
         """
         todo = []
         for name, config in items:
@@ -203,10 +204,17 @@ class Zoo:
                 for future in futures:
                     future.result()
         else:
-            for name, config, force in todo:
-                folder = self.folder(name, config)
-                self._log(f"training {folder.name}" + (" (--force)" if force else ""))
-                train(config, folder, force=force, resume=not force, dataset=self.dataset)
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # as in the workers: results do not depend on --workers
+            try:
+                for name, config, force in todo:
+                    folder = self.folder(name, config)
+                    self._log(f"training {folder.name}" + (" (--force)" if force else ""))
+                    train(config, folder, force=force, resume=not force, dataset=self.dataset)
+            finally:
+                torch.set_num_threads(threads)
         return [
             RunRef(name, config.seed, self.folder(name, config), config, self.dataset)
             for name, config in items
