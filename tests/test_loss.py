@@ -737,6 +737,85 @@ def test_block_size_independence(distance, reduction):
         assert torch.allclose(grad, results[0][1], rtol=1e-11, atol=1e-14)
 
 
+# ----------------------------------------------------------------------------- symmetric kernel
+# N >= 1025 runs the symmetric two-orientation kernel (one product per pair of row
+# tiles, statistics from both orientations); block_size sets its tile rows.
+
+SYMMETRIC_N = 1100
+
+
+def _symmetric_data(n=SYMMETRIC_N, d=3, classes=4, seed=60):
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.arange(n) * 7919) % classes  # unsorted labels
+    x = torch.randn(n, d, generator=g, dtype=torch.float64) + 0.8 * y[:, None]
+    return x, y
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("block", [None, 100, 512])
+def test_symmetric_kernel_matches_reference(distance, reduction, block):
+    x, y = _symmetric_data()
+    x = x.requires_grad_(True)
+    t = 0.7 if distance == "euclidean" else 0.1
+    w = torch.rand(len(x), generator=torch.Generator().manual_seed(61), dtype=torch.float64)
+    w = w - 0.3  # mixed signs, as a backward through reduction="none" can bring
+    out = soft_nearest_neighbor_loss(
+        x, y, t, distance=distance, reduction=reduction, block_size=block
+    )
+    ref, gx, _ = _reference_grads(x, y, t, distance, reduction, w)
+    assert _rel(out, ref) < 1e-12
+    (out if reduction != "none" else (out * w).sum()).backward()
+    assert _rel(x.grad, gx) < 1e-10
+
+
+def test_symmetric_kernel_float32_and_temperature_gradient():
+    x, y = _symmetric_data(seed=62)
+    x32 = x.float().requires_grad_(True)
+    t = torch.tensor(0.5, requires_grad=True)
+    out = soft_nearest_neighbor_loss(x32, y, t)
+    ref, gx, gt = _reference_grads(x32.detach(), y, 0.5)
+    assert abs(out.item() - ref.item()) <= 1e-5 * ref.item()
+    out.backward()
+    assert _rel(x32.grad, gx) < 1e-4
+    assert t.grad.item() == pytest.approx(gt.item(), rel=1e-4)
+
+
+def test_symmetric_kernel_many_classes_and_singletons():
+    """Classes of 1 to 3 points (hundreds per tile: positives as a mask, not rectangles);
+    singletons are left out but still act as negatives."""
+    g = torch.Generator().manual_seed(63)
+    n = SYMMETRIC_N
+    y = torch.randint(0, 500, (n,), generator=g)
+    x = torch.randn(n, 4, generator=g, dtype=torch.float64).requires_grad_(True)
+    with pytest.warns(SNNLWarning, match="left out"):
+        out = soft_nearest_neighbor_loss(x, y, 2.0, reduction="none")
+    ref, gx, _ = _reference_grads(x, y, 2.0, reduction="none", weights=torch.ones(n))
+    assert _rel(out, ref) < 1e-12
+    out.nan_to_num().sum().backward()
+    assert _rel(x.grad, gx) < 1e-10
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_symmetric_kernel_underflow_regime_is_exact(dtype):
+    """Anchor at 0, its positive at 100, a negative at 1 (T = 1): loss 9999 exactly, where
+    exp-then-log code saturates at 11.51 with zero gradient; 1,096 far points make
+    N > 1024 (symmetric kernel) without touching anchor 0's terms."""
+    near = torch.tensor([[0.0], [100.0], [1.0], [101.0]])
+    far = 1e4 + torch.arange(1096, dtype=torch.float64).unsqueeze(1) * 3.0
+    x = torch.cat([near.double(), far]).to(dtype).requires_grad_(True)
+    y = torch.cat([torch.tensor([0, 0, 1, 1]), 2 + torch.arange(1096) % 5])
+    out = soft_nearest_neighbor_loss(x, y, 1.0, reduction="none")
+    # loss_0 = d_pos - d_neg + log1p(e^-9999 + ...) = 9999 (far points add < e^-1e8)
+    assert out[0].item() == pytest.approx(9999.0, rel=1e-12 if dtype == torch.float64 else 1e-6)
+    assert not torch.isclose(out, torch.tensor(SATURATION, dtype=dtype), atol=0.05).any()
+    out[0].backward()
+    # d loss_0 / d x_0 = 2 (x_0 - x_pos) - 2 (x_0 - x_neg) = -200 + 2
+    assert x.grad[0, 0].item() == pytest.approx(-198.0, rel=1e-6)
+    assert x.grad[1, 0].item() == pytest.approx(200.0, rel=1e-6)  # the positive
+    assert x.grad[2, 0].item() == pytest.approx(-2.0, rel=1e-6)  # the negative
+
+
 # ----------------------------------------------------------------------------- properties
 
 _coords = st.integers(-32, 32).map(lambda v: v / 8)  # dyadic: translations stay exact

@@ -124,9 +124,11 @@ def softplus(z: Tensor) -> Tensor:
 
 
 def _scale_pow2(x: Tensor, k: int) -> Tensor:
-    """x * 2**-k, exact (two steps so that no factor leaves the dtype's normal range)."""
+    """x * 2**-k, exact (two steps when one factor would leave the normal range)."""
     if k == 0:
         return x
+    if abs(k) <= 100:
+        return x * 2.0 ** (-k)
     half = k // 2
     return (x * 2.0 ** (-half)) * 2.0 ** (-(k - half))
 
@@ -141,8 +143,9 @@ def _largest_exponent(x: Tensor) -> int:
 class PreparedPoints:
     """The sorted points the kernels see, and how they map back to the caller's features.
 
-    euclidean: ``x * 2**-k - centre`` (``centre`` in float64, in scaled units), with the
-    temperature ``T * 2**-2k``; cosine: the unit vectors as given (k = 0, no centre).
+    euclidean: ``x * 2**-k - centre``, with the temperature ``T * 2**-2k``; the centre
+    (kernel units) is representable in the features' dtype, so x - centre is exact in
+    float64 and correctly rounded in float32. cosine: the unit vectors as given.
     """
 
     source: Tensor  # (N, D) detached features (euclidean) or unit vectors (cosine), caller order
@@ -160,10 +163,12 @@ class PreparedPoints:
         which then carry only the rounding of x_i - x_j itself.
         """
         idx = self.perm if rows is None else self.perm[rows]
-        x = self.source[idx]
+        x = self.source[idx].to(dtype)
         if not self.euclidean:
-            return x.to(dtype)
-        x = _scale_pow2(x.to(dtype), self.k)
+            return x
+        if centred and abs(self.k) <= 100:  # one rounding: -c + 2**-k x
+            return torch.add(-self.centre.to(dtype), x, alpha=2.0 ** (-self.k))
+        x = _scale_pow2(x, self.k)
         return x - self.centre.to(dtype) if centred else x
 
     def kernel_temperature(self, temperature: float) -> float:
@@ -172,23 +177,23 @@ class PreparedPoints:
 
 
 def prepare_points(x: Tensor, batch: SortedBatch, euclidean: bool, temperature: float):
-    """Scale (a power of two) and centre (float64) the detached features; see the module doc.
+    """Scale (a power of two) and centre the detached features; see the module doc.
 
     The exponent is chosen from the largest coordinate, then moved (if needed) so that
-    the kernel temperature stays within float64's range.
+    the kernel temperature stays within float64's range. Any centre serves (distances
+    are translation invariant); the mean, in the features' dtype, keeps the expansion
+    accurate.
     """
     if not euclidean:
         return PreparedPoints(x, batch.perm, False, 0, None)
     k = _largest_exponent(x)
     log2_t = math.log2(temperature)
     k = min(max(k, math.ceil((log2_t - 1000) / 2)), math.floor((log2_t + 1000) / 2))
-    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
-    for r0 in range(0, x.shape[0], 65536):
-        total += _scale_pow2(x[r0 : r0 + 65536].double(), k).sum(0)
-    centre = total / x.shape[0]
-    if x.dtype != torch.float64:
-        centre = centre.float().double()  # one centre for the float32 and float64 passes
-    return PreparedPoints(x, batch.perm, True, k, centre)
+    if abs(k) <= 100:  # the sum of N coordinates <= 2**100 stays far from overflow
+        centre = _scale_pow2(x.mean(0), k)
+    else:
+        centre = _scale_pow2(x, k).mean(0)
+    return PreparedPoints(x, batch.perm, True, k, centre.double())
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -388,6 +393,371 @@ def snnl_temperature_grid(
     return out
 
 
+# ----------------------------------------------------------------------------- symmetric kernel
+#
+# s is symmetric, so each pair of row tiles (I, J), I <= J, needs one product
+# S = X_I X_J^T. Pass 1 gathers running log-sum-exp statistics (max, sum) of the
+# positives and negatives of every row from both orientations of S: rows of I from
+# its rows, rows of J from its columns. Pass 2 (gradient) recomputes S and forms
+# H_IJ = G_IJ + G_JI^T in one tile, then accumulates H [X_J, 1] into the rows of I and
+# H^T [X_I, 1] into the rows of J (the extra column of ones gives H 1). Forward and
+# backward take 0.5 + 0.5 + 1 = 2 N x N x D products instead of 3.
+#
+# The logits come from one product of augmented operands: s_ij = alpha <A_i, B_j> with
+# euclidean A = [x, 1, -|x|^2/2], B = [x, -|x|^2/2, 1], alpha = 2/T (so s = -|x_i - x_j|^2/T);
+# cosine A = [x, 1, 0], B = [x, 0, 0], alpha = 1/T.
+
+# Rows per tile of the symmetric kernel: N / 8 within [256, 1024] (the diagonal blocks,
+# computed whole, then add 1/8 to the products), and logits per block (row tile x
+# column chunk): 2**22 float32 = 16 MiB, few large operations (on a shared machine each
+# parallel operation waits for its slowest thread, so fewer and larger ones win).
+TILE_MIN, TILE_MAX = 256, 1024
+_TILE_ELEMENTS = 2**22
+# Above this many points (N^2 > _WHOLE_ELEMENTS) the symmetric kernel is used; below,
+# one masked block of the row kernel is faster (see benchmarks/bench_snnl.py).
+SYMMETRIC_MIN_POINTS = 1025
+# Above this many classes shared by two tiles, positives are a mask, not rectangles.
+_MAX_RECTS = 32
+# The gradient pass forms exp(s - a_j) as exp(s - a_i) exp(a_i - a_j) when the shifts of
+# a block span at most this (log units): a clamped term then carries at most
+# exp(floor + this) of error, far below rounding.
+_REUSE_SPREAD = {torch.float32: 40.0, torch.float64: 600.0}
+# Column sums of exponentials shifted by the block's largest row maximum are kept when at
+# least this (else redone with the column's own maximum); see tile_pair_stats.
+_RELIABLE_SUM = {torch.float32: math.exp(-60.0), torch.float64: math.exp(-650.0)}
+
+
+class Tile(NamedTuple):
+    """Rows of one tile, sorted by class within it."""
+
+    rows: slice | Tensor  # where its rows sit in the statistics (N,) vectors
+    a: Tensor  # (B, D + 2) left operand; a[:, :D + 1] = [x, 1] serves the gradient
+    b: Tensor  # (B, D + 2) right operand, times alpha
+    runs: dict[int, tuple[int, int]]  # class id -> its local rows [start, end)
+    group: Tensor  # (B,) class id of each row
+
+
+def augmented_operands(xs: Tensor, euclidean: bool) -> tuple[Tensor, Tensor]:
+    """(A, B), each (N, D + 2), with <A_i, B_j> = s_ij / alpha (see above)."""
+    n = xs.shape[0]
+    ones = xs.new_ones(n, 1)
+    if euclidean:
+        half_norm = (xs * xs).sum(1, keepdim=True).mul_(-0.5)
+        return torch.cat([xs, ones, half_norm], 1), torch.cat([xs, half_norm, ones], 1)
+    zeros = xs.new_zeros(n, 1)
+    return torch.cat([xs, ones, zeros], 1), torch.cat([xs, zeros, zeros], 1)
+
+
+def class_runs(group: Tensor) -> dict[int, tuple[int, int]]:
+    """{class id: (start, end)} of a sorted (B,) class-id vector."""
+    ids, counts = torch.unique_consecutive(group, return_counts=True)
+    ends = torch.cumsum(counts, 0).tolist()
+    return {c: (e - k, e) for c, k, e in zip(ids.tolist(), counts.tolist(), ends, strict=True)}
+
+
+def _positives(ti: Tile, tj: Tile):
+    """Same-class rectangles (r0, r1, c0, c1) of the tile pair, or a (B_i, B_j) mask when
+    there are too many of them."""
+    small, large = (ti.runs, tj.runs) if len(ti.runs) <= len(tj.runs) else (tj.runs, ti.runs)
+    common = [c for c in small if c in large]
+    if len(common) > _MAX_RECTS:
+        return None, ti.group[:, None] == tj.group[None, :]
+    return [(*ti.runs[c], *tj.runs[c]) for c in common], None
+
+
+class LSEStats:
+    """Running log-sum-exp (max m, scaled sum l) of the positives and the negatives of
+    every row, in float64: LSE = m + log(l)."""
+
+    def __init__(self, n: int, device) -> None:
+        def full(value: float) -> Tensor:
+            return torch.full((n,), value, dtype=torch.float64, device=device)
+
+        self.pos_m, self.pos_l = full(-math.inf), full(0.0)
+        self.neg_m, self.neg_l = full(-math.inf), full(0.0)
+
+    @staticmethod
+    def _merge(m_acc: Tensor, l_acc: Tensor, rows, m: Tensor, l_sum: Tensor) -> None:
+        m, l_sum = m.double(), l_sum.double()
+        m_old, l_old = m_acc[rows].clone(), l_acc[rows].clone()  # slices are views
+        m_new = torch.maximum(m_old, m)
+        ref = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
+        m_acc[rows] = m_new
+        l_acc[rows] = l_old * torch.exp(m_old - ref) + l_sum * torch.exp(m - ref)
+
+    def add(self, positive: bool, rows, m: Tensor, l_sum: Tensor) -> None:
+        if positive:
+            self._merge(self.pos_m, self.pos_l, rows, m, l_sum)
+        else:
+            self._merge(self.neg_m, self.neg_l, rows, m, l_sum)
+
+    def lse(self) -> tuple[Tensor, Tensor]:
+        """(LSE_pos, LSE_neg), -inf where a row has no positive / no negative."""
+        return self.pos_m + self.pos_l.log(), self.neg_m + self.neg_l.log()
+
+    def losses(self) -> tuple[Tensor, Tensor]:
+        """(per-row loss, z = LSE_neg - LSE_pos), NaN for rows without a positive."""
+        lse_pos, lse_neg = self.lse()
+        z = torch.where(self.pos_l > 0, lse_neg - lse_pos, math.nan)
+        z = torch.where((self.neg_l > 0) | torch.isnan(z), z, -math.inf)
+        return softplus(z), z
+
+
+def _row_lse(block: Tensor, floor: float, self_diagonal: bool) -> tuple[Tensor, Tensor]:
+    """(max, sum exp(block - max)) per row; rows of -inf give (-inf, 0). ``self_diagonal``:
+    the block's diagonal holds self pairs (-inf), whose exp is zeroed exactly."""
+    m = block.amax(1)
+    finite = torch.isfinite(m)
+    shift = torch.where(finite, m, torch.zeros_like(m))
+    e = (block - shift.unsqueeze(1)).clamp_(min=floor).exp_()
+    if self_diagonal:
+        e.diagonal().zero_()
+    total = torch.where(finite, e.sum(1), torch.zeros_like(m))
+    return m, total
+
+
+def _exp_rows(out: Tensor, s: Tensor, shift: Tensor, floor: float) -> Tensor:
+    """out = exp(max(s - shift[:, None], floor)), in place."""
+    torch.sub(s, shift.unsqueeze(1), out=out)
+    return out.clamp_(min=floor).exp_()
+
+
+def _exp_cols(out: Tensor, s: Tensor, shift: Tensor, floor: float) -> Tensor:
+    """out = exp(max(s - shift[None, :], floor)), in place."""
+    torch.sub(s, shift.unsqueeze(0), out=out)
+    return out.clamp_(min=floor).exp_()
+
+
+def _zero_excluded(e: Tensor, rects, mask, lead: int) -> None:
+    """Zero the entries that were -inf in the logits (positives, self pairs), exactly."""
+    if mask is not None:
+        e.masked_fill_(mask, 0.0)
+    else:
+        for r0, r1, c0, c1 in rects:
+            e[r0:r1, c0:c1] = 0.0
+    if lead:
+        e[:, :lead].diagonal().zero_()
+
+
+def _sub_rows(rows):
+    """Index helper: rows of a tile's local range [r0, r1)."""
+    if isinstance(rows, slice):
+        start = rows.start
+        return lambda r0, r1: slice(start + r0, start + r1)
+    return lambda r0, r1: rows[r0:r1]
+
+
+def tile_pair_stats(s: Tensor, ti: Tile, tj: Tile, lead: int, stats: LSEStats, work: Tensor):
+    """Add the logits ``s`` (rows of ti, columns of tj) to ``stats``.
+
+    The first ``lead`` columns of tj are the rows of ti themselves (0 or len(ti)): their
+    diagonal holds the self pairs and they give no column statistics (those rows get
+    them from their own rows). Every other column adds to the statistics of its row of
+    tj. ``s`` is overwritten.
+    """
+    floor = _exp_floor(s.dtype)
+    if lead:
+        s[:, :lead].fill_diagonal_(-math.inf)
+    rects, mask = _positives(ti, tj)
+    rows_i, rows_j = _sub_rows(ti.rows), _sub_rows(tj.rows)
+    if mask is None:
+        for r0, r1, c0, c1 in rects:
+            block = s[r0:r1, c0:c1]
+            m, total = _row_lse(block, floor, c0 < lead)
+            stats.add(True, rows_i(r0, r1), m, total)
+            k0 = max(c0, lead)
+            if k0 < c1:
+                m, total = _row_lse(s[r0:r1, k0:c1].T, floor, False)
+                stats.add(True, rows_j(k0, c1), m, total)
+            block.fill_(-math.inf)
+    else:
+        # every -inf entry (other classes, self pairs) adds exp(floor) ~ 1e-38 to a sum
+        # that holds a term 1: invisible, as for the clamped terms
+        pos = torch.where(mask, s, -math.inf)
+        m, total = _row_lse(pos, floor, False)
+        stats.add(True, ti.rows, m, total)
+        if lead < s.shape[1]:
+            m, total = _row_lse(pos[:, lead:].T, floor, False)
+            stats.add(True, rows_j(lead, s.shape[1]), m, total)
+        s.masked_fill_(mask, -math.inf)
+    # negatives: rows
+    r_max = s.amax(1)
+    r_fin = torch.isfinite(r_max)
+    e = _exp_rows(work, s, torch.where(r_fin, r_max, torch.zeros_like(r_max)), floor)
+    _zero_excluded(e, rects, mask, lead)
+    stats.add(False, ti.rows, r_max, torch.where(r_fin, e.sum(1), torch.zeros_like(r_max)))
+    if lead == s.shape[1]:
+        return
+    # negatives: columns beyond the lead, from the same exponentials (one exp per logit):
+    # sum_i exp(s_ij - top) = sum_i e_ij exp(r_i - top), top = the largest row max. A column
+    # whose sum is >= _RELIABLE_SUM holds its clamping and underflow losses (below
+    # R exp(floor) and R exp(-87) relative to top) far below rounding; the others, e.g.
+    # columns far from every row of the block, are redone with their own maximum.
+    rows_c = rows_j(lead, s.shape[1])
+    s_c, e_c = s[:, lead:], e[:, lead:]
+    if bool(r_fin.any()):
+        top = r_max[r_fin].max()
+        weight = torch.exp(r_max - top)  # 0 for rows without negatives
+        col_total = torch.mv(e_c.T, weight)
+        col_max = top.expand_as(col_total).clone()
+        redo = torch.nonzero(col_total < _RELIABLE_SUM[s.dtype]).squeeze(1)
+    else:
+        col_total = s_c.new_zeros(s_c.shape[1])
+        col_max = torch.full_like(col_total, -math.inf)
+        redo = torch.arange(s_c.shape[1], device=s.device)
+    if len(redo):
+        # excluded entries are -inf: each adds exp(floor), invisible next to the term 1
+        m, total = _row_lse(s_c[:, redo].T, floor, False)
+        col_max[redo], col_total[redo] = m, total
+    stats.add(False, rows_c, col_max, col_total)
+
+
+def tile_pair_gradient(
+    s: Tensor,
+    ti: Tile,
+    tj: Tile,
+    lead: int,
+    shifts: tuple[Tensor, Tensor],
+    signs: Tensor | None,
+    work: tuple[Tensor, Tensor],
+) -> Tensor:
+    """H_IJ = G_IJ + G_JI^T of the tile pair (in the lead square G_II + G_II^T), scaled
+    by 1 / max |coef| (see :func:`symmetric_pass`), in ``work[0]``.
+
+    G_ij = c_i exp(s_ij - LSE_neg(i)) on negatives and -c_i exp(s_ij - LSE_pos(i)) on
+    positives; ``shifts`` = (LSE_neg - log|c|, LSE_pos - log|c|) (N,), +inf where c = 0;
+    ``signs``: sign(c) (N,) when the coefficients are not all >= 0. ``s`` keeps its values
+    except the self pairs (-inf).
+    """
+    floor = _exp_floor(s.dtype)
+    neg_shift, pos_shift = shifts
+    rows_i, rows_j = _sub_rows(ti.rows), _sub_rows(tj.rows)
+    if lead:
+        s[:, :lead].fill_diagonal_(-math.inf)
+    rects, mask = _positives(ti, tj)
+    # G_IJ from the rows' shifts plus G_JI^T from the columns' (s is symmetric, so the
+    # lead square gets G_II + G_II^T without a transposed copy)
+    a_i, a_j = neg_shift[ti.rows], neg_shift[tj.rows]
+    h = _exp_rows(work[0], s, a_i, floor)
+    top, low = torch.maximum(a_i.max(), a_j.max()), torch.minimum(a_i.min(), a_j.min())
+    if signs is None and float(top - low) <= _REUSE_SPREAD[s.dtype]:
+        # exp(s - a_j) = exp(s - a_i) exp(a_i - a_j): H = E + E * (u v^T) (all shifts finite)
+        ratio = torch.outer(torch.exp(a_i - top), torch.exp(top - a_j), out=work[1])
+        h.addcmul_(h, ratio)
+    else:
+        f = _exp_cols(work[1], s, a_j, floor)
+        if signs is not None:
+            h.mul_(signs[ti.rows].unsqueeze(1))
+            f.mul_(signs[tj.rows].unsqueeze(0))
+        h.add_(f)
+    if mask is None:
+        for r0, r1, c0, c1 in rects:
+            block = s[r0:r1, c0:c1]
+            q = torch.exp((block - pos_shift[rows_i(r0, r1)].unsqueeze(1)).clamp_(min=floor))
+            qj = torch.exp((block - pos_shift[rows_j(c0, c1)].unsqueeze(0)).clamp_(min=floor))
+            if signs is not None:
+                q.mul_(signs[rows_i(r0, r1)].unsqueeze(1))
+                qj.mul_(signs[rows_j(c0, c1)].unsqueeze(0))
+            h[r0:r1, c0:c1] = q.add_(qj).neg_()
+    else:
+        q = torch.exp((s - pos_shift[ti.rows].unsqueeze(1)).clamp_(min=floor))
+        qj = torch.exp((s - pos_shift[tj.rows].unsqueeze(0)).clamp_(min=floor))
+        if signs is not None:
+            q.mul_(signs[ti.rows].unsqueeze(1))
+            qj.mul_(signs[tj.rows].unsqueeze(0))
+        torch.where(mask, q.add_(qj).neg_(), h, out=h)
+    if lead:
+        h[:, :lead].diagonal().zero_()
+    return h
+
+
+def _tile(a: Tensor, b: Tensor, group: Tensor, r0: int, r1: int) -> Tile:
+    g = group[r0:r1]
+    return Tile(slice(r0, r1), a[r0:r1], b[r0:r1], class_runs(g), g)
+
+
+def tile_plan(n: int, tile: int, width: int) -> list[tuple[int, int, int, int]]:
+    """(r0, r1, c0, c1) blocks covering the upper triangle: row tiles of ``tile`` rows,
+    each against column chunks of ``width`` starting at its own first row."""
+    plan = []
+    for r0 in range(0, n, tile):
+        r1 = min(n, r0 + tile)
+        for c0 in range(r0, n, width):
+            plan.append((r0, r1, c0, min(n, c0 + width)))
+    return plan
+
+
+def _tile_sizes(n: int, tile: int | None) -> tuple[int, int]:
+    rows = min(n, tile or min(max(n // 8, TILE_MIN), TILE_MAX))
+    width = max(rows, min(n, _TILE_ELEMENTS // rows))
+    return rows, width
+
+
+def symmetric_pass(
+    xs: Tensor,
+    batch: SortedBatch,
+    temperature: float,
+    euclidean: bool,
+    weights: Tensor | None,
+    tile: int | None = None,
+) -> KernelOut:
+    """The symmetric two-orientation kernel over sorted kernel points ``xs`` (N, D).
+
+    Same contract as :func:`row_block_pass`; 2 N^2 D multiply-adds for forward and
+    backward (0.5 N^2 D forward only) and O(tile x width) extra memory.
+    """
+    n, d = xs.shape
+    rows, width = _tile_sizes(n, tile)
+    alpha = (2.0 if euclidean else 1.0) / temperature
+    a, b = augmented_operands(xs, euclidean)
+    b.mul_(alpha)
+    plan = tile_plan(n, rows, width)
+    buffers = [xs.new_empty(rows * width) for _ in range(3)]
+
+    def views(r: int, c: int) -> list[Tensor]:
+        return [buf[: r * c].view(r, c) for buf in buffers]
+
+    tiles = {}
+
+    def tile_of(r0: int, r1: int) -> Tile:
+        if (r0, r1) not in tiles:
+            tiles[(r0, r1)] = _tile(a, b, batch.group, r0, r1)
+        return tiles[(r0, r1)]
+
+    stats = LSEStats(n, xs.device)
+    for r0, r1, c0, c1 in plan:
+        ti, tj = tile_of(r0, r1), tile_of(c0, c1)
+        s, e, _ = views(r1 - r0, c1 - c0)
+        torch.mm(ti.a, tj.b.T, out=s)
+        tile_pair_stats(s, ti, tj, r1 - r0 if c0 == r0 else 0, stats, e)
+    loss, z = stats.losses()
+    if weights is None:
+        return KernelOut(loss.to(xs.dtype), None, None)
+    coef = weights.double() * torch.nan_to_num(torch.sigmoid(z), nan=0.0)
+    scale = float(coef.abs().max()) if n else 0.0
+    acc = xs.new_zeros(n, d + 1)  # [H X, H 1]
+    if scale == 0.0:
+        return KernelOut(loss.to(xs.dtype), acc[:, :d], acc[:, d])
+    lse_pos, lse_neg = stats.lse()
+    log_c = torch.log(coef.abs() / scale)  # -inf where c = 0
+    shifts = (
+        torch.where(coef != 0, lse_neg - log_c, math.inf).to(xs.dtype),
+        torch.where(coef != 0, lse_pos - log_c, math.inf).to(xs.dtype),
+    )
+    signs = torch.sign(coef).to(xs.dtype) if bool((coef < 0).any()) else None
+    for r0, r1, c0, c1 in plan:
+        ti, tj = tile_of(r0, r1), tile_of(c0, c1)
+        lead = r1 - r0 if c0 == r0 else 0
+        s, e, f = views(r1 - r0, c1 - c0)
+        torch.mm(ti.a, tj.b.T, out=s)
+        h = tile_pair_gradient(s, ti, tj, lead, shifts, signs, (e, f))
+        acc[r0:r1].addmm_(h, tj.a[:, : d + 1])
+        if lead < c1 - c0:
+            acc[c0 + lead : c1].addmm_(h[:, lead:].T, ti.a[:, : d + 1])
+    acc.mul_(scale)
+    return KernelOut(loss.to(xs.dtype), acc[:, :d], acc[:, d])
+
+
 # ----------------------------------------------------------------------------- exactness
 
 # Anchors re-computed in float64 by direct differences to check a pass: half spread
@@ -402,38 +772,46 @@ _ROUNDING_SLACK = 32.0
 _EPS32 = torch.finfo(torch.float32).eps
 
 
-def _check_anchors(loss: Tensor, xs: Tensor, temperature: float) -> Tensor:
-    """Sorted rows to check: evenly spread, plus those with the largest |x|^2 / (T max(1, loss)),
+def _check_anchors(loss: Tensor, norms: Tensor) -> Tensor:
+    """Sorted rows to check: evenly spread, plus those with the largest |x|^2 / max(1, loss),
     whose logits lose the most digits relative to the loss."""
     valid = torch.nonzero(~torch.isnan(loss)).squeeze(1)
     if len(valid) <= _CHECK_ANCHORS:
         return valid
     half = _CHECK_ANCHORS // 2
-    spread = valid[torch.linspace(0, len(valid) - 1, half, device=xs.device).long()]
-    risk = (xs[valid].double() ** 2).sum(1) / (temperature * loss[valid].double().clamp(min=1.0))
+    spread = valid[torch.linspace(0, len(valid) - 1, half, device=loss.device).long()]
+    risk = norms[valid].double() / loss[valid].double().clamp(min=1.0)
     risky = valid[torch.topk(risk, half).indices]
     return torch.unique(torch.cat([spread, risky]))
 
 
-def reference_distances(prep: PreparedPoints, batch: SortedBatch, rows: Tensor):
-    """Float64 distances (len(rows), N) of sorted ``rows`` to every point by direct
-    differences (O(len(rows) N D)), the self pair set to inf, and the same-class mask.
+def reference_distances(prep: PreparedPoints, batch: SortedBatch, rows: Tensor, direct: bool):
+    """Float64 distances (len(rows), N), kernel units, of sorted ``rows`` to every sorted
+    point, the self pair set to inf, and the same-class mask.
 
-    Euclidean distances are differences of the float64 scaled (not centred) features,
-    so nothing is lost to a centring.
+    ``direct``: by explicit differences of the uncentred float64 features (to check a
+    float64 pass). Else by the float64 expansion of the centred features (to check a
+    float32 pass: its error, 2^-52 |x|^2, is 2^29 times below what float32 can carry).
     """
-    n = prep.perm.shape[0]
-    anchors = prep.points(torch.float64, rows, centred=False)
-    parts = []
-    for c0 in range(0, n, 8192):
-        cols = prep.points(torch.float64, slice(c0, min(n, c0 + 8192)), centred=False)
-        if prep.euclidean:
-            parts.append(
-                torch.cdist(anchors, cols, compute_mode="donot_use_mm_for_euclid_dist") ** 2
-            )
-        else:
-            parts.append(1.0 - anchors @ cols.T)
-    d = torch.cat(parts, 1)
+    if prep.euclidean and direct:
+        anchors = prep.points(torch.float64, rows, centred=False)
+        parts = []
+        for c0 in range(0, prep.perm.shape[0], 8192):
+            cols = prep.points(torch.float64, slice(c0, c0 + 8192), centred=False)
+            mode = "donot_use_mm_for_euclid_dist"
+            parts.append(torch.cdist(anchors, cols, compute_mode=mode) ** 2)
+        d = torch.cat(parts, 1)
+    elif prep.euclidean:
+        # caller order and caller units (float32 features: no overflow in float64), then
+        # sorted and scaled: x - c is exact for float32 features and a float32 centre
+        x64 = prep.source.double().sub_(_scale_pow2(prep.centre, -prep.k))
+        anchors = x64[prep.perm[rows]]
+        norms = (x64 * x64).sum(1)
+        d = torch.addmm(norms.unsqueeze(0), anchors, x64.T, alpha=-2.0)
+        d.add_((anchors * anchors).sum(1, keepdim=True)).clamp_(min=0.0)
+        d = _scale_pow2(_scale_pow2(d[:, prep.perm], prep.k), prep.k)
+    else:
+        d = 1.0 - prep.points(torch.float64, rows) @ prep.source.double()[prep.perm].T
     d[torch.arange(len(rows), device=rows.device), rows] = math.inf
     same = batch.group[rows, None] == batch.group[None, :]
     return d, same
@@ -458,46 +836,55 @@ def _agrees(
     return bool(((loss[pick].double() - ref).abs() <= allowed).all())
 
 
-def _needs_check(xs: Tensor, temperature: float, euclidean: bool) -> bool:
+def _needs_check(norms_log2: float, temperature: float, euclidean: bool, dtype) -> bool:
     """Whether the logits of a pass could carry an error above _CHECK_FLOOR."""
-    eps = torch.finfo(xs.dtype).eps
-    bound = logit_bound_log2(xs, temperature, euclidean)
-    return math.log2(8.0 * eps) + bound > math.log2(_CHECK_FLOOR[xs.dtype])
+    eps = torch.finfo(dtype).eps
+    bound = logit_bound_log2(norms_log2, temperature, euclidean)
+    return math.log2(8.0 * eps) + bound > math.log2(_CHECK_FLOOR[dtype])
 
 
 def _pass_is_exact(
-    prep: PreparedPoints, xs: Tensor, batch: SortedBatch, temperatures: list[float], losses
+    prep: PreparedPoints,
+    norms: Tensor,
+    batch: SortedBatch,
+    temperatures: list[float],
+    losses,
+    dtype: torch.dtype,
 ) -> bool:
     """Check passes (one per temperature, kernel units) on a few anchors against float64
-    direct differences of the original features.
+    references of the original features (:func:`reference_distances`).
 
     The |a|^2 + |b|^2 - 2ab products lose digits when points lie far from the
     centroid relative to their neighbour distances (float32 sooner, float64 too for
     tight clusters far apart). A deterministic sample of anchors is recomputed
-    exactly (O(k N D)); a deviation beyond _CHECK_TOLERANCE relative plus the rounding
-    any logit -d/T carries in that dtype (_ROUNDING_SLACK * eps * |LSE|) means the
-    pass is redone more carefully.
+    (O(k N D)); a deviation beyond _CHECK_TOLERANCE relative plus the rounding any
+    logit -d/T carries in that dtype (_ROUNDING_SLACK * eps * |LSE|) means the pass is
+    redone more carefully.
     """
-    if not any(_needs_check(xs, t, prep.euclidean) for t in temperatures):
+    top = _norms_log2(norms)
+    if not any(_needs_check(top, t, prep.euclidean, dtype) for t in temperatures):
         return True
     for loss in losses:
         if not bool(torch.isfinite(loss[~torch.isnan(loss)]).all()):
             return False
-    picks = [_check_anchors(loss, xs, t) for loss, t in zip(losses, temperatures, strict=True)]
-    pick = torch.unique(torch.cat(picks))
+    pick = torch.unique(torch.cat([_check_anchors(loss, norms) for loss in losses]))
     if len(pick) == 0:
         return True
-    d, same = reference_distances(prep, batch, pick)
+    d, same = reference_distances(prep, batch, pick, direct=dtype == torch.float64)
     pairs = zip(losses, temperatures, strict=True)
-    return all(_agrees(loss, d, same, pick, t, xs.dtype) for loss, t in pairs)
+    return all(_agrees(loss, d, same, pick, t, dtype) for loss, t in pairs)
 
 
-def logit_bound_log2(xs: Tensor, temperature: float, euclidean: bool) -> float:
-    """log2 of a bound on |s_ij| (kernel units)."""
+def _norms_log2(norms: Tensor) -> float:
+    top = float(norms.max()) if norms.numel() else 0.0
+    return math.log2(top) if top > 0 else -1e4
+
+
+def logit_bound_log2(norms_log2: float, temperature: float, euclidean: bool) -> float:
+    """log2 of a bound on |s_ij| (kernel units) from log2 max |x|^2."""
     if not euclidean:
         return -math.log2(temperature)
-    n_max = float((xs * xs).sum(1).max()) if xs.numel() else 0.0
-    return math.log2(max(4.0 * n_max, 1e-300)) - math.log2(temperature)
+    return 2.0 + norms_log2 - math.log2(temperature)
 
 
 class ExactOut(NamedTuple):
@@ -575,20 +962,30 @@ def exact_pass(
 
     ``dtype`` is the caller's compute dtype (float32 or float64). Passes are tried in
     turn until one passes the spot check: float32 (unless its logits could leave the
-    float32 range), float64, then (euclidean) float64 by direct differences.
+    float32 range), float64, then (euclidean) float64 by direct differences. The
+    symmetric kernel serves N >= SYMMETRIC_MIN_POINTS (``block_rows`` = its tile rows),
+    the row kernel smaller problems and the direct differences.
     """
     t_kernel = prep.kernel_temperature(temperature)
     xs = prep.points(dtype)
-    bound = logit_bound_log2(xs, t_kernel, prep.euclidean)
+    norms = (xs * xs).sum(1)
+    bound = logit_bound_log2(_norms_log2(norms), t_kernel, prep.euclidean)
     _check_logit_range(bound, temperature)
     tiers = _tiers(dtype, bound, prep.euclidean)
     for k, (tier_dtype, direct) in enumerate(tiers):
         if tier_dtype != xs.dtype:
             xs = prep.points(tier_dtype)
+            norms = (xs * xs).sum(1)
         w = None if weights is None else weights.to(tier_dtype)
-        xd = prep.points(tier_dtype, centred=False) if direct else None
-        out = row_block_pass(xs, batch, t_kernel, prep.euclidean, w, block_rows, xd)
-        if k == len(tiers) - 1 or _pass_is_exact(prep, xs, batch, [t_kernel], [out.loss]):
+        if direct:
+            xd = prep.points(tier_dtype, centred=False)
+            out = row_block_pass(xs, batch, t_kernel, prep.euclidean, w, block_rows, xd)
+        elif xs.shape[0] >= SYMMETRIC_MIN_POINTS:
+            out = symmetric_pass(xs, batch, t_kernel, prep.euclidean, w, block_rows)
+        else:
+            out = row_block_pass(xs, batch, t_kernel, prep.euclidean, w, block_rows)
+        last = k == len(tiers) - 1
+        if last or _pass_is_exact(prep, norms, batch, [t_kernel], [out.loss], tier_dtype):
             break
     loss = out.loss.to(dtype)
     if weights is None:
@@ -612,15 +1009,18 @@ def exact_grid(
     :func:`exact_pass` (float32, spot-checked at every temperature, else float64)."""
     t_kernel = [prep.kernel_temperature(t) for t in temperatures]
     xs = prep.points(dtype)
-    bound = max(logit_bound_log2(xs, t, prep.euclidean) for t in t_kernel)
+    norms = (xs * xs).sum(1)
+    bound = max(logit_bound_log2(_norms_log2(norms), t, prep.euclidean) for t in t_kernel)
     _check_logit_range(bound, min(temperatures))
     grid = torch.tensor(t_kernel, dtype=torch.float64)
     tiers = _tiers(dtype, bound, prep.euclidean)
     for k, (tier_dtype, direct) in enumerate(tiers):
         if tier_dtype != xs.dtype:
             xs = prep.points(tier_dtype)
+            norms = (xs * xs).sum(1)
         xd = prep.points(tier_dtype, centred=False) if direct else None
         out = snnl_temperature_grid(xs, batch, grid, prep.euclidean, None, xd)
-        if k == len(tiers) - 1 or _pass_is_exact(prep, xs, batch, t_kernel, list(out)):
+        last = k == len(tiers) - 1
+        if last or _pass_is_exact(prep, norms, batch, t_kernel, list(out), tier_dtype):
             break
     return out.to(dtype)
