@@ -71,6 +71,7 @@ __all__ = [
     "ResNet20",
     "SNNLWarning",
     "SoftNearestNeighborLoss",
+    "SoftNearestNeighborMetric",
     "TransferResult",
     "available_datasets",
     "available_models",
@@ -105,6 +106,17 @@ __all__ = [
     "train_gan",
     "transfer_matrix",
 ]
+
+
+def __getattr__(name: str):
+    # torchmetrics takes seconds to import: only for those who ask for the metric
+    if name == "SoftNearestNeighborMetric":
+        from snnl.metrics import SoftNearestNeighborMetric
+
+        return SoftNearestNeighborMetric
+    raise AttributeError(f"module 'snnl' has no attribute {name!r}")
+
+
 try:
     __version__ = _metadata.version("snnl")
 except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
