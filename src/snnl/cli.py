@@ -164,12 +164,17 @@ def _reproduce_config(args: argparse.Namespace):
 
 
 def _threads(args: argparse.Namespace, model: str) -> None:
-    """torch's intra-op threads: --threads, else a size-aware default (see default_threads)."""
+    """Threads of torch and of the BLAS / OpenMP pools numpy and scipy use: --threads, else
+    a size-aware default (see default_threads). Without the BLAS limit, scipy's L-BFGS-B
+    and numpy's products spin a second OpenBLAS thread against torch's."""
     import torch
+    from threadpoolctl import threadpool_limits
 
     from snnl.train import default_threads
 
-    torch.set_num_threads(args.threads or default_threads(model))
+    threads = args.threads or default_threads(model)
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=threads)
 
 
 def _reproduce(args: argparse.Namespace) -> int:
