@@ -187,6 +187,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     print(
         f"[snnl] reproduce on {config.dataset} ({'full' if config.full else 'default'} "
         f"settings, {config.seeds} seed(s)): expected {lo:g}-{hi:g} minutes on 2 cores "
+        f"({'an estimate' if config.full else 'measured'}) "
         "(finished runs in OUT/runs are reused)",
         flush=True,
     )
