@@ -6,6 +6,7 @@ Values are checked against ``reference.snnl_reference_mean`` (a float64 loop ove
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 
@@ -132,3 +133,94 @@ def test_huge_float32_features_print_the_true_value_not_nan(tmp_path, capsys):
     t = float(out.split("temperature :")[1].split()[0])
     assert "nan" not in out.lower()
     assert _value(out) == pytest.approx(snnl_reference_mean(x, y, t), rel=1e-4)
+
+
+# ----------------------------------------------------------------------------- .npy, estimate, json
+
+
+def _npy_pair(tmp_path, n=400, d=5, seed=3, labels_name="f_labels.npy"):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 4
+    x = (rng.normal(size=(n, d)) + 0.8 * y[:, None]).astype(np.float32)
+    np.save(tmp_path / "f.npy", x)
+    np.save(tmp_path / labels_name, y)
+    return tmp_path / "f.npy", tmp_path / labels_name, x, y
+
+
+def _json(out: str) -> dict:
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1, out  # one JSON object and nothing else on stdout
+    return json.loads(lines[0])
+
+
+def test_npy_file_exact_value_read_block_by_block(tmp_path, capsys):
+    path, _, x, y = _npy_pair(tmp_path)  # labels found beside it as f_labels.npy
+    assert main(["entanglement", str(path), "--temperature", "3"]) == 0
+    out = capsys.readouterr().out
+    assert _value(out) == pytest.approx(snnl_reference_mean(x, y, 3.0), rel=1e-5)
+    assert "method      : exact" in out
+
+
+def test_npy_needs_labels(tmp_path, capsys):
+    np.save(tmp_path / "f.npy", np.ones((4, 2), dtype=np.float32))
+    assert main(["entanglement", str(tmp_path / "f.npy")]) == 2
+    assert "needs its labels" in _one_error_line(capsys.readouterr().err)
+    np.save(tmp_path / "y.npy", np.ones(3, dtype=np.int64))
+    assert main(["entanglement", str(tmp_path / "f.npy"), "--labels", str(tmp_path / "y.npy")]) == 2
+    assert "4 feature rows but 3 labels" in _one_error_line(capsys.readouterr().err)
+
+
+def test_json_exact(tmp_path, capsys):
+    path, labels, x, y = _npy_pair(tmp_path, labels_name="y.npy")
+    assert main(["entanglement", str(path), "--labels", str(labels), "--temperature", "2",
+                 "--json"]) == 0  # fmt: skip
+    result = _json(capsys.readouterr().out)
+    assert result["method"] == "exact" and result["temperature"] == 2.0
+    assert (result["n"], result["d"], result["classes"]) == (400, 5, 4)
+    assert result["value"] == pytest.approx(snnl_reference_mean(x, y, 2.0), rel=1e-5)
+    assert "interval" not in result
+
+
+def test_json_estimate_with_interval(tmp_path, capsys):
+    path, _, x, y = _npy_pair(tmp_path)
+    args = ["entanglement", str(path), "--temperature", "2", "--anchors", "150", "--json"]
+    assert main([*args, "--confidence", "0.9", "--seed", "4"]) == 0
+    result = _json(capsys.readouterr().out)
+    assert result["method"] == "estimate"
+    assert result["anchors"] == 150 and result["population"] == 400
+    assert result["confidence"] == 0.9
+    lo, hi = result["interval"]
+    assert lo < result["value"] < hi
+    exact = snnl_reference_mean(x, y, 2.0)
+    assert abs(result["value"] - exact) < 5 * result["std_error"]
+    assert main([*args, "--confidence", "0.9", "--seed", "4"]) == 0  # seeded: reproducible
+    assert _json(capsys.readouterr().out) == result
+
+
+def test_npy_optimal_temperature_is_searched_on_anchors_and_said_so(tmp_path, capsys):
+    path, _, x, y = _npy_pair(tmp_path, n=200)
+    assert main(["entanglement", str(path), "--search-anchors", "200", "--plot",
+                 str(tmp_path / "c.png")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "searched on 200 anchors (seed 0) against all 200 points" in out
+    assert "plot        : " in out and "estimated on 200 anchors" in out
+    t = float(out.split("temperature :")[1].split()[0])
+    value = _value(out)
+    assert value == pytest.approx(snnl_reference_mean(x, y, t), rel=1e-5)  # exact at that T
+    for other in (t / 1.2, t * 1.2):  # every point an anchor: the true minimum
+        assert value <= snnl_reference_mean(x, y, other) + 1e-7
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--anchors", "1"], "--anchors must be >= 2"),
+        (["--confidence", "1.5"], r"--confidence must be in \(0, 1\)"),
+        (["--t-min", "10", "--t-max", "1"], "--t-min must be below --t-max"),
+    ],
+)
+def test_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
+    path, _, _, _ = _npy_pair(tmp_path, n=20)
+    assert main(["entanglement", str(path), *args]) == 2
+    captured = capsys.readouterr()
+    assert re.search(message, _one_error_line(captured.err)) and captured.out == ""

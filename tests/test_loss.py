@@ -12,6 +12,7 @@ to float64), so input rounding is not counted as an error.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -31,7 +32,12 @@ from snnl.loss import (
     SoftNearestNeighborLoss,
     entanglement,
     entanglement_between,
+    estimate_optimal_temperature,
+    estimate_snnl,
+    estimate_temperature_curve,
+    open_npy,
     optimal_temperature,
+    snnl_streamed,
     snnl_temperature_curve,
     soft_nearest_neighbor_loss,
 )
@@ -1280,3 +1286,213 @@ def test_entanglement_alias_is_deprecated_and_equal():
     with pytest.warns(DeprecationWarning, match="entanglement_between"):
         old = entanglement(a, b, temperature=1.0)
     assert old.item() == entanglement_between(a, b, temperature=1.0).item()
+
+
+# ----------------------------------------------------------------------------- dataset scale
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of a few rows, so that small problems cross many block boundaries."""
+    from snnl import _stream
+
+    monkeypatch.setattr(_stream, "TILE", 16)
+    monkeypatch.setattr(_stream, "WIDTH", 40)
+    monkeypatch.setattr(_stream, "ANCHOR_BLOCK", 24)
+
+
+def _scale_data(n=150, d=3, classes=4, seed=70, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.arange(n) * 37) % classes
+    y[5] = 99  # a singleton: left out, still a negative of the others
+    x = (torch.randn(n, d, generator=g, dtype=torch.float64) + 0.7 * y[:, None] % 3).to(dtype)
+    return x, y
+
+
+def _as_kind(x: torch.Tensor, kind: str, tmp_path):
+    if kind == "tensor":
+        return x
+    if kind == "numpy":
+        return x.numpy()
+    path = tmp_path / "f.npy"
+    np.save(path, x.numpy())
+    if kind == "memmap":
+        return np.load(path, mmap_mode="r")
+    return open_npy(path)
+
+
+@pytest.mark.parametrize("kind", ["tensor", "numpy", "memmap", "open_npy"])
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_streamed_matches_reference(small_blocks, tmp_path, kind, distance, dtype):
+    x, y = _scale_data(dtype=dtype)
+    t = 0.8 if distance == "euclidean" else 0.1
+    expected = snnl_reference_mean(x.double().numpy(), y.numpy(), t, distance)
+    value = snnl_streamed(_as_kind(x, kind, tmp_path), y.numpy(), t, distance=distance)
+    assert value == pytest.approx(expected, rel=1e-5 if dtype == torch.float32 else 1e-12)
+
+
+def test_streamed_many_classes_and_far_tight_clusters(small_blocks):
+    g = torch.Generator().manual_seed(71)
+    y = torch.randint(0, 90, (160,), generator=g)  # positives as masks, not rectangles
+    x = torch.randn(160, 3, generator=g)
+    assert snnl_streamed(x, y, 1.5) == pytest.approx(
+        snnl_reference_mean(x.double().numpy(), y.numpy(), 1.5), rel=1e-5
+    )
+    x, y = _two_tight_clusters(n=30)  # float32 and float64 expansions lose the digits here
+    per = snnl_reference(x.double().numpy(), y.numpy(), 1e-6)
+    assert snnl_streamed(x, y, 1e-6) == pytest.approx(np.mean(per), rel=1e-5)
+
+
+def test_streamed_undefined_and_bad_input(tmp_path):
+    x, _ = _scale_data(n=6)
+    with pytest.raises(ValueError, match="undefined: no label occurs twice"):
+        snnl_streamed(x, torch.arange(6), 1.0)
+    with pytest.raises(ValueError, match=r"labels must have shape \(6,\)"):
+        snnl_streamed(x, torch.zeros(5, dtype=torch.long), 1.0)
+    with pytest.raises(TypeError, match="integer"):
+        snnl_streamed(x, np.zeros(6), 1.0)
+    with pytest.raises(TypeError, match="torch.Tensor, a numpy array"):
+        snnl_streamed(x.tolist(), torch.zeros(6, dtype=torch.long), 1.0)
+    bad = x.clone()
+    bad[4, 1] = math.inf
+    with pytest.raises(ValueError, match="NaN or Inf.*row 4"):
+        snnl_streamed(bad, torch.zeros(6, dtype=torch.long), 1.0)
+    with pytest.raises(ValueError, match="outside the range float32"):
+        snnl_streamed(x, torch.zeros(6, dtype=torch.long), 1e-45)
+
+
+def test_open_npy_reads_rows_and_refuses_what_it_cannot(tmp_path):
+    a = np.arange(24, dtype=">f8").reshape(6, 2, 2)  # big-endian, N-D rows
+    np.save(tmp_path / "a.npy", a)
+    with open_npy(tmp_path / "a.npy") as rows:
+        assert rows.shape == (6, 4) and len(rows) == 6
+        assert np.array_equal(rows[2:5], a.reshape(6, 4)[2:5])
+        assert np.array_equal(rows.take(np.array([5, 0, 1, 3])), a.reshape(6, 4)[[5, 0, 1, 3]])
+    np.save(tmp_path / "o.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "f.npy", np.asfortranarray(np.ones((3, 2))))
+    np.save(tmp_path / "v.npy", np.ones(3))
+    (tmp_path / "t.npy").write_bytes((tmp_path / "a.npy").read_bytes()[:-16])
+    (tmp_path / "x.npy").write_text("not an array")
+    for name, message in [
+        ("o", "objects"), ("f", "Fortran"), ("v", r"shape \(N, D\)"), ("t", "truncated"),
+        ("x", "not a readable .npy"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            open_npy(tmp_path / f"{name}.npy")
+
+
+def test_estimate_with_every_anchor_is_the_exact_value(small_blocks):
+    x, y = _scale_data(dtype=torch.float64)
+    est = estimate_snnl(x, y, 0.8, anchors=10_000)  # capped at the 149 anchors with a positive
+    expected = snnl_reference_mean(x.numpy(), y.numpy(), 0.8)
+    assert est.anchors == est.population == 149
+    assert est.value == pytest.approx(expected, rel=1e-12)
+    assert est.low == est.high == est.value and est.std_error == 0.0
+
+
+def test_estimate_is_reproducible_under_a_generator():
+    x, y = _scale_data()
+    a = estimate_snnl(x, y, 1.0, anchors=20, generator=torch.Generator().manual_seed(3))
+    b = estimate_snnl(x, y, 1.0, anchors=20, generator=torch.Generator().manual_seed(3))
+    c = estimate_snnl(x, y, 1.0, anchors=20, generator=torch.Generator().manual_seed(4))
+    assert a == b and a.value != c.value
+
+
+@pytest.mark.parametrize("anchors", [30, 240])  # 10% and 80% of the 300 points: FPC matters
+def test_estimate_interval_covers_at_its_nominal_rate(anchors):
+    """200 seeded draws: the 95% interval must cover the exact SNNL in 95% of them, within
+    binomial noise (sd 1.5%: accept 90% to 99%). Without the finite-population correction
+    the 80% draws would cover nearly always. (At T = 0.5 the per-anchor terms are more
+    skewed and M = 30 covers only ~90%: the CLT needs more anchors there, as documented.)"""
+    g = torch.Generator().manual_seed(72)
+    y = torch.arange(300) % 3
+    x = torch.randn(300, 2, generator=g, dtype=torch.float64) + 0.9 * y[:, None]
+    exact = snnl_reference_mean(x.numpy(), y.numpy(), 2.0)
+    covered = 0
+    for seed in range(200):
+        est = estimate_snnl(
+            x, y, 2.0, anchors=anchors, generator=torch.Generator().manual_seed(seed)
+        )
+        assert est.confidence == 0.95 and est.anchors == anchors and est.population == 300
+        covered += est.low <= exact <= est.high
+    assert 0.90 <= covered / 200 <= 0.99, covered
+
+
+def test_estimated_optimal_temperature_is_near_the_exact_minimum():
+    x, y = _multiscale(2)
+    t_exact, v_exact = optimal_temperature(x, y)
+    t, v = estimate_optimal_temperature(
+        x.numpy(), y.numpy(), anchors=12, generator=torch.Generator().manual_seed(0)
+    )
+    # the value at the searched T is within 2% of the true minimum
+    assert snnl_reference_mean(x.double().numpy(), y.numpy(), t) <= v_exact * 1.02 + 1e-9
+    with pytest.warns(SNNLWarning, match="every temperature gives the same SNNL"):
+        t_const, _ = estimate_optimal_temperature(torch.ones(10, 2), torch.arange(10) % 2)
+    assert t_const == 1e-4
+
+
+def test_estimated_curve_with_every_anchor_is_the_exact_curve(small_blocks):
+    x, y = _scale_data(n=60, dtype=torch.float64)
+    temps = [0.05, 0.5, 5.0]
+    curve = estimate_temperature_curve(x, y, temps, anchors=60)
+    assert _rel_elementwise(curve, _curve_reference(x.numpy(), y.numpy(), temps)) < 1e-12
+
+
+_MEMORY_CHILD = r"""
+import resource, sys, json
+import numpy as np, torch
+from snnl.loss import estimate_snnl, open_npy
+path, limit = sys.argv[1], int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+try:
+    np.load(path, mmap_mode="r")
+    whole = "mapped"
+except (OSError, ValueError, MemoryError):
+    whole = "refused"
+y = torch.from_numpy(np.load(sys.argv[3]))
+with open_npy(path) as rows:
+    est = estimate_snnl(rows, y, 4.0, anchors=64, generator=torch.Generator().manual_seed(5))
+print(json.dumps({"whole": whole, "value": est.value, "low": est.low, "high": est.high}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_streamed_memory_is_bounded_below_the_file_size(tmp_path):
+    """A 2 GiB float32 .npy (4.2M x 128) in a process whose address space is capped at
+    its start-up size + 512 MiB (below the file size): mapping the file whole is refused,
+    the streamed estimate runs and equals the one computed without the cap."""
+    import subprocess
+    import sys
+
+    n, d = 4_194_304, 128
+    path, lpath = tmp_path / "f.npy", tmp_path / "y.npy"
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, d))
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, n)
+    for r0 in range(0, n, 1 << 18):
+        r1 = min(n, r0 + (1 << 18))
+        out[r0:r1] = rng.standard_normal((r1 - r0, d), dtype=np.float32) + y[r0:r1, None] * 0.1
+    out.flush()
+    del out
+    np.save(lpath, y)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import torch, snnl.loss; print(open('/proc/self/status').read())"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    start = int(probe.stdout.split("VmPeak:")[1].split()[0]) * 1024
+    limit = start + 512 * 2**20
+    assert limit < path.stat().st_size
+    child = subprocess.run(
+        [sys.executable, "-c", _MEMORY_CHILD, str(path), str(limit), str(lpath)],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert child.returncode == 0, child.stderr[-2000:]
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    assert result["whole"] == "refused"
+    expected = estimate_snnl(
+        np.load(path, mmap_mode="r"), y, 4.0, anchors=64, generator=torch.Generator().manual_seed(5)
+    )
+    assert result["value"] == pytest.approx(expected.value, rel=1e-12)
+    assert result["low"] < result["value"] < result["high"]

@@ -547,17 +547,31 @@ def _sub_rows(rows):
     return lambda r0, r1: rows[r0:r1]
 
 
-def tile_pair_stats(s: Tensor, ti: Tile, tj: Tile, lead: int, stats: LSEStats, work: Tensor):
+def tile_pair_stats(
+    s: Tensor,
+    ti: Tile,
+    tj: Tile,
+    lead: int,
+    stats: LSEStats,
+    work: Tensor,
+    *,
+    columns: bool = True,
+    self_pairs: tuple[Tensor, Tensor] | None = None,
+):
     """Add the logits ``s`` (rows of ti, columns of tj) to ``stats``.
 
     The first ``lead`` columns of tj are the rows of ti themselves (0 or len(ti)): their
     diagonal holds the self pairs and they give no column statistics (those rows get
     them from their own rows). Every other column adds to the statistics of its row of
-    tj. ``s`` is overwritten.
+    tj, unless ``columns`` is False (anchors against all points: row statistics only).
+    ``self_pairs``: (rows, cols) of other self pairs, set to -inf (their exp(floor)
+    ~ 1e-38 next to a term 1 is invisible). ``s`` is overwritten.
     """
     floor = _exp_floor(s.dtype)
     if lead:
         s[:, :lead].fill_diagonal_(-math.inf)
+    if self_pairs is not None:
+        s[self_pairs] = -math.inf
     rects, mask = _positives(ti, tj)
     rows_i, rows_j = _sub_rows(ti.rows), _sub_rows(tj.rows)
     if mask is None:
@@ -566,7 +580,7 @@ def tile_pair_stats(s: Tensor, ti: Tile, tj: Tile, lead: int, stats: LSEStats, w
             m, total = _row_lse(block, floor, c0 < lead)
             stats.add(True, rows_i(r0, r1), m, total)
             k0 = max(c0, lead)
-            if k0 < c1:
+            if columns and k0 < c1:
                 m, total = _row_lse(s[r0:r1, k0:c1].T, floor, False)
                 stats.add(True, rows_j(k0, c1), m, total)
             block.fill_(-math.inf)
@@ -576,7 +590,7 @@ def tile_pair_stats(s: Tensor, ti: Tile, tj: Tile, lead: int, stats: LSEStats, w
         pos = torch.where(mask, s, -math.inf)
         m, total = _row_lse(pos, floor, False)
         stats.add(True, ti.rows, m, total)
-        if lead < s.shape[1]:
+        if columns and lead < s.shape[1]:
             m, total = _row_lse(pos[:, lead:].T, floor, False)
             stats.add(True, rows_j(lead, s.shape[1]), m, total)
         s.masked_fill_(mask, -math.inf)
@@ -586,7 +600,7 @@ def tile_pair_stats(s: Tensor, ti: Tile, tj: Tile, lead: int, stats: LSEStats, w
     e = _exp_rows(work, s, torch.where(r_fin, r_max, torch.zeros_like(r_max)), floor)
     _zero_excluded(e, rects, mask, lead)
     stats.add(False, ti.rows, r_max, torch.where(r_fin, e.sum(1), torch.zeros_like(r_max)))
-    if lead == s.shape[1]:
+    if not columns or lead == s.shape[1]:
         return
     # negatives: columns beyond the lead, from the same exponentials (one exp per logit):
     # sum_i exp(s_ij - top) = sum_i e_ij exp(r_i - top), top = the largest row max. A column

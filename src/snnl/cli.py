@@ -14,6 +14,7 @@ class CommandError(Exception):
 
 
 def _entanglement(args: argparse.Namespace) -> int:
+    import json
     import math
     import tempfile
 
@@ -22,8 +23,27 @@ def _entanglement(args: argparse.Namespace) -> int:
 
     from snnl.data import load_dataset, load_features
     from snnl.figures import _check_target, figure_format
-    from snnl.loss import optimal_temperature, snnl_temperature_curve, soft_nearest_neighbor_loss
+    from snnl.loss import (
+        estimate_optimal_temperature,
+        estimate_snnl,
+        estimate_temperature_curve,
+        open_npy,
+        optimal_temperature,
+        snnl_streamed,
+        snnl_temperature_curve,
+        soft_nearest_neighbor_loss,
+    )
 
+    # Up to this many points in memory, the optimal T is searched over every anchor;
+    # beyond (and for .npy files, read block by block), on --search-anchors anchors.
+    exact_search_max = 20_000
+    for name, count in (("anchors", args.anchors), ("search-anchors", args.search_anchors)):
+        if count is not None and count < 2:
+            raise CommandError(f"--{name} must be >= 2, got {count}")
+    if not 0.0 < args.confidence < 1.0:
+        raise CommandError(f"--confidence must be in (0, 1), got {args.confidence}")
+    if not args.t_min < args.t_max:
+        raise CommandError(f"--t-min must be below --t-max, got {args.t_min:g} and {args.t_max:g}")
     if args.plot is not None:
         # Refused before anything is computed or printed: unknown suffix (the message
         # lists the formats), a directory, a missing folder, an unwritable folder.
@@ -37,56 +57,157 @@ def _entanglement(args: argparse.Namespace) -> int:
                 f"cannot save a figure to {str(args.plot)!r}: its folder is not writable "
                 f"({err.strerror or err})"
             ) from None
-    if args.file is not None:
+    # .npy features are read block by block (never loaded, never mapped whole); labels
+    # (N integers) are loaded
+    streamed = args.file is not None and args.file.suffix.lower() == ".npy"
+    if streamed:
+        if not args.file.is_file():
+            raise FileNotFoundError(f"features file not found: {args.file}")
+        stem = args.file.with_suffix("")
+        beside = [Path(f"{stem}_labels.npy"), Path(f"{stem}.labels.npy")]
+        labels_path = args.labels or next((p for p in beside if p.is_file()), None)
+        if labels_path is None:
+            raise CommandError(
+                f"{args.file}: a .npy features file needs its labels: --labels LABELS.npy "
+                f"(or {beside[0].name} beside it)"
+            )
+        try:
+            labels_np = np.load(labels_path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise CommandError(f"{labels_path}: not a readable .npy array ({err})") from None
+        if labels_np.ndim != 1 or labels_np.dtype.kind not in "iu":
+            raise CommandError(
+                f"{labels_path}: labels must be a 1-D integer array, got shape "
+                f"{labels_np.shape} and dtype {labels_np.dtype}"
+            )
+        features = open_npy(args.file)
+        labels = torch.from_numpy(labels_np.astype(np.int64))
+        source = str(args.file)
+    elif args.file is not None:
         features, labels = load_features(args.file, args.labels)
+        features = features.reshape(features.shape[0], -1)
         source = str(args.file)
     else:
         ds = load_dataset(args.dataset, data_dir=args.data_dir)
         features = torch.cat([ds.x_train, ds.x_test])
+        features = features.reshape(features.shape[0], -1)
         labels = torch.cat([ds.y_train, ds.y_test])
         source = f"dataset {ds.name} (inputs, train + test)"
-    features = features.reshape(features.shape[0], -1)
-    n, d = features.shape
-    _, counts = torch.unique(labels, return_counts=True)
-    classes = int(counts.numel())
-    if not bool((counts >= 2).any()):
-        raise CommandError(
-            f"SNNL is undefined for {source}: no label occurs twice among its {n} points, so "
-            "no point has another point of its class (the SNNL of a point needs one)"
-        )
-    bounds = (args.t_min, args.t_max)
-    if args.temperature is None:
-        t, value = optimal_temperature(features, labels, distance=args.distance, bounds=bounds)
-        t_line = f"{t:.6g} (optimal within [{bounds[0]:g}, {bounds[1]:g}])"
-    else:
-        t = args.temperature
-        with torch.no_grad():
-            value = float(soft_nearest_neighbor_loss(features, labels, t, distance=args.distance))
-        t_line = f"{t:.6g} (given)"
-    if not math.isfinite(value) and features.dtype != torch.float64:
-        with torch.no_grad():  # beyond float32's range: float64 holds it
-            value = float(
-                soft_nearest_neighbor_loss(features.double(), labels, t, distance=args.distance)
+    try:
+        n, d = features.shape
+        if len(labels) != n:
+            raise CommandError(f"{n} feature rows but {len(labels)} labels")
+        _, counts = torch.unique(labels, return_counts=True)
+        classes = int(counts.numel())
+        population = int(counts[counts >= 2].sum())
+        if population == 0:
+            raise CommandError(
+                f"SNNL is undefined for {source}: no label occurs twice among its {n} points, "
+                "so no point has another point of its class (the SNNL of a point needs one)"
             )
-    if not math.isfinite(value):
-        raise CommandError(f"SNNL at T = {t:g} is {value}, beyond the range of float64")
-    if args.plot is not None:  # saved before anything is printed: an error leaves no output
-        from snnl.figures import save_figure, temperature_curve_figure
+        bounds = (args.t_min, args.t_max)
+        distance = args.distance
+        in_memory_search = not streamed and n <= exact_search_max
+        value = None
+        if args.temperature is not None:
+            t, t_note = args.temperature, "given"
+        elif in_memory_search:
+            t, value = optimal_temperature(features, labels, distance=distance, bounds=bounds)
+            t_note = f"optimal within [{bounds[0]:g}, {bounds[1]:g}]"
+        else:
+            searched = min(args.search_anchors, population)
+            t, _ = estimate_optimal_temperature(
+                features, labels, anchors=searched, bounds=bounds, distance=distance,
+                generator=torch.Generator().manual_seed(args.seed), progress=True,
+            )  # fmt: skip
+            t_note = (
+                f"optimal within [{bounds[0]:g}, {bounds[1]:g}], searched on {searched} "
+                f"anchors (seed {args.seed}) against all {n} points"
+            )
+        estimate = None
+        if args.anchors is not None:
+            estimate = estimate_snnl(
+                features, labels, t, anchors=args.anchors, confidence=args.confidence,
+                generator=torch.Generator().manual_seed(args.seed + 1), distance=distance,
+                progress=True,
+            )  # fmt: skip
+            value = estimate.value
+        elif value is None and (streamed or n > exact_search_max):
+            value = snnl_streamed(features, labels, t, distance=distance, progress=True)
+        elif value is None:
+            with torch.no_grad():
+                value = float(soft_nearest_neighbor_loss(features, labels, t, distance=distance))
+        if not math.isfinite(value) and not streamed and features.dtype != torch.float64:
+            with torch.no_grad():  # beyond float32's range: float64 holds it
+                value = float(
+                    soft_nearest_neighbor_loss(features.double(), labels, t, distance=distance)
+                )
+        if not math.isfinite(value):
+            raise CommandError(f"SNNL at T = {t:g} is {value}, beyond the range of float64")
+        curve_note = None
+        if args.plot is not None:  # saved before anything is printed: an error leaves no output
+            from snnl.figures import save_figure, temperature_curve_figure
 
-        lo = min(bounds[0], t)
-        hi = max(bounds[1], t)
-        grid = np.logspace(np.log10(lo), np.log10(hi), 200)
-        curve = snnl_temperature_curve(features, labels, grid, distance=args.distance).numpy()
-        name = Path(source).name if args.file is not None else args.dataset
-        fig = temperature_curve_figure(grid, curve, best=(t, value), title=f"SNNL of {name}")
-        save_figure(fig, args.plot)
+            lo, hi = min(bounds[0], t), max(bounds[1], t)
+            if in_memory_search:
+                grid = np.logspace(np.log10(lo), np.log10(hi), 200)
+                curve = snnl_temperature_curve(features, labels, grid, distance=distance).numpy()
+            else:
+                grid = np.logspace(np.log10(lo), np.log10(hi), 49)
+                curve_anchors = min(args.search_anchors, population)
+                curve = estimate_temperature_curve(
+                    features, labels, grid, anchors=curve_anchors, distance=distance,
+                    generator=torch.Generator().manual_seed(args.seed), progress=True,
+                ).numpy()  # fmt: skip
+                curve_note = f"estimated on {curve_anchors} anchors"
+            name = Path(source).name if args.file is not None else args.dataset
+            title = f"SNNL of {name}" + (f" ({curve_note})" if curve_note else "")
+            fig = temperature_curve_figure(grid, curve, best=(t, value), title=title)
+            save_figure(fig, args.plot)
+    finally:
+        if streamed:
+            features.close()
+    method = "estimate" if estimate is not None else "exact"
+    if args.json:
+        result = {
+            "value": value,
+            "temperature": t,
+            "temperature_choice": t_note,
+            "method": method,
+            "n": n,
+            "d": d,
+            "classes": classes,
+            "distance": distance,
+            "source": source,
+        }
+        if estimate is not None:
+            result.update(
+                interval=[estimate.low, estimate.high],
+                confidence=estimate.confidence,
+                anchors=estimate.anchors,
+                population=estimate.population,
+                std_error=estimate.std_error,
+            )
+        if args.plot is not None:
+            result["plot"] = str(args.plot)
+        print(json.dumps(result))
+        return 0
     print(f"source      : {source}")
     print(f"points      : {n} x {d} features, {classes} classes")
-    print(f"distance    : {args.distance}")
-    print(f"temperature : {t_line}")
+    print(f"distance    : {distance}")
+    print(f"temperature : {t:.6g} ({t_note})")
     print(f"SNNL        : {value:.7g}   (log C = {np.log(max(classes, 1)):.4f})")
+    if estimate is None:
+        print("method      : exact (every point an anchor, against all points)")
+    else:
+        print(
+            f"method      : estimate from {estimate.anchors} of {estimate.population} anchors "
+            f"(seed {args.seed}) against all points; {estimate.confidence:.0%} interval "
+            f"[{estimate.low:.7g}, {estimate.high:.7g}] (Student t on the mean of the exact "
+            "per-anchor terms, finite-population corrected)"
+        )
     if args.plot is not None:
-        print(f"plot        : {args.plot}")
+        print(f"plot        : {args.plot}" + (f" ({curve_note})" if curve_note else ""))
     return 0
 
 
@@ -394,6 +515,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="save the SNNL-vs-T curve; the suffix picks the format (.png, .pdf, .svg, .jpg)",
     )
+    ent.add_argument(
+        "--anchors",
+        type=int,
+        default=None,
+        metavar="M",
+        help="estimate SNNL from M anchors drawn at random (each against all points) with a "
+        "confidence interval, instead of the exact value",
+    )
+    ent.add_argument("--confidence", type=float, default=0.95, help="interval level (--anchors)")
+    ent.add_argument("--seed", type=int, default=0, help="seed of the anchor draws")
+    ent.add_argument(
+        "--search-anchors",
+        type=int,
+        default=256,
+        metavar="M",
+        help="anchors the optimal-T search uses on a .npy file or above 20,000 points",
+    )
+    ent.add_argument("--json", action="store_true", help="print the result as one JSON object")
     ent.set_defaults(func=_entanglement)
 
     from snnl.experiments import registry

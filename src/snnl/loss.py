@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -26,8 +27,16 @@ import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
 from torch import Tensor, nn
 
-from snnl import _blocked
-from snnl._checks import DISTANCES, check_choice, check_labels, check_positive, check_tensor
+from snnl import _blocked, _stream
+from snnl._checks import (
+    DISTANCES,
+    check_choice,
+    check_int,
+    check_labels,
+    check_positive,
+    check_real,
+    check_tensor,
+)
 
 __all__ = [
     "SNNLWarning",
@@ -37,6 +46,12 @@ __all__ = [
     "snnl_temperature_curve",
     "entanglement_between",
     "entanglement",
+    "SNNLEstimate",
+    "open_npy",
+    "snnl_streamed",
+    "estimate_snnl",
+    "estimate_optimal_temperature",
+    "estimate_temperature_curve",
 ]
 
 Distance = Literal["euclidean", "cosine"]
@@ -588,3 +603,267 @@ def entanglement(
         stacklevel=2,
     )
     return entanglement_between(a, b, temperature=temperature, distance=distance)
+
+
+# ----------------------------------------------------------------------------- dataset scale
+
+
+def open_npy(path) -> _stream.NpyRows:
+    """Rows of a .npy file, read block by block with ``os.pread`` (never mapped whole), for
+    :func:`snnl_streamed`, :func:`estimate_snnl` and :func:`estimate_optimal_temperature`.
+
+    ``np.load(path, mmap_mode="r")`` serves those functions too, but maps the whole file
+    into the address space, which a limit such as ``ulimit -v`` below the file size
+    refuses; this reader needs only the rows it is reading.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "f.npy"
+        >>> np.save(path, np.arange(12, dtype=np.float32).reshape(4, 3))
+        >>> with open_npy(path) as rows:
+        ...     rows.shape, rows[1:3].tolist()
+        ((4, 3), [[3.0, 4.0, 5.0], [6.0, 7.0, 8.0]])
+    """
+    return _stream.NpyRows(path)
+
+
+def _stream_inputs(features, labels, distance: str):
+    """(source, labels (N,) int64, valid (N,) bool) for the dataset-scale functions."""
+    check_choice("distance", distance, DISTANCES)
+    source = _stream.Source(features)
+    if isinstance(labels, np.ndarray):
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
+        labels = torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64))
+    y = check_labels(labels, source.n, device="cpu")
+    _, inverse, counts = torch.unique(y, return_inverse=True, return_counts=True)
+    valid = counts[inverse] >= 2
+    if not bool(valid.any()):
+        raise ValueError(
+            f"SNNL is undefined: no label occurs twice among the {source.n} points, so no "
+            "point has another point of its class"
+        )
+    return source, y, valid
+
+
+def snnl_streamed(
+    features,
+    labels,
+    temperature: float,
+    *,
+    distance: Distance = "euclidean",
+    progress: bool = False,
+) -> float:
+    """Exact SNNL (eq. 1, mean over points with another point of their class) of features
+    read block by block: they need not fit in memory.
+
+    The symmetric kernel runs over row tiles read from ``features`` (each sorted by class
+    within itself) against the column chunks after them, so each pair of points is
+    multiplied once (0.5 N^2 D multiply-adds) and memory is O(tile x width) for a block
+    plus O(N) for labels and per-point statistics. Float32 passes are spot-checked
+    against float64 and redone in float64 (then by direct differences) as in
+    :func:`soft_nearest_neighbor_loss`.
+
+    Args:
+        features: (N, D) rows readable by slices: a torch tensor, a numpy array,
+            ``np.load(path, mmap_mode="r")``, or :func:`open_npy` (no whole-file mapping).
+        labels: (N,) integer tensor or array, in memory.
+        temperature: T > 0 within the normal range of the features' dtype.
+        progress: show a tqdm progress bar on stderr.
+
+    Returns:
+        The SNNL as a Python float. Raises ValueError where it is undefined (no label
+        occurs twice).
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(300) % 3
+        >>> x = torch.randn(300, 4, generator=g) + y[:, None]
+        >>> value = snnl_streamed(x.numpy(), y.numpy(), 2.0)
+        >>> abs(value - soft_nearest_neighbor_loss(x, y, 2.0).item()) < 1e-5
+        True
+    """
+    source, y, valid = _stream_inputs(features, labels, distance)
+    t = _check_temperature(temperature, source.dtype)
+    prep = _stream.scan(source, distance == "euclidean")
+    losses = _stream.checked_symmetric_losses(source, y, prep, t, progress)
+    return float(losses[valid].mean())
+
+
+@dataclass(frozen=True)
+class SNNLEstimate:
+    """An SNNL estimated from sampled anchors, with a confidence interval.
+
+    ``value`` is the mean of the exact per-anchor terms of ``anchors`` anchors drawn
+    uniformly without replacement from the ``population`` points that have another point
+    of their class; [``low``, ``high``] is the two-sided Student-t interval at
+    ``confidence``: value -+ t_{M-1} * std_error, std_error = s / sqrt(M) *
+    sqrt((P - M) / (P - 1)) (sample standard deviation s, finite-population correction).
+    """
+
+    value: float
+    low: float
+    high: float
+    confidence: float
+    anchors: int
+    population: int
+    std_error: float
+    temperature: float
+
+
+def _sample_anchors(valid: Tensor, anchors: int, generator: torch.Generator | None) -> Tensor:
+    pool = torch.nonzero(valid).squeeze(1)
+    take = min(anchors, len(pool))
+    return pool[torch.randperm(len(pool), generator=generator)[:take]]
+
+
+def estimate_snnl(
+    features,
+    labels,
+    temperature: float,
+    *,
+    anchors: int,
+    confidence: float = 0.95,
+    generator: torch.Generator | None = None,
+    distance: Distance = "euclidean",
+    progress: bool = False,
+) -> SNNLEstimate:
+    r"""SNNL estimated from ``anchors`` sampled anchors against all points, with a
+    confidence interval.
+
+    The SNNL is the mean over the P points with another point of their class of their
+    terms \ell_i (eq. 1). M anchors drawn uniformly without replacement give M exact
+    terms (each against all N points: O(M N D) work, features read block by block),
+    identically distributed draws from the P terms; their mean is unbiased and, by the
+    central limit theorem, a Student-t interval with M - 1 degrees of freedom covers
+    the SNNL at about the nominal rate, the standard error shrunk by the
+    finite-population correction sqrt((P - M) / (P - 1)) when M is a sizeable share of P
+    (M = P gives the exact value and a zero-width interval). The terms are skewed (a few
+    anchors inside another class have large terms), so use M of a few hundred or more.
+
+    Args:
+        features, labels, temperature, distance, progress: as in :func:`snnl_streamed`.
+        anchors: M >= 2 (capped at P).
+        confidence: the interval's level, in (0, 1).
+        generator: a seeded ``torch.Generator`` makes the draw (and result) reproducible.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(400) % 4
+        >>> x = torch.randn(400, 3, generator=g) + y[:, None]
+        >>> est = estimate_snnl(x, y, 1.0, anchors=100, generator=g)
+        >>> est.low <= est.value <= est.high and est.anchors == 100
+        True
+    """
+    source, y, valid = _stream_inputs(features, labels, distance)
+    t = _check_temperature(temperature, source.dtype)
+    m = check_int("anchors", anchors, low=2)
+    level = check_real("confidence", confidence, low=0.0, high=1.0, low_inclusive=False,
+                       high_inclusive=False)  # fmt: skip
+    prep = _stream.scan(source, distance == "euclidean")
+    idx = _sample_anchors(valid, m, generator)
+    terms = _stream.checked_anchor_losses(source, y, prep, idx, [t], progress, "SNNL estimate")[0]
+    return _interval(terms, int(valid.sum()), level, t)
+
+
+def _interval(terms: Tensor, population: int, level: float, temperature: float) -> SNNLEstimate:
+    from scipy.stats import t as student_t
+
+    m = len(terms)
+    mean = float(terms.mean())
+    sd = float(terms.std()) if m > 1 else 0.0
+    fpc = math.sqrt((population - m) / (population - 1)) if population > 1 else 0.0
+    se = sd / math.sqrt(m) * fpc
+    half = float(student_t.ppf((1.0 + level) / 2.0, df=max(m - 1, 1))) * se
+    return SNNLEstimate(mean, mean - half, mean + half, level, m, population, se, temperature)
+
+
+def estimate_optimal_temperature(
+    features,
+    labels,
+    *,
+    anchors: int = 256,
+    generator: torch.Generator | None = None,
+    bounds: tuple[float, float] = (1e-4, 1e4),
+    distance: Distance = "euclidean",
+    progress: bool = False,
+) -> tuple[float, float]:
+    """The temperature minimising the SNNL estimated on ``anchors`` sampled anchors against
+    all points (eq. 2 on data too large for :func:`optimal_temperature`).
+
+    Three passes over the features: a grid of 3 points per decade over ``bounds``, then
+    21 points across the best grid point's neighbours, then 21 across the best of those
+    (log10 T resolved to 1/300 of a decade). Each pass computes one product per block
+    for all its temperatures.
+
+    Returns:
+        (T, the anchor estimate of SNNL at T). Where every temperature gives the same
+        estimate an ``SNNLWarning`` says so and the lower bound is returned.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(200) % 2
+        >>> x = torch.randn(200, 3, generator=g) + 2.0 * y[:, None]
+        >>> t, v = estimate_optimal_temperature(x, y, anchors=200)
+        >>> t_all, v_all = optimal_temperature(x, y)  # every point is an anchor here
+        >>> abs(math.log10(t / t_all)) < 0.01 and abs(v - v_all) < 1e-4
+        True
+    """
+    source, y, valid = _stream_inputs(features, labels, distance)
+    lo, hi = _check_bounds(bounds, source.dtype)
+    m = check_int("anchors", anchors, low=2)
+    prep = _stream.scan(source, distance == "euclidean")
+    idx = _sample_anchors(valid, m, generator)
+    log_lo, log_hi = math.log10(lo), math.log10(hi)
+    grid = np.linspace(log_lo, log_hi, max(2, int(math.ceil((log_hi - log_lo) * 3)) + 1))
+    best_log, best_value = log_lo, math.inf
+    for step in range(3):
+        temps = [float(10.0**g) for g in grid]
+        values = _stream.checked_anchor_losses(
+            source, y, prep, idx, temps, progress, f"temperature search {step + 1}/3"
+        ).mean(1)
+        if step == 0 and float(values.max() - values.min()) <= 1e-12 * float(values.abs().max()):
+            warnings.warn(
+                f"every temperature gives the same SNNL ({float(values[0]):.6g}) on the "
+                f"{len(idx)} search anchors; returning the lower bound T = {lo:g}",
+                SNNLWarning,
+                stacklevel=2,
+            )
+            return lo, float(values[0])
+        k = int(torch.argmin(values))
+        if float(values[k]) < best_value:
+            best_log, best_value = float(grid[k]), float(values[k])
+        left, right = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+        grid = np.linspace(left, right, 21)
+    return float(min(max(10.0**best_log, lo), hi)), best_value
+
+
+def estimate_temperature_curve(
+    features,
+    labels,
+    temperatures,
+    *,
+    anchors: int = 256,
+    generator: torch.Generator | None = None,
+    distance: Distance = "euclidean",
+    progress: bool = False,
+) -> Tensor:
+    """SNNL at each of ``temperatures`` estimated on ``anchors`` sampled anchors against all
+    points (one pass over the features): the mean of the exact per-anchor terms, as in
+    :func:`estimate_snnl`; (len(temperatures),) float64.
+
+    Example:
+        >>> y = torch.arange(60) % 3
+        >>> x = torch.randn(60, 3, generator=torch.Generator().manual_seed(1)) + y[:, None]
+        >>> curve = estimate_temperature_curve(x, y, [0.5, 2.0], anchors=60)  # all anchors
+        >>> bool(torch.allclose(curve, snnl_temperature_curve(x, y, [0.5, 2.0]).double()))
+        True
+    """
+    source, y, valid = _stream_inputs(features, labels, distance)
+    temps = _positive_temperatures(temperatures)
+    for t in (min(temps), max(temps)):
+        _check_temperature_range("temperature", t, source.dtype)
+    m = check_int("anchors", anchors, low=2)
+    prep = _stream.scan(source, distance == "euclidean")
+    idx = _sample_anchors(valid, m, generator)
+    return _stream.checked_anchor_losses(source, y, prep, idx, temps, progress, "curve").mean(1)
