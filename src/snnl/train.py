@@ -43,7 +43,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,7 @@ __all__ = [
     "DamagedRunError",
     "evaluate_accuracy",
     "default_threads",
+    "one_thread",
     "health_verdict",
     "snnl_upper_bound",
     "HEALTH",
@@ -183,6 +184,19 @@ def default_threads(model: str) -> int:
     except ValueError:
         local_processes = 1
     return max(1, (os.cpu_count() or 1) // 2 // local_processes)
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block with one torch thread (restored after): runs trained in worker
+    processes use one thread, and float results depend on the thread count, so runs
+    trained in-process use one too and match them bit for bit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def load_config_dataset(config: TrainConfig) -> DataSplits:

@@ -34,6 +34,7 @@ from snnl.experiments import Claim, Context, ReproduceConfig, Section, compare_p
 from snnl.experiments.base import format_mean_std
 from snnl.experiments.zoo import Kind, RunMismatchError
 from snnl.gan import GANConfig, state_digest, train_gan
+from snnl.train import one_thread
 
 NAME = "gan"
 TITLE = "GANs: the entanglement of real and generated data over training"
@@ -150,9 +151,11 @@ def _train_or_reuse(
                 "with --force to retrain it"
             )
         context.log(f"retraining {folder.name} (config changed, --force)")
-        return train_gan(config, folder, force=True, dataset=dataset)
+        with one_thread():  # as in the workers, so results do not depend on where it ran
+            return train_gan(config, folder, force=True, dataset=dataset)
     context.log(f"training {folder.name}")
-    return train_gan(config, folder, resume=True, dataset=dataset)
+    with one_thread():
+        return train_gan(config, folder, resume=True, dataset=dataset)
 
 
 def _train_gan_worker(config: GANConfig, folder: Path, dataset: DataSplits) -> None:

@@ -34,7 +34,7 @@ from torch import nn
 
 from snnl.data import DataSplits
 from snnl.experiments.base import ReproduceConfig
-from snnl.train import TrainConfig, load_config_dataset, load_run, train
+from snnl.train import TrainConfig, load_config_dataset, load_run, one_thread, train
 
 __all__ = ["Kind", "RunRef", "RunMismatchError", "Zoo", "recipe", "ENTANGLED_ALPHA"]
 
@@ -204,17 +204,11 @@ class Zoo:
                 for future in futures:
                     future.result()
         else:
-            import torch
-
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # as in the workers: results do not depend on --workers
-            try:
+            with one_thread():  # as in the workers: results do not depend on --workers
                 for name, config, force in todo:
                     folder = self.folder(name, config)
                     self._log(f"training {folder.name}" + (" (--force)" if force else ""))
                     train(config, folder, force=force, resume=not force, dataset=self.dataset)
-            finally:
-                torch.set_num_threads(threads)
         return [
             RunRef(name, config.seed, self.folder(name, config), config, self.dataset)
             for name, config in items
