@@ -491,6 +491,11 @@ class LSEStats:
         else:
             self._merge(self.neg_m, self.neg_l, rows, m, l_sum)
 
+    def merge_into(self, other: LSEStats, rows) -> None:
+        """Add these statistics (of ``other``'s ``rows``, in order) to ``other``."""
+        other._merge(other.pos_m, other.pos_l, rows, self.pos_m, self.pos_l)
+        other._merge(other.neg_m, other.neg_l, rows, self.neg_m, self.neg_l)
+
     def lse(self) -> tuple[Tensor, Tensor]:
         """(LSE_pos, LSE_neg), -inf where a row has no positive / no negative."""
         return self.pos_m + self.pos_l.log(), self.neg_m + self.neg_l.log()
@@ -513,6 +518,16 @@ def _row_lse(block: Tensor, floor: float, self_diagonal: bool) -> tuple[Tensor, 
     if self_diagonal:
         e.diagonal().zero_()
     total = torch.where(finite, e.sum(1), torch.zeros_like(m))
+    return m, total
+
+
+def _col_lse(block: Tensor, floor: float) -> tuple[Tensor, Tensor]:
+    """:func:`_row_lse` of the columns, without a transposed (strided) pass."""
+    m = block.amax(0)
+    finite = torch.isfinite(m)
+    shift = torch.where(finite, m, torch.zeros_like(m))
+    e = (block - shift.unsqueeze(0)).clamp_(min=floor).exp_()
+    total = torch.where(finite, e.sum(0), torch.zeros_like(m))
     return m, total
 
 
@@ -557,6 +572,7 @@ def tile_pair_stats(
     *,
     columns: bool = True,
     self_pairs: tuple[Tensor, Tensor] | None = None,
+    col_stats: LSEStats | None = None,
 ):
     """Add the logits ``s`` (rows of ti, columns of tj) to ``stats``.
 
@@ -565,25 +581,35 @@ def tile_pair_stats(
     them from their own rows). Every other column adds to the statistics of its row of
     tj, unless ``columns`` is False (anchors against all points: row statistics only).
     ``self_pairs``: (rows, cols) of other self pairs, set to -inf (their exp(floor)
-    ~ 1e-38 next to a term 1 is invisible). ``s`` is overwritten.
+    ~ 1e-38 next to a term 1 is invisible). ``col_stats``: where the column statistics
+    go (default ``stats``). ``s`` is overwritten.
     """
     floor = _exp_floor(s.dtype)
+    col_stats = stats if col_stats is None else col_stats
     if lead:
         s[:, :lead].fill_diagonal_(-math.inf)
     if self_pairs is not None:
         s[self_pairs] = -math.inf
     rects, mask = _positives(ti, tj)
-    rows_i, rows_j = _sub_rows(ti.rows), _sub_rows(tj.rows)
+    rows_j = _sub_rows(tj.rows)
     if mask is None:
+        # every row and every column belongs to one class, so to at most one rectangle:
+        # gather the block's statistics first, merge them once
+        row_m = s.new_full((s.shape[0],), -math.inf)
+        row_l = s.new_zeros(s.shape[0])
+        col_m = s.new_full((s.shape[1],), -math.inf)
+        col_l = s.new_zeros(s.shape[1])
         for r0, r1, c0, c1 in rects:
             block = s[r0:r1, c0:c1]
-            m, total = _row_lse(block, floor, c0 < lead)
-            stats.add(True, rows_i(r0, r1), m, total)
+            row_m[r0:r1], row_l[r0:r1] = _row_lse(block, floor, c0 < lead)
             k0 = max(c0, lead)
             if columns and k0 < c1:
-                m, total = _row_lse(s[r0:r1, k0:c1].T, floor, False)
-                stats.add(True, rows_j(k0, c1), m, total)
+                col_m[k0:c1], col_l[k0:c1] = _col_lse(s[r0:r1, k0:c1], floor)
             block.fill_(-math.inf)
+        if rects:
+            stats.add(True, ti.rows, row_m, row_l)
+            if columns and lead < s.shape[1]:
+                col_stats.add(True, rows_j(lead, s.shape[1]), col_m[lead:], col_l[lead:])
     else:
         # every -inf entry (other classes, self pairs) adds exp(floor) ~ 1e-38 to a sum
         # that holds a term 1: invisible, as for the clamped terms
@@ -591,8 +617,8 @@ def tile_pair_stats(
         m, total = _row_lse(pos, floor, False)
         stats.add(True, ti.rows, m, total)
         if columns and lead < s.shape[1]:
-            m, total = _row_lse(pos[:, lead:].T, floor, False)
-            stats.add(True, rows_j(lead, s.shape[1]), m, total)
+            m, total = _col_lse(pos[:, lead:], floor)
+            col_stats.add(True, rows_j(lead, s.shape[1]), m, total)
         s.masked_fill_(mask, -math.inf)
     # negatives: rows
     r_max = s.amax(1)
@@ -621,9 +647,9 @@ def tile_pair_stats(
         redo = torch.arange(s_c.shape[1], device=s.device)
     if len(redo):
         # excluded entries are -inf: each adds exp(floor), invisible next to the term 1
-        m, total = _row_lse(s_c[:, redo].T, floor, False)
+        m, total = _col_lse(s_c[:, redo], floor)
         col_max[redo], col_total[redo] = m, total
-    stats.add(False, rows_c, col_max, col_total)
+    col_stats.add(False, rows_c, col_max, col_total)
 
 
 def tile_pair_gradient(

@@ -311,17 +311,21 @@ def symmetric_losses(
             rows = torch.arange(r0, r1)
             ti, ni = _tile(prep, source.rows(r0, r1), labels[r0:r1], rows, dtype, alpha)
             norms[ti.rows] = ni.float()
+            # the row tile's own statistics gather along its strip (slices), merged once
+            local = ti._replace(rows=slice(0, r1 - r0))
+            strip = _blocked.LSEStats(r1 - r0, labels.device)
             for c0, c1, lead in [(r0, r1, r1 - r0)] + [(c0, c1, 0) for c0, c1 in chunks]:
                 if lead:
-                    tj = ti
+                    tj = local
                 else:
                     cols = torch.arange(c0, c1)
                     tj, _ = _tile(prep, source.rows(c0, c1), labels[c0:c1], cols, dtype, alpha)
                 s = buffers[0][: (r1 - r0) * (c1 - c0)].view(r1 - r0, c1 - c0)
                 work = buffers[1][: s.numel()].view_as(s)
                 torch.mm(ti.a, tj.b.T, out=s)
-                _blocked.tile_pair_stats(s, ti, tj, lead, stats, work)
+                _blocked.tile_pair_stats(s, local, tj, lead, strip, work, col_stats=stats)
                 bar.update(1)
+            strip.merge_into(stats, ti.rows)
     loss, _ = stats.losses()
     return loss, norms
 
