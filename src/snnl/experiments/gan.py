@@ -158,35 +158,6 @@ def _train_or_reuse(
         return train_gan(config, folder, resume=True, dataset=dataset)
 
 
-def _train_gan_worker(config: GANConfig, folder: Path, dataset: DataSplits) -> None:
-    import warnings
-
-    import torch
-
-    torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        train_gan(config, folder, resume=True, dataset=dataset)
-
-
-def _train_missing_in_parallel(plan, context: Context, dataset: DataSplits) -> None:
-    """Train the runs that have no results yet in worker processes (one thread each)."""
-    missing = [(c, f) for _, _, c, f in plan if not (f / "results.json").exists()]
-    workers = min(len(missing), context.zoo.workers)
-    if workers < 2:
-        return  # _train_or_reuse trains them one by one
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = []
-        for config, folder in missing:
-            context.log(f"training {folder.name}")
-            futures.append(pool.submit(_train_gan_worker, config, folder, dataset))
-        for future in futures:
-            future.result()
-
-
 def _mean_over(layers: dict[str, float]) -> float | None:
     values = [v for v in layers.values() if v is not None]
     return float(np.mean(values)) if values else None
@@ -231,9 +202,8 @@ def run(s: Settings, context: Context) -> dict[str, Any]:
             config = gan_config(s, context.config, variant, seed, path)
             folder = context.out / "runs" / f"gan-{variant}-{_key(config)}-seed{seed}"
             plan.append((seed, variant, config, folder))
-    _train_missing_in_parallel(plan, context, dataset)
     for seed, variant, config, folder in plan:
-        # every run is finished now: this reads its results (and checks their config)
+        # trains in this process with one thread, or reads a finished run (config checked)
         res = _train_or_reuse(config, folder, context, dataset, digest)
         layers = res["layers"]
         runs[variant].append(
