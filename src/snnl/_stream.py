@@ -31,7 +31,7 @@ from snnl import _blocked
 TILE = 1024
 WIDTH = 4096
 # anchors processed together against a column chunk
-ANCHOR_BLOCK = 2048
+ANCHOR_BLOCK = 1024
 
 
 # ----------------------------------------------------------------------------- sources
@@ -359,6 +359,7 @@ def anchor_losses(
     t_kernel = [prep.kernel_temperature(t) for t in temperatures]
     out = torch.full((3, len(temperatures), m), math.nan, dtype=torch.float64)
     n_blocks = math.ceil(m / ANCHOR_BLOCK) * math.ceil(source.n / width)
+    s_buf = w_buf = None
     with progress_bar(n_blocks, desc, progress) as bar:
         for a0 in range(0, m, ANCHOR_BLOCK):
             idx = anchors[a0 : a0 + ANCHOR_BLOCK]
@@ -388,9 +389,11 @@ def anchor_losses(
                 inverse = torch.empty_like(col_order)
                 inverse[col_order] = torch.arange(len(col_order))
                 self_pairs = (inside, inverse[idx[inside] - c0])
-                work = torch.empty_like(raw)
+                if s_buf is None or s_buf.numel() < raw.numel():
+                    s_buf, w_buf = torch.empty_like(raw).view(-1), torch.empty_like(raw).view(-1)
+                s, work = s_buf[: raw.numel()].view_as(raw), w_buf[: raw.numel()].view_as(raw)
                 for k, t in enumerate(t_kernel):
-                    s = raw / t
+                    torch.div(raw, t, out=s)
                     _blocked.tile_pair_stats(
                         s, ti, tj, 0, stats[k], work, columns=False, self_pairs=self_pairs
                     )
