@@ -265,7 +265,9 @@ def soft_nearest_neighbor_loss(
         reduction: "mean" or "sum" over anchors with at least one other point of their
             class, or "none": (N,) per-anchor values, NaN where undefined.
         block_size: anchor rows per block (memory is O(block_size x N)); default keeps a
-            block near 16 MiB of float32.
+            block near 16 MiB of float32. From N = 1,025 the symmetric kernel runs (each
+            pair of row tiles multiplied once, statistics from both orientations) and
+            ``block_size`` is its tile height; below, one masked block (mini-batches).
 
     Returns:
         A 0-dim tensor ("mean", "sum") or an (N,) tensor ("none").
