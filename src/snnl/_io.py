@@ -104,6 +104,9 @@ def save_torch(path: str | os.PathLike[str], obj: Any) -> None:
         torch.save(obj, f)
 
 
+LOCK_NAME = ".snnl.lock"
+
+
 class RunLockedError(RuntimeError):
     """Another live process holds the lock of this output folder."""
 
@@ -131,7 +134,7 @@ def folder_lock(folder: str | os.PathLike[str]) -> Iterator[Path]:
 
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
-    lock_path = path / ".snnl.lock"
+    lock_path = path / LOCK_NAME
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
     try:
         try:

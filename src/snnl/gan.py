@@ -70,8 +70,11 @@ from snnl.train import (
     RESULTS,
     DamagedRunError,
     _batches,
+    _load_checkpoint,
     _prepare_dir,
     _read_json,
+    _require_folder,
+    _run_folder,
     load_run,
 )
 
@@ -521,15 +524,8 @@ def _load_classifier(config: GANConfig, dataset: DataSplits) -> nn.Module | None
     return model.eval()
 
 
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # torch raises many types; its advice (unpickling) must not reach users
-        raise DamagedRunError(
-            f"{path} is damaged (truncated, empty or not a checkpoint written by snnl); "
-            "start the run over with --force"
-        ) from None
-    keys = {
+CHECKPOINT_KEYS = frozenset(
+    {
         "generator",
         "discriminator",
         "optimizer_g",
@@ -540,13 +536,7 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
         "seconds",
         "classifier_sha256",
     }
-    if not isinstance(state, dict) or not keys <= set(state):
-        raise DamagedRunError(
-            f"{path} is not a GAN checkpoint of this snnl version (missing "
-            f"{sorted(keys - set(state)) if isinstance(state, dict) else 'everything'}); "
-            "start the run over with --force"
-        )
-    return state
+)
 
 
 def load_config_dataset(config: GANConfig) -> DataSplits:
@@ -751,17 +741,9 @@ def train_gan(
     if not isinstance(config, GANConfig):
         raise TypeError(f"config must be a GANConfig, got {type(config).__name__}")
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out} exists and is not a folder")
-    created = not out.exists()
-    try:
-        with _io.folder_lock(out):
-            return _train_locked(config, out, resume, force, dataset, on_step, progress)
-    except BaseException:
-        if created and out.is_dir() and not any(p.name != ".snnl.lock" for p in out.iterdir()):
-            (out / ".snnl.lock").unlink(missing_ok=True)
-            out.rmdir()  # a failed run leaves no empty folder behind
-        raise
+    _require_folder(out)
+    with _run_folder(out), _io.folder_lock(out):
+        return _train_locked(config, out, resume, force, dataset, on_step, progress)
 
 
 def _snnl_term(
@@ -803,7 +785,7 @@ def _train_locked(config, out, resume, force, dataset, on_step, progress) -> dic
     seconds: list[float] = []
     state: dict[str, Any] | None = None
     if start_from_ckpt:
-        state = _load_checkpoint(out / CHECKPOINT)
+        state = _load_checkpoint(out / CHECKPOINT, CHECKPOINT_KEYS, "GAN checkpoint")
         if state["classifier_sha256"] != digest:
             raise ValueError(
                 f"cannot resume {out}: the classifier run {config.classifier} changed since "
@@ -922,7 +904,7 @@ def load_gan_run(out_dir: str | Path) -> tuple[nn.Module, nn.Module, dict[str, A
     except (KeyError, TypeError, ValueError) as err:
         raise DamagedRunError(f"{out / RESULTS} does not hold a valid GAN config ({err})") from None
     gen, disc = build_gan_models(config, shape)
-    state = _load_checkpoint(out / CHECKPOINT)
+    state = _load_checkpoint(out / CHECKPOINT, CHECKPOINT_KEYS, "GAN checkpoint")
     try:
         gen.load_state_dict(state["generator"])
         disc.load_state_dict(state["discriminator"])

@@ -352,7 +352,13 @@ def _read_json(path: Path, what: str) -> Any:
         ) from None
 
 
-def _load_checkpoint(path: Path) -> dict[str, Any]:
+CHECKPOINT_KEYS = frozenset({"model", "optimizer", "regularizers", "history", "seconds", "initial"})
+
+
+def _load_checkpoint(
+    path: Path, keys: frozenset[str] = CHECKPOINT_KEYS, kind: str = "checkpoint"
+) -> dict[str, Any]:
+    """The checkpoint at ``path``, which must hold ``keys``; DamagedRunError otherwise."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # torch raises many types; its advice (unpickling) must not reach users
@@ -360,14 +366,35 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
             f"{path} is damaged (truncated, empty or not a checkpoint written by snnl); "
             "start the run over with --force"
         ) from None
-    keys = {"model", "optimizer", "regularizers", "history", "seconds", "initial"}
     if not isinstance(state, dict) or not keys <= set(state):
         raise DamagedRunError(
-            f"{path} is not a checkpoint of this snnl version (missing "
+            f"{path} is not a {kind} of this snnl version (missing "
             f"{sorted(keys - set(state)) if isinstance(state, dict) else 'everything'}); "
             "start the run over with --force"
         )
     return state
+
+
+@contextlib.contextmanager
+def _run_folder(out: Path, *, main: bool = True) -> Iterator[None]:
+    """Guard a run that writes into ``out``: if the block fails and this call found no
+    folder there, the folder it leaves holding nothing but the lock is removed (a failed
+    run leaves no empty folder behind). ``main``: whether this process owns the folder
+    (rank 0)."""
+    created = not out.exists()
+    try:
+        yield
+    except BaseException:
+        leftovers = out.is_dir() and any(p.name != _io.LOCK_NAME for p in out.iterdir())
+        if main and created and out.is_dir() and not leftovers:
+            (out / _io.LOCK_NAME).unlink(missing_ok=True)
+            out.rmdir()
+        raise
+
+
+def _require_folder(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} exists and is not a folder")
 
 
 def _prepare_dir(out: Path, config: TrainConfig, resume: bool, force: bool) -> bool:
@@ -597,29 +624,15 @@ def train(
         RunExistsError, DamagedRunError, snnl._io.RunLockedError, ValueError.
     """
     out = Path(out_dir)
-    main = distributed.is_main_process()
-    created = not out.exists()
-    try:
-        with contextlib.ExitStack() as stack:
+    with _run_folder(out, main=distributed.is_main_process()), contextlib.ExitStack() as stack:
 
-            def prepare() -> bool:  # rank 0 only: lock the folder, check what it holds
-                if out.exists() and not out.is_dir():
-                    raise NotADirectoryError(f"{out} exists and is not a folder")
-                stack.enter_context(_io.folder_lock(out))
-                return _prepare_dir(out, config, resume, force)
+        def prepare() -> bool:  # rank 0 only: lock the folder, check what it holds
+            _require_folder(out)
+            stack.enter_context(_io.folder_lock(out))
+            return _prepare_dir(out, config, resume, force)
 
-            start_from_ckpt = distributed.run_on_main(prepare)
-            return _train_locked(config, out, start_from_ckpt, dataset, progress, on_step)
-    except BaseException:
-        if (
-            main
-            and created
-            and out.is_dir()
-            and not any(p.name != ".snnl.lock" for p in out.iterdir())
-        ):
-            (out / ".snnl.lock").unlink(missing_ok=True)
-            out.rmdir()  # a failed run leaves no empty folder behind
-        raise
+        start_from_ckpt = distributed.run_on_main(prepare)
+        return _train_locked(config, out, start_from_ckpt, dataset, progress, on_step)
 
 
 def _train_locked(config, out, start_from_ckpt, dataset, progress, on_step) -> dict[str, Any]:
