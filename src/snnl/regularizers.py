@@ -480,6 +480,18 @@ def optimal_log_temperature(
 # ----------------------------------------------------------------------------- entanglement
 
 
+def _regularized_layers(
+    model: nn.Module, layers: str | Sequence[str], alpha: float | None, signs: str
+) -> tuple[nn.Module, tuple[str, ...], float]:
+    """(model, resolved layer names, alpha) of a regulariser, checked; ``signs`` says
+    what the sign of alpha does (for the error when it is missing)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if alpha is None:
+        raise TypeError(f"alpha is required: {signs}")
+    return model, resolve_layers(model, layers), check_real("alpha", alpha)
+
+
 class EntanglementRegularizer:
     r"""Cross-entropy minus alpha times the SNNL of hidden layers (eq. 3).
 
@@ -541,15 +553,9 @@ class EntanglementRegularizer:
         always_compute_snnl: bool = False,
         regrid_every: int = 50,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
-        self.layers: tuple[str, ...] = resolve_layers(model, layers)
-        if alpha is None:
-            raise TypeError(
-                "alpha is required: > 0 entangles (maximises SNNL), < 0 clusters, 0 is plain CE"
-            )
-        self.alpha = check_real("alpha", alpha)
+        self.model, self.layers, self.alpha = _regularized_layers(
+            model, layers, alpha, "> 0 entangles (maximises SNNL), < 0 clusters, 0 is plain CE"
+        )
         self.temperature_mode = check_choice(
             "temperature_mode", temperature_mode, TEMPERATURE_MODES
         )
@@ -854,15 +860,9 @@ class SelectivityRegularizer:
         num_classes: int | None = None,
         always_compute_selectivity: bool = False,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model = model
-        self.layers: tuple[str, ...] = resolve_layers(model, layers)
-        if alpha is None:
-            raise TypeError(
-                "alpha is required: < 0 lowers class selectivity, > 0 raises it, 0 is plain CE"
-            )
-        self.alpha = check_real("alpha", alpha)
+        self.model, self.layers, self.alpha = _regularized_layers(
+            model, layers, alpha, "< 0 lowers class selectivity, > 0 raises it, 0 is plain CE"
+        )
         self.num_classes = (
             None if num_classes is None else check_int("num_classes", num_classes, low=2)
         )
