@@ -13,12 +13,12 @@ measured in the same run, interleaved, best of ``repeats``.
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from _timing import best_times
 
 from snnl.models import build_model
 from snnl.regularizers import EntanglementRegularizer, SelectivityRegularizer, regularized_loss
@@ -52,18 +52,6 @@ def step_fns(model_name: str, batch: int) -> dict[str, Callable[[], None]]:
         opt.step()
 
     return {"plain": plain, "selectivity": with_selectivity, "both": with_both}
-
-
-def best_times(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    for fn in fns.values():
-        fn()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def main() -> None:

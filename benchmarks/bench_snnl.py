@@ -27,6 +27,7 @@ import sys
 import time
 
 import torch
+from _timing import best_times
 
 from snnl import _blocked, soft_nearest_neighbor_loss
 from snnl._blocked import default_block_rows
@@ -90,19 +91,9 @@ def run_variant(name: str, x: torch.Tensor, y: torch.Tensor, t: float) -> None:
 
 
 def time_variants(names, x, y, t, repeats: int, clock=time.perf_counter) -> dict[str, float]:
-    """Best-of-``repeats`` time per variant, the variants interleaved round-robin so that
-    load from other processes hits every variant alike. ``clock``: wall time
-    (perf_counter) or, with one thread, CPU time (process_time), which time-slicing by
-    other processes does not inflate."""
-    for name in names:
-        run_variant(name, x, y, t)  # warm-up
-    best = dict.fromkeys(names, float("inf"))
-    for _ in range(repeats):
-        for name in names:
-            start = clock()
-            run_variant(name, x, y, t)
-            best[name] = min(best[name], clock() - start)
-    return best
+    """Best-of-``repeats`` time per variant (see :func:`_timing.best_times`)."""
+    fns = {name: (lambda name=name: run_variant(name, x, y, t)) for name in names}
+    return best_times(fns, repeats, clock=clock)
 
 
 def _status_kib(field: str) -> int:

@@ -14,11 +14,11 @@ Printed: milliseconds, each mode / plain, and optimal / learned (target <= 1.5).
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import torch
 import torch.nn.functional as F
+from _timing import best_times
 
 from snnl.data import load_dataset
 from snnl.models import build_model
@@ -56,19 +56,6 @@ def step_fns(model_name: str, batch: int, data) -> dict:
 
         fns[kind] = step
     return fns
-
-
-def best_times(fns: dict, repeats: int) -> dict[str, float]:
-    for fn in fns.values():
-        fn()
-        fn()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def main() -> None:
