@@ -27,6 +27,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
 
 from reference import snnl_reference, snnl_reference_mean
+from snnl import _blocked
 from snnl.loss import (
     SNNLWarning,
     SoftNearestNeighborLoss,
@@ -760,7 +761,10 @@ def _symmetric_data(n=SYMMETRIC_N, d=3, classes=4, seed=60):
 @pytest.mark.parametrize("distance", DISTANCES)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("block", [None, 100, 512])
-def test_symmetric_kernel_matches_reference(distance, reduction, block):
+@pytest.mark.parametrize("keep", [True, False], ids=["kept-logits", "recomputed"])
+def test_symmetric_kernel_matches_reference(distance, reduction, block, keep, monkeypatch):
+    if not keep:  # the gradient pass multiplies the tiles again
+        monkeypatch.setattr(_blocked, "KEEP_LOGITS_BYTES", 0)
     x, y = _symmetric_data()
     x = x.requires_grad_(True)
     t = 0.7 if distance == "euclidean" else 0.1
@@ -785,6 +789,29 @@ def test_symmetric_kernel_float32_and_temperature_gradient():
     out.backward()
     assert _rel(x32.grad, gx) < 1e-4
     assert t.grad.item() == pytest.approx(gt.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("classes", [4, 500], ids=["rectangles", "mask"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_symmetric_kernel_kept_logits_change_nothing(classes, dtype, monkeypatch):
+    """The gradient pass on the forward's kept logits gives the numbers of the pass that
+    multiplies the tiles again (positives restored, self pairs excluded alike)."""
+    x, y = _symmetric_data(classes=classes, d=5, seed=64)
+    w = torch.rand(len(x), generator=torch.Generator().manual_seed(65), dtype=dtype) - 0.3
+
+    def run():
+        xr = x.to(dtype).requires_grad_(True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SNNLWarning)
+            out = soft_nearest_neighbor_loss(xr, y, 0.6, reduction="none")
+        torch.nan_to_num(out * w).sum().backward()
+        return out.detach(), xr.grad
+
+    kept_out, kept_grad = run()
+    monkeypatch.setattr(_blocked, "KEEP_LOGITS_BYTES", 0)
+    out, grad = run()
+    torch.testing.assert_close(kept_out, out, equal_nan=True, rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(kept_grad, grad, rtol=1e-5, atol=1e-6 * float(grad.abs().max()))
 
 
 def test_symmetric_kernel_many_classes_and_singletons():

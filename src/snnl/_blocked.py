@@ -135,7 +135,10 @@ def _scale_pow2(x: Tensor, k: int) -> Tensor:
 
 def _largest_exponent(x: Tensor) -> int:
     """k with max |x| * 2**-k in [0.5, 1) (0 for an all-zero tensor)."""
-    m = float(x.abs().max()) if x.numel() else 0.0
+    if not x.numel():
+        return 0
+    lo, hi = torch.aminmax(x)  # one read, no |x| temporary
+    m = max(-float(lo), float(hi))
     return math.frexp(m)[1] if m > 0 else 0
 
 
@@ -398,10 +401,12 @@ def snnl_temperature_grid(
 # s is symmetric, so each pair of row tiles (I, J), I <= J, needs one product
 # S = X_I X_J^T. Pass 1 gathers running log-sum-exp statistics (max, sum) of the
 # positives and negatives of every row from both orientations of S: rows of I from
-# its rows, rows of J from its columns. Pass 2 (gradient) recomputes S and forms
+# its rows, rows of J from its columns. Pass 2 (gradient) takes S again (kept from pass
+# 1 when all tiles fit in KEEP_LOGITS_BYTES, else recomputed) and forms
 # H_IJ = G_IJ + G_JI^T in one tile, then accumulates H [X_J, 1] into the rows of I and
 # H^T [X_I, 1] into the rows of J (the extra column of ones gives H 1). Forward and
-# backward take 0.5 + 0.5 + 1 = 2 N x N x D products instead of 3.
+# backward take 0.5 + 1 = 1.5 N x N x D products with kept logits, 0.5 + 0.5 + 1 = 2
+# when recomputing, instead of 3.
 #
 # The logits come from one product of augmented operands: s_ij = alpha <A_i, B_j> with
 # euclidean A = [x, 1, -|x|^2/2], B = [x, -|x|^2/2, 1], alpha = 2/T (so s = -|x_i - x_j|^2/T);
@@ -422,6 +427,11 @@ _MAX_RECTS = 32
 # a block span at most this (log units): a clamped term then carries at most
 # exp(floor + this) of error, far below rounding.
 _REUSE_SPREAD = {torch.float32: 40.0, torch.float64: 600.0}
+# The gradient pass reuses the forward's logits, kept per tile, when all of them fit in
+# this many bytes (float32: N up to about 11,000), instead of multiplying the tiles again:
+# forward and backward then take 1.5 N x N x D products. Above it they are recomputed
+# and the extra memory stays O(tile x width).
+KEEP_LOGITS_BYTES = 2**28
 # Column sums of exponentials shifted by the block's largest row maximum are kept when at
 # least this (else redone with the column's own maximum); see tile_pair_stats.
 _RELIABLE_SUM = {torch.float32: math.exp(-60.0), torch.float64: math.exp(-650.0)}
@@ -437,15 +447,25 @@ class Tile(NamedTuple):
     group: Tensor  # (B,) class id of each row
 
 
-def augmented_operands(xs: Tensor, euclidean: bool) -> tuple[Tensor, Tensor]:
-    """(A, B), each (N, D + 2), with <A_i, B_j> = s_ij / alpha (see above)."""
-    n = xs.shape[0]
-    ones = xs.new_ones(n, 1)
+def augmented_operands(
+    xs: Tensor, euclidean: bool, alpha: float = 1.0, norms: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """(A, B), each (N, D + 2), with <A_i, B_j> = s_ij (see above): B carries ``alpha``.
+    ``norms``: |x_i|^2 (N,) when already computed (euclidean)."""
+    n, d = xs.shape
+    a, b = xs.new_empty(n, d + 2), xs.new_empty(n, d + 2)
+    a[:, :d] = xs
+    torch.mul(xs, alpha, out=b[:, :d])
+    a[:, d] = 1.0
     if euclidean:
-        half_norm = (xs * xs).sum(1, keepdim=True).mul_(-0.5)
-        return torch.cat([xs, ones, half_norm], 1), torch.cat([xs, half_norm, ones], 1)
-    zeros = xs.new_zeros(n, 1)
-    return torch.cat([xs, ones, zeros], 1), torch.cat([xs, zeros, zeros], 1)
+        half_norm = ((xs * xs).sum(1) if norms is None else norms) * -0.5
+        a[:, d + 1] = half_norm
+        torch.mul(half_norm, alpha, out=b[:, d])
+        b[:, d + 1] = alpha
+    else:
+        a[:, d + 1] = 0.0
+        b[:, d:] = 0.0
+    return a, b
 
 
 def class_runs(group: Tensor) -> dict[int, tuple[int, int]]:
@@ -573,7 +593,8 @@ def tile_pair_stats(
     columns: bool = True,
     self_pairs: tuple[Tensor, Tensor] | None = None,
     col_stats: LSEStats | None = None,
-):
+    keep_logits: bool = False,
+) -> None:
     """Add the logits ``s`` (rows of ti, columns of tj) to ``stats``.
 
     The first ``lead`` columns of tj are the rows of ti themselves (0 or len(ti)): their
@@ -582,7 +603,8 @@ def tile_pair_stats(
     tj, unless ``columns`` is False (anchors against all points: row statistics only).
     ``self_pairs``: (rows, cols) of other self pairs, set to -inf (their exp(floor)
     ~ 1e-38 next to a term 1 is invisible). ``col_stats``: where the column statistics
-    go (default ``stats``). ``s`` is overwritten.
+    go (default ``stats``). ``s`` is overwritten, unless ``keep_logits``: then it keeps
+    its values except the self pairs (-inf), for the gradient pass.
     """
     floor = _exp_floor(s.dtype)
     col_stats = stats if col_stats is None else col_stats
@@ -592,6 +614,7 @@ def tile_pair_stats(
         s[self_pairs] = -math.inf
     rects, mask = _positives(ti, tj)
     rows_j = _sub_rows(tj.rows)
+    kept: list[Tensor] = []  # positives' logits, put back at the end (keep_logits)
     if mask is None:
         # every row and every column belongs to one class, so to at most one rectangle:
         # gather the block's statistics first, merge them once
@@ -605,6 +628,8 @@ def tile_pair_stats(
             k0 = max(c0, lead)
             if columns and k0 < c1:
                 col_m[k0:c1], col_l[k0:c1] = _col_lse(s[r0:r1, k0:c1], floor)
+            if keep_logits:
+                kept.append(block.clone())
             block.fill_(-math.inf)
         if rects:
             stats.add(True, ti.rows, row_m, row_l)
@@ -619,6 +644,8 @@ def tile_pair_stats(
         if columns and lead < s.shape[1]:
             m, total = _col_lse(pos[:, lead:], floor)
             col_stats.add(True, rows_j(lead, s.shape[1]), m, total)
+        if keep_logits:
+            kept.append(pos)
         s.masked_fill_(mask, -math.inf)
     # negatives: rows
     r_max = s.amax(1)
@@ -626,8 +653,29 @@ def tile_pair_stats(
     e = _exp_rows(work, s, torch.where(r_fin, r_max, torch.zeros_like(r_max)), floor)
     _zero_excluded(e, rects, mask, lead)
     stats.add(False, ti.rows, r_max, torch.where(r_fin, e.sum(1), torch.zeros_like(r_max)))
-    if not columns or lead == s.shape[1]:
-        return
+    if columns and lead < s.shape[1]:
+        _column_negatives(s, e, tj, lead, r_max, r_fin, col_stats)
+    if keep_logits:  # the positives back where they were (self pairs stay -inf)
+        if mask is not None:
+            torch.where(mask, kept[0], s, out=s)
+        else:
+            for (r0, r1, c0, c1), block in zip(rects, kept, strict=True):
+                s[r0:r1, c0:c1] = block
+
+
+def _column_negatives(
+    s: Tensor,
+    e: Tensor,
+    tj: Tile,
+    lead: int,
+    r_max: Tensor,
+    r_fin: Tensor,
+    col_stats: LSEStats,
+) -> None:
+    """The negatives' statistics of the columns beyond the lead, from the rows'
+    exponentials ``e`` (see :func:`tile_pair_stats`)."""
+    floor = _exp_floor(s.dtype)
+    rows_j = _sub_rows(tj.rows)
     # negatives: columns beyond the lead, from the same exponentials (one exp per logit):
     # sum_i exp(s_ij - top) = sum_i e_ij exp(r_i - top), top = the largest row max. A column
     # whose sum is >= _RELIABLE_SUM holds its clamping and underflow losses (below
@@ -733,6 +781,20 @@ def _tile_sizes(n: int, tile: int | None) -> tuple[int, int]:
     return rows, width
 
 
+def _kept_logits(plan: list[tuple[int, int, int, int]], xs: Tensor) -> list[Tensor] | None:
+    """One (rows, columns) tensor per block of ``plan`` for the forward's logits, views of
+    one buffer, or None when they would take more than KEEP_LOGITS_BYTES."""
+    sizes = [(r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in plan]
+    if sum(sizes) * xs.element_size() > KEEP_LOGITS_BYTES:
+        return None
+    store = xs.new_empty(sum(sizes))
+    views, start = [], 0
+    for (r0, r1, c0, c1), size in zip(plan, sizes, strict=True):
+        views.append(store[start : start + size].view(r1 - r0, c1 - c0))
+        start += size
+    return views
+
+
 def symmetric_pass(
     xs: Tensor,
     batch: SortedBatch,
@@ -740,19 +802,24 @@ def symmetric_pass(
     euclidean: bool,
     weights: Tensor | None,
     tile: int | None = None,
+    norms: Tensor | None = None,
 ) -> KernelOut:
-    """The symmetric two-orientation kernel over sorted kernel points ``xs`` (N, D).
+    """The symmetric two-orientation kernel over sorted kernel points ``xs`` (N, D)
+    (``norms``: their |x|^2 when already computed).
 
-    Same contract as :func:`row_block_pass`; 2 N^2 D multiply-adds for forward and
-    backward (0.5 N^2 D forward only) and O(tile x width) extra memory.
+    Same contract as :func:`row_block_pass`; 0.5 N^2 D multiply-adds forward only and
+    O(tile x width) extra memory. With ``weights`` (forward and backward): 1.5 N^2 D when
+    the forward's logits are kept for the gradient pass (at most KEEP_LOGITS_BYTES of
+    them), else 2 N^2 D with O(tile x width) memory. Kept or recomputed, the logits are
+    the same numbers, so the results are too.
     """
     n, d = xs.shape
     rows, width = _tile_sizes(n, tile)
     alpha = (2.0 if euclidean else 1.0) / temperature
-    a, b = augmented_operands(xs, euclidean)
-    b.mul_(alpha)
+    a, b = augmented_operands(xs, euclidean, alpha, norms)
     plan = tile_plan(n, rows, width)
     buffers = [xs.new_empty(rows * width) for _ in range(3)]
+    kept = _kept_logits(plan, xs) if weights is not None else None
 
     def views(r: int, c: int) -> list[Tensor]:
         return [buf[: r * c].view(r, c) for buf in buffers]
@@ -765,11 +832,14 @@ def symmetric_pass(
         return tiles[(r0, r1)]
 
     stats = LSEStats(n, xs.device)
-    for r0, r1, c0, c1 in plan:
+    for k, (r0, r1, c0, c1) in enumerate(plan):
         ti, tj = tile_of(r0, r1), tile_of(c0, c1)
         s, e, _ = views(r1 - r0, c1 - c0)
+        if kept is not None:
+            s = kept[k]
         torch.mm(ti.a, tj.b.T, out=s)
-        tile_pair_stats(s, ti, tj, r1 - r0 if c0 == r0 else 0, stats, e)
+        lead = r1 - r0 if c0 == r0 else 0
+        tile_pair_stats(s, ti, tj, lead, stats, e, keep_logits=kept is not None)
     loss, z = stats.losses()
     if weights is None:
         return KernelOut(loss.to(xs.dtype), None, None)
@@ -785,11 +855,14 @@ def symmetric_pass(
         torch.where(coef != 0, lse_pos - log_c, math.inf).to(xs.dtype),
     )
     signs = torch.sign(coef).to(xs.dtype) if bool((coef < 0).any()) else None
-    for r0, r1, c0, c1 in plan:
+    for k, (r0, r1, c0, c1) in enumerate(plan):
         ti, tj = tile_of(r0, r1), tile_of(c0, c1)
         lead = r1 - r0 if c0 == r0 else 0
         s, e, f = views(r1 - r0, c1 - c0)
-        torch.mm(ti.a, tj.b.T, out=s)
+        if kept is not None:
+            s = kept[k]
+        else:
+            torch.mm(ti.a, tj.b.T, out=s)
         h = tile_pair_gradient(s, ti, tj, lead, shifts, signs, (e, f))
         acc[r0:r1].addmm_(h, tj.a[:, : d + 1])
         if lead < c1 - c0:
@@ -970,12 +1043,12 @@ def _to_caller_grads(
     """
     log2_t = math.log2(temperature)
     if prep.euclidean:
-        u = out.rowsum.unsqueeze(1) * xs - out.acc
-        grad_x = _tensor_times_pow2(u, prep.k + 1 - log2_t, -1.0, dtype)
+        u = torch.addcmul(-out.acc, out.rowsum.unsqueeze(1), xs)  # rowsum_i x_i - acc_i
         grad_t = times_pow2(float((xs * u).sum()), 2 * prep.k - 2 * log2_t)
+        grad_x = _tensor_times_pow2(u, prep.k + 1 - log2_t, -1.0, dtype)
     else:
-        grad_x = _tensor_times_pow2(out.acc, -log2_t, 1.0, dtype)
         grad_t = times_pow2(-float((xs * out.acc).sum()), -1.0 - 2 * log2_t)
+        grad_x = _tensor_times_pow2(out.acc, -log2_t, 1.0, dtype)
     return grad_x, grad_t
 
 
@@ -1021,7 +1094,7 @@ def exact_pass(
             xd = prep.points(tier_dtype, centred=False)
             out = row_block_pass(xs, batch, t_kernel, prep.euclidean, w, block_rows, xd)
         elif xs.shape[0] >= SYMMETRIC_MIN_POINTS:
-            out = symmetric_pass(xs, batch, t_kernel, prep.euclidean, w, block_rows)
+            out = symmetric_pass(xs, batch, t_kernel, prep.euclidean, w, block_rows, norms)
         else:
             out = row_block_pass(xs, batch, t_kernel, prep.euclidean, w, block_rows)
         last = k == len(tiers) - 1

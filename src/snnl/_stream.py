@@ -270,8 +270,7 @@ def _tile(
     """A tile of raw rows, sorted by class within it; also the norms of its kernel points."""
     order = torch.argsort(labels, stable=True)
     xs = prep.points(raw[order], dtype)
-    a, b = _blocked.augmented_operands(xs, prep.euclidean)
-    b.mul_(alpha)
+    a, b = _blocked.augmented_operands(xs, prep.euclidean, alpha)
     group = labels[order]
     tile = _blocked.Tile(rows[order], a, b, _blocked.class_runs(group), group)
     return tile, (xs * xs).sum(1)
