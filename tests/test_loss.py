@@ -791,6 +791,19 @@ def test_symmetric_kernel_float32_and_temperature_gradient():
     assert t.grad.item() == pytest.approx(gt.item(), rel=1e-4)
 
 
+def test_repeated_backward_accumulates_and_keeps_the_saved_gradient():
+    """backward(retain_graph=True) three times gives 3x the gradient: the saved fused
+    gradient is never handed to autograd to accumulate into."""
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(66), requires_grad=True)
+    y = torch.arange(50) % 3
+    loss = soft_nearest_neighbor_loss(x, y, 1.0)
+    loss.backward(retain_graph=True)
+    once = x.grad.clone()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    torch.testing.assert_close(x.grad, 3 * once)
+
+
 @pytest.mark.parametrize("classes", [4, 500], ids=["rectangles", "mask"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_symmetric_kernel_kept_logits_change_nothing(classes, dtype, monkeypatch):

@@ -269,6 +269,10 @@ def soft_nearest_neighbor_loss(
             block near 16 MiB of float32. From N = 1,025 the symmetric kernel runs (each
             pair of row tiles multiplied once, statistics from both orientations) and
             ``block_size`` is its tile height; below, one masked block (mini-batches).
+            With a gradient, the symmetric kernel keeps the forward's logits (one
+            triangle of tiles) for the backward when they fit in 256 MiB
+            (``snnl._blocked.KEEP_LOGITS_BYTES``; float32 N up to about 11,000), else
+            recomputes them: the same numbers either way.
 
     Returns:
         A 0-dim tensor ("mean", "sum") or an (N,) tensor ("none").
