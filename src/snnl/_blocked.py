@@ -951,9 +951,9 @@ def reference_distances(prep: PreparedPoints, batch: SortedBatch, rows: Tensor, 
     elif prep.euclidean:
         # caller order and caller units (float32 features: no overflow in float64), then
         # sorted and scaled: x - c is exact for float32 features and a float32 centre
-        x64 = torch.sub(prep.source, _scale_pow2(prep.centre, -prep.k))  # float64, one pass
+        x64 = prep.source.double().sub_(_scale_pow2(prep.centre, -prep.k))
         anchors = x64[prep.perm[rows]]
-        norms = (x64 * x64).sum(1)
+        norms = torch.linalg.vector_norm(x64, dim=1).square_()  # one read; 2 ulp of float64
         d = torch.addmm(norms.unsqueeze(0), anchors, x64.T, alpha=-2.0)
         d.add_((anchors * anchors).sum(1, keepdim=True)).clamp_(min=0.0)
         d = _scale_pow2(_scale_pow2(d[:, prep.perm], prep.k), prep.k)
