@@ -420,6 +420,9 @@ def snnl_temperature_grid(
 # parallel operation waits for its slowest thread, so fewer and larger ones win).
 TILE_MIN, TILE_MAX = 256, 1024
 _TILE_ELEMENTS = 2**22
+# With the logits kept for the gradient pass, blocks twice as wide (2**23 float32 = 32 MiB
+# each; fewer, larger operations: ~10% faster at N = 8192 on 2 threads).
+_KEPT_TILE_ELEMENTS = 2**23
 # Above this many points (N^2 > _WHOLE_ELEMENTS) the symmetric kernel is used; below,
 # one masked block of the row kernel is faster (see benchmarks/bench_snnl.py).
 SYMMETRIC_MIN_POINTS = 1025
@@ -777,9 +780,9 @@ def tile_plan(n: int, tile: int, width: int) -> list[tuple[int, int, int, int]]:
     return plan
 
 
-def _tile_sizes(n: int, tile: int | None) -> tuple[int, int]:
+def _tile_sizes(n: int, tile: int | None, elements: int = _TILE_ELEMENTS) -> tuple[int, int]:
     rows = min(n, tile or min(max(n // 8, TILE_MIN), TILE_MAX))
-    width = max(rows, min(n, _TILE_ELEMENTS // rows))
+    width = max(rows, min(n, elements // rows))
     return rows, width
 
 
@@ -846,11 +849,16 @@ def symmetric_pass(
     the same numbers, so the results are too.
     """
     n, d = xs.shape
-    rows, width = _tile_sizes(n, tile)
     alpha = (2.0 if euclidean else 1.0) / temperature
     a, b = augmented_operands(xs, euclidean, alpha, norms)
-    plan = tile_plan(n, rows, width)
-    kept = _kept_logits(plan, xs) if weights is not None else None
+    kept = None
+    if weights is not None:  # wide blocks, their logits kept if they fit
+        rows, width = _tile_sizes(n, tile, _KEPT_TILE_ELEMENTS)
+        plan = tile_plan(n, rows, width)
+        kept = _kept_logits(plan, xs)
+    if kept is None:
+        rows, width = _tile_sizes(n, tile)
+        plan = tile_plan(n, rows, width)
     buffers = [scratch(rows * width, xs) for _ in range(2 if kept is not None else 3)]
 
     def views(r: int, c: int) -> list[Tensor]:
