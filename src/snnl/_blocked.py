@@ -845,8 +845,8 @@ def symmetric_pass(
     Same contract as :func:`row_block_pass`; 0.5 N^2 D multiply-adds forward only and
     O(tile x width) extra memory. With ``weights`` (forward and backward): 1.5 N^2 D when
     the forward's logits are kept for the gradient pass (at most KEEP_LOGITS_BYTES of
-    them), else 2 N^2 D with O(tile x width) memory. Kept or recomputed, the logits are
-    the same numbers, so the results are too.
+    them, in blocks twice as wide), else 2 N^2 D with O(tile x width) memory. The two
+    agree to the rounding of their different block orders.
     """
     n, d = xs.shape
     alpha = (2.0 if euclidean else 1.0) / temperature
