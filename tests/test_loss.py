@@ -827,6 +827,29 @@ def test_symmetric_kernel_kept_logits_change_nothing(classes, dtype, monkeypatch
     torch.testing.assert_close(kept_grad, grad, rtol=1e-5, atol=1e-6 * float(grad.abs().max()))
 
 
+def test_huge_page_buffers_serve_the_kernel(monkeypatch):
+    """Work buffers and kept logits mapped for huge pages (forced for every size here)
+    give the numbers of ordinary tensors; a mapped buffer lives as long as its views."""
+    x, y = _symmetric_data(d=4, seed=67)
+    x = x.float()
+
+    def run():
+        xr = x.clone().requires_grad_(True)
+        out = soft_nearest_neighbor_loss(xr, y, 0.8)
+        out.backward()
+        return out.detach(), xr.grad
+
+    plain_out, plain_grad = run()
+    monkeypatch.setattr(_blocked, "_HUGE_PAGE_MIN_BYTES", 0)
+    mapped_out, mapped_grad = run()
+    assert torch.equal(plain_out, mapped_out) and torch.equal(plain_grad, mapped_grad)
+    buf = _blocked.scratch(1000, torch.zeros(1, dtype=torch.float64))
+    view = buf[10:20]
+    del buf
+    view.fill_(2.5)
+    assert view.dtype == torch.float64 and float(view.sum()) == 25.0
+
+
 def test_symmetric_kernel_many_classes_and_singletons():
     """Classes of 1 to 3 points (hundreds per tile: positives as a mask, not rectangles);
     singletons are left out but still act as negatives."""
