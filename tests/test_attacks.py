@@ -27,14 +27,8 @@ from snnl.attacks import (
 N_TEST = 200
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models: intra-op threads only add contention on a shared 2-core box
-    # (and spin against scipy's L-BFGS-B loop). Restored after the module.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny problems: one torch thread (see conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -45,12 +45,8 @@ RANDOM_FREE = {"brightness", "contrast", "pixelate", "jpeg_compression", "scale"
                "canny_edges", "defocus_blur", "zoom_blur"}  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny problems: one torch thread (see conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,8 @@ from snnl.experiments import Context, ReproduceConfig, intriguing
 from snnl.experiments.zoo import RunMismatchError, Zoo
 from snnl.models import MLP, AutoencoderClassifier
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small models on a busy 2-core machine: one torch thread is faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny problems: one torch thread (see conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- measures

@@ -19,13 +19,8 @@ from snnl.experiments.zoo import Zoo
 from snnl.loss import optimal_temperature
 from snnl.models import MLP
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny problems: one torch thread (see conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- helpers

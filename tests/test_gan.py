@@ -13,6 +13,7 @@ import scipy.linalg
 import torch
 from torch import nn
 
+from interrupt import Kill, kill_at
 from snnl._io import RunLockedError, folder_lock
 from snnl.data import load_dataset
 from snnl.gan import (
@@ -88,18 +89,6 @@ def _config(classifier=None, **kw) -> GANConfig:
     )
     base.update(kw)
     return GANConfig(**base)
-
-
-class _Kill(Exception):
-    pass
-
-
-def _kill_at(epoch: int, step: int):
-    def hook(e: int, s: int) -> None:
-        if (e, s) == (epoch, step):
-            raise _Kill
-
-    return hook
 
 
 # ----------------------------------------------------------------------------- Frechet distance
@@ -379,8 +368,8 @@ def test_resume_after_kill_is_byte_identical(tmp_path, digits, classifier_run, v
     config = _config(classifier_run, epochs=2, **variant)
     full = train_gan(config, tmp_path / "full", dataset=digits)
     run = tmp_path / "killed"
-    with pytest.raises(_Kill):
-        train_gan(config, run, dataset=digits, on_step=_kill_at(1, 3))
+    with pytest.raises(Kill):
+        train_gan(config, run, dataset=digits, on_step=kill_at(1, 3))
     assert not (run / "results.json").exists()
     with pytest.raises(RunExistsError, match="--resume"):
         train_gan(config, run, dataset=digits)
@@ -400,8 +389,8 @@ def test_resume_after_kill_is_byte_identical(tmp_path, digits, classifier_run, v
 def test_kill_before_the_first_checkpoint_resumes(tmp_path, digits):
     config = _config(epochs=2)
     full = train_gan(config, tmp_path / "full", dataset=digits)
-    with pytest.raises(_Kill):
-        train_gan(config, tmp_path / "k", dataset=digits, on_step=_kill_at(0, 2))
+    with pytest.raises(Kill):
+        train_gan(config, tmp_path / "k", dataset=digits, on_step=kill_at(0, 2))
     resumed = train_gan(config, tmp_path / "k", dataset=digits, resume=True)
     assert resumed["history"] == full["history"]
 
@@ -417,8 +406,8 @@ def test_overwrite_lock_and_mismatch(tmp_path, digits):
         with pytest.raises(RunLockedError, match=str(run)):
             train_gan(_config(epochs=1), run, dataset=digits, force=True)
     other = tmp_path / "o"
-    with pytest.raises(_Kill):
-        train_gan(_config(), other, dataset=digits, on_step=_kill_at(1, 1))
+    with pytest.raises(Kill):
+        train_gan(_config(), other, dataset=digits, on_step=kill_at(1, 1))
     with pytest.raises(ValueError, match="lr"):
         train_gan(_config(lr=5e-4), other, dataset=digits, resume=True)
 
@@ -426,8 +415,8 @@ def test_overwrite_lock_and_mismatch(tmp_path, digits):
 @pytest.mark.parametrize("damage", ["truncated", "empty", "random"])
 def test_damaged_checkpoint_names_the_file(tmp_path, digits, damage):
     run = tmp_path / "r"
-    with pytest.raises(_Kill):
-        train_gan(_config(), run, dataset=digits, on_step=_kill_at(1, 1))
+    with pytest.raises(Kill):
+        train_gan(_config(), run, dataset=digits, on_step=kill_at(1, 1))
     ckpt = run / "checkpoint.pt"
     data = ckpt.read_bytes()
     ckpt.write_bytes(
@@ -445,8 +434,8 @@ def test_a_changed_classifier_refuses_resume(tmp_path, digits, classifier_run):
     clf = tmp_path / "clf"
     shutil.copytree(classifier_run, clf)
     run = tmp_path / "r"
-    with pytest.raises(_Kill):
-        train_gan(_config(clf), run, dataset=digits, on_step=_kill_at(1, 1))
+    with pytest.raises(Kill):
+        train_gan(_config(clf), run, dataset=digits, on_step=kill_at(1, 1))
     state = torch.load(clf / "checkpoint.pt", weights_only=True)
     state["model"]["logits.bias"] += 1.0
     torch.save(state, clf / "checkpoint.pt")

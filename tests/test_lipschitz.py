@@ -13,13 +13,8 @@ from torch import nn
 from snnl.lipschitz import empirical_check, layer_bounds
 from snnl.models import MLP, Conv2dSame, Normalize, ReferenceCNN, ResNet20
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny problems: one torch thread (see conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def full_matrix(module: nn.Module, in_shape: tuple[int, ...]) -> torch.Tensor:

@@ -48,13 +48,8 @@ REDUCTIONS = ("mean", "sum", "none")
 SATURATION = -math.log(1e-5)  # 11.51: what exp-then-log-with-epsilon code returns
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny problems: intra-op threads only add contention on a shared 2-core box.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny problems: one torch thread (see conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------------- references

@@ -18,15 +18,8 @@ from snnl.models import MLP, ReferenceCNN
 from snnl.regularizers import EntanglementRegularizer
 from snnl.taps import capture
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: with the 2 cores busy, OpenMP threads spin against each other and
-    an exp over 200 x 200 can take 600x longer with 2 threads than with 1."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny problems: one torch thread (see conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _dense_snnl(x: torch.Tensor, y: torch.Tensor, t: float) -> torch.Tensor:

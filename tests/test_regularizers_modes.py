@@ -26,13 +26,8 @@ from snnl.regularizers import (
     regularized_loss,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny problems: one torch thread (see conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _dense_snnl64(x: torch.Tensor, y: torch.Tensor, t: float) -> torch.Tensor:

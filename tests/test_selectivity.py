@@ -16,13 +16,8 @@ from snnl.regularizers import (
     regularized_loss,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny problems: one torch thread (see conftest.py)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _direct_si(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 
+from interrupt import Kill, kill_at
 from snnl._io import RunLockedError, folder_lock
 from snnl.data import load_dataset
 from snnl.regularizers import TEMPERATURE_MODES
@@ -42,18 +43,6 @@ def _config(**kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-class _Kill(Exception):
-    pass
-
-
-def _kill_at(epoch: int, step: int):
-    def hook(e: int, s: int) -> None:
-        if (e, s) == (epoch, step):
-            raise _Kill
-
-    return hook
-
-
 @pytest.fixture(autouse=True)
 def _quiet():
     with warnings.catch_warnings():
@@ -82,8 +71,8 @@ def test_same_seed_identical_and_files(tmp_path, small_digits):
 def test_resume_after_kill_matches_uninterrupted(tmp_path, small_digits, kill):
     full = train(_config(), tmp_path / "full", dataset=small_digits)
     run = tmp_path / "killed"
-    with pytest.raises(_Kill):
-        train(_config(), run, dataset=small_digits, on_step=_kill_at(*kill))
+    with pytest.raises(Kill):
+        train(_config(), run, dataset=small_digits, on_step=kill_at(*kill))
     assert not (run / "results.json").exists()  # an interrupted run never looks finished
     if kill[0] > 0:  # a checkpoint exists: starting over silently would lose it
         with pytest.raises(RunExistsError, match="--resume"):
@@ -100,8 +89,8 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, small_digits, kill):
 
 def test_resume_of_normal_model(tmp_path, small_digits):
     full = train(_config(alpha=0.0), tmp_path / "full", dataset=small_digits)
-    with pytest.raises(_Kill):
-        train(_config(alpha=0.0), tmp_path / "k", dataset=small_digits, on_step=_kill_at(1, 2))
+    with pytest.raises(Kill):
+        train(_config(alpha=0.0), tmp_path / "k", dataset=small_digits, on_step=kill_at(1, 2))
     resumed = train(_config(alpha=0.0), tmp_path / "k", dataset=small_digits, resume=True)
     assert resumed["history"] == full["history"]
 
@@ -119,8 +108,8 @@ def test_overwrite_protection(tmp_path, small_digits):
 
 def test_resume_with_other_settings_is_refused(tmp_path, small_digits):
     run = tmp_path / "r"
-    with pytest.raises(_Kill):
-        train(_config(), run, dataset=small_digits, on_step=_kill_at(1, 1))
+    with pytest.raises(Kill):
+        train(_config(), run, dataset=small_digits, on_step=kill_at(1, 1))
     with pytest.raises(ValueError, match="alpha"):
         train(_config(alpha=2.0), run, dataset=small_digits, resume=True)
 
@@ -150,8 +139,8 @@ def test_bad_config():
 def test_every_temperature_mode_resumes_bit_exactly(tmp_path, small_digits, mode):
     cfg = _config(temperature_mode=mode, epochs=2)
     full = train(cfg, tmp_path / "full", dataset=small_digits)
-    with pytest.raises(_Kill):
-        train(cfg, tmp_path / "k", dataset=small_digits, on_step=_kill_at(1, 2))
+    with pytest.raises(Kill):
+        train(cfg, tmp_path / "k", dataset=small_digits, on_step=kill_at(1, 2))
     resumed = train(cfg, tmp_path / "k", dataset=small_digits, resume=True)
     assert resumed["history"] == full["history"]
     assert resumed["health"] == full["health"]
@@ -162,8 +151,8 @@ def test_reference_formula_run_resumes(tmp_path, small_digits):
         temperature_mode="reference", snnl_formula="reference", temperature=100.0, epochs=2
     )
     full = train(cfg, tmp_path / "full", dataset=small_digits)
-    with pytest.raises(_Kill):
-        train(cfg, tmp_path / "k", dataset=small_digits, on_step=_kill_at(1, 1))
+    with pytest.raises(Kill):
+        train(cfg, tmp_path / "k", dataset=small_digits, on_step=kill_at(1, 1))
     assert (
         train(cfg, tmp_path / "k", dataset=small_digits, resume=True)["history"] == full["history"]
     )
@@ -184,8 +173,8 @@ def test_a_second_process_on_the_same_folder_is_refused(tmp_path, small_digits):
 @pytest.mark.parametrize("damage", ["truncated", "empty", "random"])
 def test_damaged_checkpoint_names_the_file(tmp_path, small_digits, damage):
     run = tmp_path / "r"
-    with pytest.raises(_Kill):
-        train(_config(), run, dataset=small_digits, on_step=_kill_at(1, 1))
+    with pytest.raises(Kill):
+        train(_config(), run, dataset=small_digits, on_step=kill_at(1, 1))
     ckpt = run / "checkpoint.pt"
     data = ckpt.read_bytes()
     ckpt.write_bytes(
@@ -200,8 +189,8 @@ def test_damaged_checkpoint_names_the_file(tmp_path, small_digits, damage):
 
 def test_damaged_config_names_the_file(tmp_path, small_digits):
     run = tmp_path / "r"
-    with pytest.raises(_Kill):
-        train(_config(), run, dataset=small_digits, on_step=_kill_at(1, 1))
+    with pytest.raises(Kill):
+        train(_config(), run, dataset=small_digits, on_step=kill_at(1, 1))
     (run / "config.json").write_text('{"alpha": ')
     with pytest.raises(DamagedRunError, match="config.json"):
         train(_config(), run, dataset=small_digits, resume=True)

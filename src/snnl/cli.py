@@ -484,6 +484,19 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _add_run_folder_arguments(
+    parser: argparse.ArgumentParser, seed: int, threads_help: str
+) -> None:
+    """The options of a command that trains one run into a folder (train, gan)."""
+    parser.add_argument("--seed", type=int, default=seed)
+    parser.add_argument("--limit-train", type=int, default=None)
+    parser.add_argument("--limit-test", type=int, default=None)
+    parser.add_argument("--out", type=Path, required=True, help="run folder")
+    parser.add_argument("--resume", action="store_true", help="continue an unfinished run")
+    parser.add_argument("--force", action="store_true", help="overwrite a run in --out")
+    parser.add_argument("--threads", type=int, default=None, help=threads_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from snnl.data import available_datasets
 
@@ -590,13 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--distance", choices=("euclidean", "cosine"), default="euclidean")
     tr.add_argument("--layers", nargs="+", default=None, help="layer names (default: hidden)")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--limit-train", type=int, default=None)
-    tr.add_argument("--limit-test", type=int, default=None)
-    tr.add_argument("--out", type=Path, required=True, help="run folder")
-    tr.add_argument("--resume", action="store_true", help="continue an unfinished run")
-    tr.add_argument("--force", action="store_true", help="overwrite a run in --out")
-    tr.add_argument("--threads", type=int, default=None, help=threads_help)
+    _add_run_folder_arguments(tr, 0, threads_help)
     tr.set_defaults(func=_train)
 
     rp = sub.add_parser(
@@ -661,13 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gn.add_argument("--eval-samples", type=int, default=gan_defaults.eval_samples)
     gn.add_argument("--entanglement-samples", type=int, default=gan_defaults.entanglement_samples)
-    gn.add_argument("--seed", type=int, default=gan_defaults.seed)
-    gn.add_argument("--limit-train", type=int, default=None)
-    gn.add_argument("--limit-test", type=int, default=None)
-    gn.add_argument("--out", type=Path, required=True, help="run folder")
-    gn.add_argument("--resume", action="store_true", help="continue an unfinished run")
-    gn.add_argument("--force", action="store_true", help="overwrite a run in --out")
-    gn.add_argument("--threads", type=int, default=None, help=threads_help)
+    _add_run_folder_arguments(gn, gan_defaults.seed, threads_help)
     gn.set_defaults(func=_gan)
 
     pf = sub.add_parser(

@@ -66,7 +66,6 @@ from snnl.taps import LayerTap, capture, eval_mode
 from snnl.train import (
     CHECKPOINT,
     CONFIG,
-    METRICS,
     RESULTS,
     DamagedRunError,
     _batches,
@@ -75,6 +74,7 @@ from snnl.train import (
     _read_json,
     _require_folder,
     _run_folder,
+    _write_checkpoint,
     load_run,
 )
 
@@ -692,8 +692,7 @@ def _save_checkpoint(out: Path, nets: dict[str, Any], history, initial, seconds,
         "seconds": list(seconds),
         "classifier_sha256": digest,
     }
-    _io.save_torch(out / CHECKPOINT, checkpoint)
-    _io.write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+    _write_checkpoint(out, checkpoint, history)
 
 
 def train_gan(

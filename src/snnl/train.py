@@ -591,6 +591,11 @@ def _save_checkpoint(out: Path, model, optimizer, regs, history, seconds, initia
         "seconds": seconds,
         "initial": json.dumps(initial),
     }
+    _write_checkpoint(out, checkpoint, history)
+
+
+def _write_checkpoint(out: Path, checkpoint: dict[str, Any], history: list) -> None:
+    """The checkpoint and the per-epoch metrics (one JSON line each), each atomically."""
     _io.save_torch(out / CHECKPOINT, checkpoint)
     _io.write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
 

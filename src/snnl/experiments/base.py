@@ -43,6 +43,7 @@ __all__ = [
     "compare_groups",
     "compare_paired",
     "format_mean_std",
+    "unhealthy_lines",
 ]
 
 Verdict = Literal["holds", "does not hold", "inconclusive"]
@@ -183,6 +184,24 @@ def format_mean_std(stats: dict[str, Any], digits: int = 4) -> str:
     '0.60 +- 0.14 (n=2)'
     """
     return f"{stats['mean']:.{digits}f} +- {stats['std']:.{digits}f} (n={stats['n']})"
+
+
+def unhealthy_lines(runs: Sequence[dict[str, Any]], left_out_of: str) -> list[str]:
+    """Markdown lines listing the runs (records with setting, seed, health and
+    health_reasons) whose health is not "ok", or none when all are healthy.
+
+    >>> unhealthy_lines([{"setting": "a=10", "seed": 0, "health": "collapsed",
+    ...                   "health_reasons": ["at its bound"]}], "every mean")[-1]
+    '- a=10, seed 0: **collapsed** (at its bound)'
+    """
+    bad = [r for r in runs if r["health"] != "ok"]
+    if not bad:
+        return []
+    lines = ["", f"Runs that were not healthy (left out of {left_out_of}):", ""]
+    return lines + [
+        f"- {r['setting']}, seed {r['seed']}: **{r['health']}** ({'; '.join(r['health_reasons'])})"
+        for r in bad
+    ]
 
 
 def _verdict(diff: float, se: float, n_min: int, expect: str, min_effect: float) -> tuple[str, str]:

@@ -59,7 +59,7 @@ from snnl.experiments.base import (
     format_mean_std,
     mean_std,
 )
-from snnl.experiments.zoo import Kind
+from snnl.experiments.zoo import Kind, outcome
 from snnl.measures import auroc, reliability, softmax_confidence
 from snnl.taps import resolve_layers
 
@@ -293,9 +293,7 @@ def run(s: Settings, context: Context) -> dict[str, Any]:
                 "kind": kind,
                 "seed": ref.seed,
                 "run": ref.describe(out)["path"],
-                "health": res["health"]["verdict"],
-                "health_reasons": res["health"]["reasons"],
-                "test_accuracy": res["final"]["test_accuracy"],
+                **outcome(res),
             }
             if record["health"] == "ok":
                 context.log(f"dknn: {kind} seed {ref.seed}")

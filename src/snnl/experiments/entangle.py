@@ -37,8 +37,9 @@ from snnl.experiments.base import (
     compare_paired,
     format_mean_std,
     mean_std,
+    unhealthy_lines,
 )
-from snnl.experiments.zoo import ENTANGLED_ALPHA, Kind, RunRef, recipe
+from snnl.experiments.zoo import ENTANGLED_ALPHA, Kind, RunRef, outcome, recipe
 from snnl.taps import capture
 
 NAME = "entangle"
@@ -128,9 +129,7 @@ def _run_record(label: str, ref: RunRef, out: Path) -> dict[str, Any]:
         "model": res["config"]["model"],
         "seed": ref.seed,
         "dir": str(ref.path.relative_to(out)),
-        "health": res["health"]["verdict"],
-        "health_reasons": res["health"]["reasons"],
-        "test_accuracy": res["final"]["test_accuracy"],
+        **outcome(res),
         "epochs_completed": res["final"]["epochs_completed"],
         "layers": layers,
         "bound": res["snnl_upper_bound"],
@@ -373,14 +372,7 @@ def section(results: dict[str, Any], fig_dir: Path) -> Section:
             f"| {label} | {h['ok']} / {h['collapsed']} / {h['diverged']} | {_acc_text(sm)} | "
             f"{per_seed} | {snnl} | {sm['bound']:.3f} |"
         )
-    bad = [r for r in results["runs"] if r["health"] != "ok"]
-    if bad:
-        lines += ["", "Runs that were not healthy (left out of every mean above):", ""]
-        lines += [
-            f"- {r['setting']}, seed {r['seed']}: **{r['health']}** "
-            f"({'; '.join(r['health_reasons'])})"
-            for r in bad
-        ]
+    lines += unhealthy_lines(results["runs"], "every mean above")
     ent = results["summary"].get(results["entangled_setting"])
     normal = results["summary"].get("normal")
     lines += [

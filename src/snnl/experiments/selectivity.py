@@ -70,8 +70,9 @@ from snnl.experiments.base import (
     compare_paired,
     format_mean_std,
     mean_std,
+    unhealthy_lines,
 )
-from snnl.experiments.zoo import Kind, RunRef, recipe
+from snnl.experiments.zoo import Kind, RunRef, outcome, recipe
 from snnl.measures import accuracy, layer_selectivity, linear_dimensionality
 from snnl.taps import capture
 
@@ -349,9 +350,7 @@ def run(s: Settings, context: Context) -> dict[str, Any]:
             "alpha": alpha,
             "seed": ref.seed,
             "dir": str(ref.path.relative_to(context.out)),
-            "health": res["health"]["verdict"],
-            "health_reasons": res["health"]["reasons"],
-            "test_accuracy": res["final"]["test_accuracy"],
+            **outcome(res),
             "train_seconds": res["timing"]["total_seconds"],
         }
         record.update(evaluate_model(ref.load(), layers, tensors, cells, s))
@@ -819,14 +818,7 @@ def section(results: dict[str, Any], fig_dir: Path) -> Section:
             + (f"{_fmt(e.get('corruption_relative'))} | " if corr else "")
             + f"{_fmt(e.get('fgsm_relative'))} | {_fmt(e.get('pgd_relative'))} |"
         )
-    bad = [r for r in results["runs"] if r["health"] != "ok"]
-    if bad:
-        lines += ["", "Runs that were not healthy (left out of every mean and claim):", ""]
-        lines += [
-            f"- {r['setting']}, seed {r['seed']}: **{r['health']}** "
-            f"({'; '.join(r['health_reasons'])})"
-            for r in bad
-        ]
+    lines += unhealthy_lines(results["runs"], "every mean and claim")
     t = results["timing"]
     lines += [
         "",

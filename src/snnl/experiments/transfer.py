@@ -42,7 +42,7 @@ from snnl.experiments.base import (
     format_mean_std,
     mean_std,
 )
-from snnl.experiments.zoo import Kind
+from snnl.experiments.zoo import Kind, outcome
 from snnl.measures import class_clustering
 
 NAME = "transfer"
@@ -187,9 +187,7 @@ def run(s: Settings, context: Context) -> dict[str, Any]:
                     "kind": kind,
                     "seed": ref.seed,
                     "run": ref.describe(out)["path"],
-                    "health": res["health"]["verdict"],
-                    "health_reasons": res["health"]["reasons"],
-                    "test_accuracy": res["final"]["test_accuracy"],
+                    **outcome(res),
                 }
             )
             if records[-1]["health"] == "ok":

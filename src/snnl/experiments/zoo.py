@@ -36,7 +36,7 @@ from snnl.data import DataSplits
 from snnl.experiments.base import ReproduceConfig
 from snnl.train import TrainConfig, load_config_dataset, load_run, one_thread, train
 
-__all__ = ["Kind", "RunRef", "RunMismatchError", "Zoo", "recipe", "ENTANGLED_ALPHA"]
+__all__ = ["Kind", "RunRef", "RunMismatchError", "Zoo", "recipe", "outcome", "ENTANGLED_ALPHA"]
 
 #: alpha of the zoo's entangled models (optimal temperature mode): chosen from the
 #: alpha sweep of experiment "entangle" (see its report section for the evidence).
@@ -80,6 +80,16 @@ class RunRef:
     def describe(self, root: Path) -> dict[str, Any]:
         """JSON-ready summary (relative path) for experiment results."""
         return {"kind": self.kind, "seed": self.seed, "path": str(self.path.relative_to(root))}
+
+
+def outcome(results: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's results every experiment records: its health verdict, the
+    reasons for it, and its final test accuracy."""
+    return {
+        "health": results["health"]["verdict"],
+        "health_reasons": results["health"]["reasons"],
+        "test_accuracy": results["final"]["test_accuracy"],
+    }
 
 
 def recipe(config: ReproduceConfig, kind: Kind | str, seed: int) -> TrainConfig:
