@@ -444,9 +444,12 @@ def test_transfer_matrix_against_independent_errors(model, model_b, batch):
     np.testing.assert_allclose(
         res.clean_error.numpy(), [_error(nets[t], x, y) for t in "ab"], rtol=0, atol=1e-12
     )
-    # white-box error above transfer error above clean error, on this pair
+    # FGSM raises each target's error above its clean error, white-box and transferred
+    # (white-box vs transferred is a property of the trained pair, not of the function:
+    # it swapped with the fixture's thread count, so it is not asserted)
     for s in range(2):
-        assert res.matrix[s, s] >= res.matrix[s, 1 - s] >= res.clean_error[1 - s]
+        assert res.matrix[s, s] > res.clean_error[s]
+        assert res.matrix[s, 1 - s] > res.clean_error[1 - s]
 
     chunked = transfer_matrix([model, model_b], x, y, attack, batch_size=64)
     assert chunked.names == ("model_0", "model_1")
