@@ -22,7 +22,7 @@ def _entanglement(args: argparse.Namespace) -> int:
     import torch
 
     from snnl.data import load_dataset, load_features
-    from snnl.figures import _check_target, figure_format
+    from snnl.figures import check_figure_path, figure_format
     from snnl.loss import (
         estimate_optimal_temperature,
         estimate_snnl,
@@ -47,7 +47,7 @@ def _entanglement(args: argparse.Namespace) -> int:
     if args.plot is not None:
         # Refused before anything is computed or printed: unknown suffix (the message
         # lists the formats), a directory, a missing folder, an unwritable folder.
-        _check_target(args.plot)
+        check_figure_path(args.plot)
         figure_format(args.plot)
         try:  # a real probe: permission bits say nothing to root, read-only mounts neither
             with tempfile.NamedTemporaryFile(dir=args.plot.parent, prefix=".snnl-probe-"):

@@ -51,7 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from snnl import _checks
-from snnl.taps import Layers, _split_logits, capture
+from snnl.taps import Layers, capture, split_logits
 
 __all__ = [
     "DkNN",
@@ -322,7 +322,7 @@ class DkNN:
             pca_components = _checks.check_int("pca_components", pca_components, low=1)
         batch_size = _checks.check_int("batch_size", batch_size, low=1)
         self.model = model
-        _, self.layers = _split_logits(model, layers)  # validates names
+        _, self.layers = split_logits(model, layers)  # validates names
         self.k = k
         self.metric = metric
         self.backend = backend

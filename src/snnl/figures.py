@@ -23,6 +23,7 @@ from snnl._io import write_bytes  # noqa: E402
 
 __all__ = [
     "FIGURE_FORMATS",
+    "check_figure_path",
     "figure_format",
     "plt",
     "save_figure",
@@ -58,8 +59,23 @@ def figure_format(path: str | os.PathLike[str]) -> str:
         raise ValueError(f"{head} (from the suffix of {str(path)!r});{tail}") from None
 
 
-def _check_target(path: Path) -> None:
-    """A writable file path: not a directory, its parent an existing directory."""
+def check_figure_path(path: str | os.PathLike[str]) -> None:
+    """Raise unless ``path`` can name a new figure file: not a directory, its parent an
+    existing directory (the suffix is checked by :func:`figure_format`).
+
+    Raises:
+        IsADirectoryError: ``path`` is a directory.
+        FileNotFoundError / NotADirectoryError: its folder is missing / is a file.
+
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> check_figure_path(folder / "curve.png")
+    >>> check_figure_path(folder / "missing" / "curve.png")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    FileNotFoundError: cannot save a figure to '...curve.png': its folder '...' does not exist
+    """
+    path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"cannot save a figure to {str(path)!r}: it is a directory")
     parent = path.parent
@@ -98,7 +114,7 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], *, dpi: int = 120) ->
         target = Path(path)
         fmt = figure_format(target)
         dpi = _checks.check_int("dpi", dpi, low=1)
-        _check_target(target)
+        check_figure_path(target)
         buf = io.BytesIO()
         fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
     finally:

@@ -26,7 +26,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["LayerTap", "resolve_layers", "capture", "eval_mode", "ACTIVATION_TYPES"]
+__all__ = [
+    "LayerTap",
+    "resolve_layers",
+    "split_logits",
+    "capture",
+    "eval_mode",
+    "ACTIVATION_TYPES",
+]
 
 #: Module types :func:`resolve_layers` treats as activations for ``"hidden"``.
 ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (
@@ -188,8 +195,19 @@ class LayerTap:
         self._pending = {}
 
 
-def _split_logits(model: nn.Module, layers: Layers) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(names to tap, names to return): ``"logits"`` without such a module is the output."""
+def split_logits(model: nn.Module, layers: Layers) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(names to tap, names to return) for ``layers``, validated against ``model``.
+
+    ``"logits"`` names the model's output unless the model has a module of that name;
+    ``"hidden"`` is every activation (:func:`resolve_layers`). Raises ValueError for an
+    unknown or repeated name.
+
+    >>> net = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3))
+    >>> split_logits(net, ["1", "logits"])
+    (('1',), ('1', 'logits'))
+    >>> split_logits(net, "hidden")
+    (('1',), ('1',))
+    """
     if isinstance(layers, str):
         if layers == "hidden":
             names = resolve_layers(model, layers)
@@ -265,7 +283,7 @@ def capture(
         raise ValueError(f"capture needs a non-empty batch (N, ...), got shape {tuple(x.shape)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    taps, order = _split_logits(model, layers)
+    taps, order = split_logits(model, layers)
     device = _device_of(model, x.device)
     chunks: dict[str, list[Tensor]] = {n: [] for n in order}
     tap_context: LayerTap | _Null = LayerTap(model, taps) if taps else _Null()
