@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 
 from snnl import _blocked
+from snnl._blocked import CHECK_TOLERANCE, ROUNDING_SLACK, check_anchors, needs_check
+from snnl._points import FLOAT32_LOGIT_LOG2, max_log2, scale_pow2
 
 # rows per tile and per column chunk of the streamed kernels
 TILE = 1024
@@ -218,7 +220,7 @@ class StreamPrep:
             return _unit_rows(x)
         if centred and abs(self.k) <= 100:
             return torch.add(-self.centre.to(dtype), x, alpha=2.0 ** (-self.k))
-        x = _blocked._scale_pow2(x, self.k)
+        x = scale_pow2(x, self.k)
         return x - self.centre.to(dtype) if centred else x
 
     def kernel_temperature(self, temperature: float) -> float:
@@ -253,10 +255,10 @@ def scan(source: Source, euclidean: bool, rows: int = 65536) -> StreamPrep:
     if not bool(torch.isfinite(mean).all()):  # float64 features near the top of its range
         total = torch.zeros(source.d, dtype=torch.float64)
         for _, _, x in source.blocks(rows):
-            total += _blocked._scale_pow2(x.double(), k).sum(0)
+            total += scale_pow2(x.double(), k).sum(0)
         centre = total / source.n
     else:
-        centre = _blocked._scale_pow2(mean, k)
+        centre = scale_pow2(mean, k)
     centre = centre.to(source.dtype).double()  # representable: x - centre exact in float64
     return StreamPrep(True, k, centre)
 
@@ -415,16 +417,15 @@ def _float32_fits(source: Source, prep: StreamPrep, temperatures: list[float]) -
     norms_log2 = math.log2(4.0 * source.d) if prep.euclidean else 0.0
     return all(
         _blocked.logit_bound_log2(norms_log2, prep.kernel_temperature(t), prep.euclidean)
-        <= _blocked._FLOAT32_LOGIT_LOG2
+        <= FLOAT32_LOGIT_LOG2
         for t in temperatures
     )
 
 
 def _needs_check(norms: Tensor, prep: StreamPrep, temperatures: list[float], dtype) -> bool:
-    top = _blocked._norms_log2(norms)
+    top = max_log2(norms)
     return any(
-        _blocked._needs_check(top, prep.kernel_temperature(t), prep.euclidean, dtype)
-        for t in temperatures
+        needs_check(top, prep.kernel_temperature(t), prep.euclidean, dtype) for t in temperatures
     )
 
 
@@ -436,7 +437,7 @@ def _agrees(losses: Tensor, reference, dtype: torch.dtype) -> bool:
     ok = ~torch.isnan(ref)
     scale = torch.maximum(lse_pos.abs(), torch.nan_to_num(lse_neg.abs(), posinf=0.0))
     eps = torch.finfo(dtype).eps
-    allowed = _blocked._CHECK_TOLERANCE[dtype] * ref.abs() + _blocked._ROUNDING_SLACK * eps * scale
+    allowed = CHECK_TOLERANCE[dtype] * ref.abs() + ROUNDING_SLACK * eps * scale
     return bool(((losses - ref).abs()[ok] <= allowed[ok]).all())
 
 
@@ -455,7 +456,7 @@ def checked_symmetric_losses(
         finite = bool(torch.isfinite(losses[~torch.isnan(losses)]).all())
         if finite and not _needs_check(norms, prep, [temperature], dtype):
             return losses
-        pick = _blocked._check_anchors(losses, norms) if finite else None
+        pick = check_anchors(losses, norms) if finite else None
         if pick is not None and (
             len(pick) == 0
             or _agrees(
@@ -502,7 +503,7 @@ def checked_anchor_losses(
             return losses
         if not finite:
             continue
-        picks = [_blocked._check_anchors(row, norms) for row in losses]
+        picks = [check_anchors(row, norms) for row in losses]
         pick = torch.unique(torch.cat(picks))
         if len(pick) == 0:
             return losses
