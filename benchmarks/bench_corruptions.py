@@ -25,8 +25,8 @@ import scipy.ndimage as ndi
 import torch
 from PIL import Image
 
-from snnl import corruptions as C
 from snnl.corruptions import corrupt, corruption_names, corruption_parameters
+from snnl.corruptions.hendrycks import disk_kernel, frost_bank
 from snnl.data import load_dataset
 
 Baseline = Callable[[np.ndarray, dict, np.random.Generator], np.ndarray]
@@ -129,7 +129,7 @@ def b_impulse_noise(img, p, rng):
 
 
 def b_defocus_blur(img, p, rng):
-    kernel = C._disk_kernel(p["radius"], p["alias_blur"]).numpy()
+    kernel = disk_kernel(p["radius"], p["alias_blur"]).numpy()
     return np.stack([ndi.correlate(c, kernel, mode="mirror") for c in img])
 
 
@@ -172,7 +172,7 @@ BANK: dict[tuple[int, int], np.ndarray] = {}
 
 def b_frost(img, p, rng):
     _, h, w = img.shape
-    bank = BANK.setdefault((h, w), C._frost_bank(h, w, img.shape[0]).numpy())
+    bank = BANK.setdefault((h, w), frost_bank(h, w, img.shape[0]).numpy())
     i = rng.integers(5)
     r, c = rng.integers(0, bank.shape[-2] - h), rng.integers(0, bank.shape[-1] - w)
     return p["image_weight"] * img + p["frost_weight"] * bank[i, :, r : r + h, c : c + w]
