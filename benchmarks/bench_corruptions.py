@@ -218,9 +218,9 @@ def b_pixelate(img, p, rng):
     _, h, w = img.shape
     small = (int(w * p["factor"]), int(h * p["factor"]))
     out = []
-    for c in img.astype(np.float32):
-        im = Image.fromarray(c, mode="F").resize(small, Image.BOX).resize((w, h), Image.BOX)
-        out.append(np.asarray(im))
+    for c in np.floor(np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8):  # 8-bit, as the sources
+        im = Image.fromarray(c).resize(small, Image.BOX).resize((w, h), Image.BOX)
+        out.append(np.asarray(im) / 255.0)
     return np.stack(out)
 
 

@@ -45,9 +45,10 @@ class Recorder(RandomSource):
         return self._keep(super().poisson(rate))
 
 
-def recorded(name: str, severity: int, x: torch.Tensor, seed: int = 0):
-    """corrupt() run with a Recorder: (output as float64 numpy, params, draws)."""
-    params = corruption_parameters(name, severity, tuple(x.shape[-2:]))
+def recorded(name: str, severity: int, x: torch.Tensor, seed: int = 0, **overrides):
+    """corrupt() run with a Recorder: (output as float64 numpy, params, draws).
+    ``overrides``: parameters replacing the table's (e.g. glass_blur's ``swap``)."""
+    params = corruption_parameters(name, severity, tuple(x.shape[-2:])) | overrides
     rec = Recorder(seed)
     out = SPECS[name].fn(x.double(), params, rec).clamp(0, 1)
     return out.numpy(), params, rec.draws

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from corruption_helpers import smooth_colour
 from snnl.corruptions import (
     corrupt,
     corruption_accuracy,
@@ -49,3 +50,26 @@ def test_corruption_accuracy_table_and_mean(digits28):
         corruption_accuracy(model, x, y, ["nope"])
     with pytest.raises(ValueError, match="one of 1, 2, 3, 4, 5"):
         corruption_accuracy(model, x, y, ["fog"], (0,))
+
+
+def test_corruption_accuracy_passes_the_glass_swap(digits28):
+    """glass_swap reaches every glass_blur cell (colour images: the two modes differ)."""
+    torch.manual_seed(0)
+    x = smooth_colour(24)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 4))
+    y = torch.arange(24) % 4
+    res = corruption_accuracy(
+        model, x, y, ["glass_blur"], (2, 5), generator=torch.Generator().manual_seed(1),
+        glass_swap="swap",
+    )  # fmt: skip
+    assert res.glass_swap == "swap" and res.to_dict()["glass_swap"] == "swap"
+    for s in (2, 5):
+        g = torch.Generator().manual_seed(res.seeds["glass_blur"][s])
+        xc = corrupt(x, "glass_blur", s, generator=g, glass_swap="swap")
+        with torch.no_grad():
+            expected = float((model(xc).argmax(1) == y).double().mean())
+        assert res.table["glass_blur"][s] == pytest.approx(expected, abs=1e-15)
+        g = torch.Generator().manual_seed(res.seeds["glass_blur"][s])
+        assert not torch.equal(xc, corrupt(x, "glass_blur", s, generator=g))
+    with pytest.raises(ValueError, match="unknown glass_swap"):
+        corruption_accuracy(model, x, y, ["contrast"], glass_swap="exchange")

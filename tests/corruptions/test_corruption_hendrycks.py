@@ -21,25 +21,46 @@ from snnl.corruptions import (
     corruption_parameters,
     hendrycks,
 )
+from snnl.corruptions.imageops import RandomSource
 
 # tiny problems: one torch thread (see tests/conftest.py)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def _pil_pixelate(u8: np.ndarray, small: tuple[int, int]) -> np.ndarray:
+    """The published pixelate on one 8-bit image, (H, W) or (H, W, 3): PIL BOX resize to
+    ``small`` (width, height) and back to the image's size."""
+    h, w = u8.shape[:2]
+    return np.asarray(Image.fromarray(u8).resize(small, Image.BOX).resize((w, h), Image.BOX))
+
+
 def test_pixelate_matches_pil_box_resampling():
+    """The sources resize an 8-bit PIL image twice (each pass rounds to 8 bits): the same
+    8-bit output as PIL, grey and colour, square and not, float32 and float64."""
     rng = np.random.default_rng(2)
-    for size, severity in ((32, 1), (32, 5), (28, 1), (28, 4), (8, 2), (30, 3)):
-        img = rng.random((2, 3, size, size)).astype(np.float32)
-        ours = corrupt(torch.from_numpy(img).double(), "pixelate", severity).numpy()
-        f = corruption_parameters("pixelate", severity, (size, size))["factor"]
-        small = int(size * f)
-        for n in range(2):
-            for c in range(3):
-                pil = Image.fromarray(img[n, c], mode="F")
-                ref = np.asarray(
-                    pil.resize((small, small), Image.BOX).resize((size, size), Image.BOX)
-                )
-                np.testing.assert_allclose(ours[n, c], np.clip(ref, 0, 1), atol=1e-6)
+    cases = [((32, 32), 1), ((32, 32), 5), ((28, 28), 1), ((28, 28), 4), ((8, 8), 2),
+             ((30, 30), 3), ((20, 45), 3)]  # fmt: skip
+    for (h, w), severity in cases:
+        f = corruption_parameters("pixelate", severity, (h, w))["factor"]
+        small = (max(1, int(w * f)), max(1, int(h * f)))
+        for c in (1, 3):
+            u8 = rng.integers(0, 256, (3, c, h, w), dtype=np.uint8)
+            u8[0] = np.linspace(0, 255, h * w).reshape(h, w).astype(np.uint8)  # a smooth one
+            ref = np.stack(
+                [_pil_pixelate(u8[n, 0] if c == 1 else u8[n].transpose(1, 2, 0), small)
+                 .reshape(h, w, c).transpose(2, 0, 1) for n in range(3)]
+            )  # fmt: skip
+            for dtype in (torch.float64, torch.float32):
+                ours = corrupt(torch.from_numpy(u8 / 255.0).to(dtype), "pixelate", severity)
+                expected = torch.from_numpy(ref / 255.0).to(dtype)  # level / 255 in dtype
+                assert ours.dtype == dtype and torch.equal(ours, expected), (h, w, c, dtype)
+    # values between the 8-bit levels are first rounded to the nearest level
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    u8 = np.floor(x.numpy() * 255 + 0.5).astype(np.uint8)
+    ours = corrupt(x, "pixelate", 4).numpy()
+    for n in range(2):
+        ref = _pil_pixelate(u8[n].transpose(1, 2, 0), (24, 24)).transpose(2, 0, 1)
+        np.testing.assert_array_equal(ours[n], ref / 255.0)
 
 
 def _clipped_zoom_ref(img: np.ndarray, z: float) -> np.ndarray:
@@ -95,31 +116,120 @@ def test_defocus_blur_matches_disk_filter(digits28):
                     np.testing.assert_allclose(ours[n, c], np.clip(ref, 0, 1), atol=1e-12)
 
 
-def test_glass_blur_matches_sequential_swaps(digits28):
+def _blurred_8bit(x: torch.Tensor, sigma: float) -> np.ndarray:
+    """The sources' first step: Gaussian blur, then np.uint8 (truncation), as (N, C, H, W)."""
+    img = ndi.gaussian_filter(x.double().numpy(), (0, 0, sigma, sigma), mode="nearest")
+    return np.floor(np.clip(img, 0, 1) * 255) / 255
+
+
+def _published_shuffle(img, d, iterations, offsets, take) -> np.ndarray:
+    """The sources' local shuffle, each image held as they hold it, (H, W, 3) for colour
+    and (H, W) for grey, and their statement ``x[h, w], x[h', w'] = x[h', w'], x[h, w]``
+    left to NumPy: for colour it assigns through views, so pixel (h', w') is copied into
+    (h, w) and keeps its own value; for grey the values are scalars and swap."""
+    out = img.copy()
+    n, c, h, w = out.shape
+    k = 0
+    for _ in range(iterations):
+        for r in range(h - d, d, -1):
+            for q in range(w - d, d, -1):
+                for i in range(n):
+                    if take[k, i]:
+                        x = out[i].transpose(1, 2, 0) if c == 3 else out[i, 0]
+                        rr, qq = r + offsets[k, 1, i], q + offsets[k, 0, i]
+                        x[r, q], x[rr, qq] = x[rr, qq], x[r, q]
+                k += 1
+    return out
+
+
+def _swapping_shuffle(img, d, iterations, offsets, take) -> np.ndarray:
+    """The same loop with every pair exchanged (colour pixels too)."""
+    out = img.copy()
+    n, c, h, w = out.shape
+    k = 0
+    for _ in range(iterations):
+        for r in range(h - d, d, -1):
+            for q in range(w - d, d, -1):
+                for i in range(n):
+                    if take[k, i]:
+                        rr, qq = r + offsets[k, 1, i], q + offsets[k, 0, i]
+                        a = out[i, :, r, q].copy()
+                        out[i, :, r, q] = out[i, :, rr, qq]
+                        out[i, :, rr, qq] = a
+                k += 1
+    return out
+
+
+def test_glass_blur_follows_the_published_loop(digits28):
+    """Default ("published"): the shuffle of make_cifar_c.py / mnist-c as NumPy runs it."""
     for x in (digits28[:2], smooth_colour(2)):
         for severity in (1, 4):
             out, p, draws = recorded("glass_blur", severity, x)
+            assert p["swap"] == "published"
+            offsets, take = draws[0], draws[1] < p["swap_probability"]
+            img = _published_shuffle(
+                _blurred_8bit(x, p["sigma"]), p["max_delta"], p["iterations"], offsets, take
+            )
+            ref = ndi.gaussian_filter(img, (0, 0, p["sigma"], p["sigma"]), mode="nearest")
+            np.testing.assert_allclose(out, np.clip(ref, 0, 1), atol=1e-12)
+
+
+def test_glass_blur_matches_sequential_swaps(digits28):
+    """``swap="swap"``: every pair exchanged, in the sources' order."""
+    for x in (digits28[:2], smooth_colour(2)):
+        for severity in (1, 4):
+            out, p, draws = recorded("glass_blur", severity, x, swap="swap")
             offsets, take = draws[0], draws[1] < p["swap_probability"]
             d = p["max_delta"]
-            img = ndi.gaussian_filter(
-                x.double().numpy(), (0, 0, p["sigma"], p["sigma"]), mode="nearest"
-            )
-            img = np.floor(np.clip(img, 0, 1) * 255) / 255
-            n, c, h, w = img.shape
-            k = 0
-            for _ in range(p["iterations"]):
-                for r in range(h - d, d, -1):
-                    for q in range(w - d, d, -1):
-                        for i in range(n):
-                            if take[k, i]:
-                                rr, qq = r + offsets[k, 1, i], q + offsets[k, 0, i]
-                                a = img[i, :, r, q].copy()
-                                img[i, :, r, q] = img[i, :, rr, qq]
-                                img[i, :, rr, qq] = a
-                        k += 1
+            img = _swapping_shuffle(_blurred_8bit(x, p["sigma"]), d, p["iterations"], offsets, take)
             ref = ndi.gaussian_filter(img, (0, 0, p["sigma"], p["sigma"]), mode="nearest")
             np.testing.assert_allclose(out, np.clip(ref, 0, 1), atol=1e-12)
             assert offsets.min() >= -d and offsets.max() <= d - 1  # numpy randint's range
+
+
+class _OneMove(RandomSource):
+    """Draws for an 8 x 8 glass blur with max_delta 1 (positions (r, q), r and q from 7
+    down to 2: 36 of them): every position taken, every offset 0 except (dx, dy) = (-1, 0)
+    at position 14, pixel (5, 5), whose partner is then (5, 4)."""
+
+    def integers(self, low, high, shape):
+        t = torch.zeros(shape, dtype=torch.long)
+        t[14, 0] = -1
+        return t
+
+    def uniform(self, shape, low=0.0, high=1.0):
+        return torch.zeros(shape, dtype=self.dtype)
+
+
+def test_glass_blur_copies_colour_pixels_by_hand():
+    """A white pixel at (5, 5) "swapped" with black (5, 4): the published loop copies the
+    black pixel over it in colour (the white one is gone) and swaps it in grey; the true
+    swap moves it to (5, 4). sigma 0.05: a 1-tap filter, no blur."""
+    p = {"sigma": 0.05, "max_delta": 1, "iterations": 1, "swap_probability": 1.0}
+    moved = torch.zeros(8, 8, dtype=torch.float64)
+    moved[5, 4] = 1.0
+    for c in (1, 3):
+        x = torch.zeros(1, c, 8, 8, dtype=torch.float64)
+        x[0, :, 5, 5] = 1.0
+        for mode in ("published", "swap"):
+            rnd = _OneMove(None, torch.device("cpu"), torch.float64)
+            out = hendrycks.glass_blur(x, p | {"swap": mode}, rnd)[0]
+            expected = torch.zeros(8, 8) if (c, mode) == (3, "published") else moved
+            assert torch.equal(out, expected.expand(c, 8, 8)), (c, mode)
+
+
+def test_glass_swap_option():
+    colour, grey = smooth_colour(3), smooth_colour(3, 28)[:, :1]
+    for x in (colour, grey):
+        runs = {
+            mode: corrupt(x, "glass_blur", 3, generator=torch.Generator().manual_seed(4),
+                          glass_swap=mode)
+            for mode in (None, "published", "swap")
+        }  # fmt: skip
+        assert torch.equal(runs[None], runs["published"])
+        assert torch.equal(runs[None], runs["swap"]) == (x.shape[1] == 1)  # grey: a swap
+    with pytest.raises(ValueError, match="unknown glass_swap 'copy'; expected one of: publ"):
+        corrupt(colour, "glass_blur", 3, glass_swap="copy")
 
 
 def _plasma_ref(mapsize: int, decay: float, draws: list[np.ndarray], n: int) -> np.ndarray:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import scipy.ndimage as ndi
 import torch
+from PIL import Image
 
 from corruption_helpers import motion_blur_loop, recorded, smooth_colour
 from snnl.corruptions import (
@@ -112,3 +113,19 @@ def test_canny_matches_skimage_algorithm(digits28):
         ref = _canny_ref(img)
         assert (ours == ref).all(), np.argwhere(ours != ref)
     assert _canny_ref(square).sum() > 20  # a closed outline was found
+
+
+def test_box_matrix_matches_pil_float_resampling():
+    """PIL's BOX weights (``precompute_coeffs``): resizing with box_matrix's products equals
+    PIL's resize of float ("F") images, which keeps the weights unrounded."""
+    rng = np.random.default_rng(2)
+    for (h, w), (sh, sw) in (((32, 32), (30, 30)), ((32, 32), (20, 20)), ((28, 28), (16, 16)),
+                             ((28, 28), (7, 7)), ((8, 8), (4, 4)), ((30, 30), (25, 25)),
+                             ((20, 45), (11, 27))):  # fmt: skip
+        img = rng.random((h, w)).astype(np.float32)
+        rows = imageops.box_matrix(sh, h) @ imageops.box_matrix(h, sh)
+        cols = imageops.box_matrix(sw, w) @ imageops.box_matrix(w, sw)
+        ours = (rows @ torch.from_numpy(img).double() @ cols.T).numpy()
+        pil = Image.fromarray(img, mode="F")
+        ref = np.asarray(pil.resize((sw, sh), Image.BOX).resize((w, h), Image.BOX))
+        np.testing.assert_allclose(ours, ref, atol=1e-6)

@@ -48,11 +48,15 @@ mode "L" (no repeating into three channels).
 Frost uses five procedural ice textures (needles along the three hexagonal axes
 with side branches, over a plasma haze) generated once from a fixed seed, standing
 in for the source's six frost photographs, which are not downloaded.
-Outputs are not quantised to 8 bits (the datasets store uint8), except inside JPEG.
+Outputs are not quantised to 8 bits (the datasets store uint8), except JPEG and
+pixelate, which the sources compute on 8-bit PIL images (pixelate: PIL's two 8-bit
+passes per resize, bit-exact).
 
 Every corruption is vectorised over the batch. Glass blur keeps the source's
 sequential pixel swaps (a swap may move a pixel an earlier swap moved), so it loops
-over pixel positions, each step working on the whole batch.
+over pixel positions, each step working on the whole batch. Its "swap" is the published
+one, which copies colour pixels instead of exchanging them (NumPy views; see
+``hendrycks.glass_blur``); ``corrupt(..., glass_swap="swap")`` exchanges them.
 
 Modules: ``imageops`` (the library operations the sources call, in torch), ``jpeg``
 (libjpeg's codec), ``hendrycks`` and ``mnist_c`` (the corruptions as functions of the

@@ -77,7 +77,9 @@ SPECS: dict[str, Spec] = {
          (0.4, 1, 2, 1.0)),
         ((0.7, 1, 2, 0.5), (0.9, 2, 1, 0.5), (1, 2, 3, 0.5), (1.1, 3, 2, 0.5), (1.5, 4, 2, 0.5)),
         spatial=("sigma", "max_delta"), integer=("max_delta",), groups=_HM, mnist_c_severity=1,
-        note="blur, 8-bit truncation, sequential local pixel swaps, blur",
+        note="blur, 8-bit truncation, sequential local pixel swaps (as published: colour "
+             "pixels copied), blur",
+        cifar_fixed=(("swap", "published"),), mnist_fixed=(("swap", "published"),),
     ),
     "motion_blur": Spec(
         hendrycks.motion_blur, ("radius", "sigma"),
@@ -142,7 +144,7 @@ SPECS: dict[str, Spec] = {
     "pixelate": Spec(
         hendrycks.pixelate, ("factor",),
         _same(0.95, 0.9, 0.85, 0.75, 0.65), _same(0.6, 0.5, 0.4, 0.3, 0.25),
-        note="PIL BOX resize to int(side * factor) and back",
+        note="PIL BOX resize of the 8-bit image to int(side * factor) and back",
     ),
     "jpeg_compression": Spec(
         hendrycks.jpeg_compression, ("quality",),
@@ -250,6 +252,7 @@ def corruption_info(name: str) -> CorruptionInfo:
 
 
 def check_severity(severity: Any) -> int:
+    """``severity`` as an int in 1..5, else a TypeError / ValueError naming the choices."""
     if isinstance(severity, bool) or not isinstance(severity, int | np.integer):
         raise TypeError(f"severity must be an int in 1, 2, 3, 4, 5, got {severity!r}")
     if int(severity) not in SEVERITIES:
@@ -301,6 +304,7 @@ def corruption_parameters(
 
 
 def check_images(x: Any) -> None:
+    """Raise unless ``x`` is a float (N, C, H, W) batch, C = 1 or 3, H, W >= 8, in [0, 1]."""
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor of images, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -330,6 +334,7 @@ def corrupt(
     *,
     generator: torch.Generator | None = None,
     preset: str | None = None,
+    glass_swap: str | None = None,
 ) -> Tensor:
     """Apply corruption ``name`` at ``severity`` (1..5) to a batch of images.
 
@@ -342,6 +347,11 @@ def corrupt(
             moved); None uses torch's default generator.
         preset: the constant table, "cifar10-c" or "mnist-c" (default: by image size;
             see :func:`corruption_parameters`).
+        glass_swap: how glass_blur's local shuffle moves a pixel (other corruptions
+            ignore it): None or "published" (the table's) as the published CIFAR-10-C,
+            ImageNet-C and MNIST-C code does, which copies the partner pixel over a colour
+            pixel (NumPy views; see ``hendrycks.glass_blur``) and swaps grey ones; "swap"
+            exchanges every pair.
 
     Returns:
         (N, C, H, W) tensor on ``x.device`` with ``x.dtype``, clamped to [0, 1]
@@ -360,6 +370,10 @@ def corrupt(
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator)}")
     params = corruption_parameters(name, severity, tuple(x.shape[-2:]), preset=preset)
+    if glass_swap is not None:
+        check_choice("glass_swap", glass_swap, hendrycks.GLASS_SWAPS)
+        if name == "glass_blur":
+            params["swap"] = glass_swap
     if x.shape[0] == 0:
         return x.clone()
     work = torch.float64 if x.dtype == torch.float64 else torch.float32

@@ -18,6 +18,7 @@ from snnl.corruptions.catalogue import (
     corrupt,
     corruption_names,
 )
+from snnl.corruptions.hendrycks import GLASS_SWAPS
 
 
 @dataclass
@@ -36,6 +37,7 @@ class CorruptionAccuracy:
     severities: tuple[int, ...]
     preset: str | None = None
     seeds: dict[str, dict[int, int]] = field(default_factory=dict)
+    glass_swap: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: severities as string keys."""
@@ -46,6 +48,7 @@ class CorruptionAccuracy:
             "table": {n: {str(s): v for s, v in row.items()} for n, row in self.table.items()},
             "severities": list(self.severities),
             "preset": self.preset,
+            "glass_swap": self.glass_swap,
         }
 
 
@@ -63,6 +66,7 @@ def corruption_accuracy(
     generator: torch.Generator | None = None,
     batch_size: int = 1024,
     preset: str | None = None,
+    glass_swap: str | None = None,
 ) -> CorruptionAccuracy:
     """Accuracy of ``model`` on ``x`` corrupted by every name x severity.
 
@@ -79,7 +83,7 @@ def corruption_accuracy(
         severities: subset of 1..5.
         generator: seeds the cells (default: torch's global generator).
         batch_size: evaluation batch size.
-        preset: as in :func:`corrupt`.
+        preset, glass_swap: as in :func:`corrupt`.
 
     >>> _ = torch.manual_seed(0)
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
@@ -103,6 +107,8 @@ def corruption_accuracy(
     if not severities:
         raise ValueError("severities must list at least one of 1, 2, 3, 4, 5")
     check_int("batch_size", batch_size, low=1)
+    if glass_swap is not None:
+        check_choice("glass_swap", glass_swap, GLASS_SWAPS)
     source = generator.device if generator is not None else torch.device("cpu")
     base = int(torch.randint(0, 2**62, (1,), generator=generator, device=source))
     table: dict[str, dict[int, float]] = {}
@@ -113,7 +119,7 @@ def corruption_accuracy(
             seed = _cell_seed(base, n, s)
             g = torch.Generator(device=x.device if x.device.type != "meta" else "cpu")
             g.manual_seed(seed)
-            xc = corrupt(x, n, s, generator=g, preset=preset)
+            xc = corrupt(x, n, s, generator=g, preset=preset, glass_swap=glass_swap)
             table[n][s] = accuracy(model, xc, y, batch_size=batch_size)
             seeds[n][s] = seed
     cells = [v for row in table.values() for v in row.values()]
@@ -125,4 +131,5 @@ def corruption_accuracy(
         severities=severities,
         preset=preset,
         seeds=seeds,
+        glass_swap=glass_swap,
     )

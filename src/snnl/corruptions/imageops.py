@@ -267,23 +267,59 @@ def plasma(n: int, mapsize: int, decay: float, rnd: RandomSource) -> Tensor:
 
 
 def box_matrix(n_in: int, n_out: int) -> Tensor:
-    """PIL's BOX resampling weights (Pillow ``precompute_coeffs``) as an (out, in) matrix."""
+    """PIL's BOX resampling weights (Pillow ``precompute_coeffs``) as an (out, in) float64
+    matrix: output o averages the inputs i with (i - c + 0.5) / s in (-0.5, 0.5],
+    c = (o + 0.5) n_in / n_out, s = max(n_in / n_out, 1).
+
+    >>> box_matrix(4, 2)
+    tensor([[0.5000, 0.5000, 0.0000, 0.0000],
+            [0.0000, 0.0000, 0.5000, 0.5000]], dtype=torch.float64)
+    """
     scale = n_in / n_out
     filterscale = max(scale, 1.0)
     support = 0.5 * filterscale
+    ss = 1.0 / filterscale  # Pillow multiplies by the reciprocal
     a = torch.zeros(n_out, n_in, dtype=torch.float64)
     for o in range(n_out):
         centre = (o + 0.5) * scale
         lo = max(int(centre - support + 0.5), 0)
         hi = min(int(centre + support + 0.5), n_in)
         for i in range(lo, hi):
-            t = (i - centre + 0.5) / filterscale
+            t = (i - centre + 0.5) * ss
             if -0.5 < t <= 0.5:
                 a[o, i] = 1.0
         total = a[o].sum()
         if total > 0:
             a[o] /= total
     return a
+
+
+#: Pillow's fixed point for resampling 8-bit bands (``PRECISION_BITS`` = 32 - 8 - 2).
+PIL_PRECISION_BITS = 22
+
+
+def box_resize_8bit(q: Tensor, height: int, width: int) -> Tensor:
+    """PIL ``Image.resize((width, height), Image.BOX)`` of 8-bit images, bit-exact.
+
+    ``q``: (N, C, H, W) integer values 0..255 in a float dtype. As Pillow's
+    ``ImagingResample`` for 8-bit bands: a horizontal pass, then a vertical one, each
+    with the weights of :func:`box_matrix` in fixed point, k = floor(0.5 + w 2^22), and
+    each rounded back to 8 bits: clip((sum_i k_i v_i + 2^21) >> 22, 0, 255). Computed in
+    float64, where these integer sums (below 2^31) are exact. Returns (N, C, height,
+    width) float64 integers 0..255.
+
+    >>> q = torch.tensor([[[[0.0, 1.0, 2.0, 255.0]]]])
+    >>> box_resize_8bit(q, 1, 2)  # (0 + 1) / 2 rounds half up; (2 + 255) / 2 = 128.5 too
+    tensor([[[[  1., 129.]]]], dtype=torch.float64)
+    """
+    one = float(1 << PIL_PRECISION_BITS)
+
+    def fixed(n_in: int, n_out: int) -> Tensor:
+        return torch.floor(box_matrix(n_in, n_out) * one + 0.5).to(q.device)
+
+    work = q.to(torch.float64)
+    work = torch.floor((work @ fixed(q.shape[-1], width).T + one / 2) / one).clamp_(0, 255)
+    return torch.floor((fixed(q.shape[-2], height) @ work + one / 2) / one).clamp_(0, 255)
 
 
 def canny(grey: Tensor, sigma: float, low: float, high: float) -> Tensor:
