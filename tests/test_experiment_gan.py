@@ -14,7 +14,8 @@ import pytest
 from snnl.experiments import ReproduceConfig, registry
 from snnl.experiments import gan as experiment
 from snnl.experiments.base import Claim, Context, compare_paired
-from snnl.experiments.zoo import RunMismatchError, Zoo
+from snnl.experiments.zoo import Zoo
+from snnl.runs import RunMismatchError
 
 
 @pytest.fixture(autouse=True)

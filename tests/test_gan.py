@@ -38,8 +38,9 @@ from snnl.models import (
     MLPGenerator,
     build_gan,
 )
+from snnl.runs import DamagedRunError, RunExistsError
 from snnl.taps import LayerTap, capture
-from snnl.train import DamagedRunError, RunExistsError, TrainConfig, load_run, train
+from snnl.train import TrainConfig, load_run, train
 
 
 @pytest.fixture(autouse=True)

@@ -12,9 +12,8 @@ from interrupt import Kill, kill_at
 from snnl._io import RunLockedError, folder_lock
 from snnl.data import load_dataset
 from snnl.regularizers import TEMPERATURE_MODES
+from snnl.runs import DamagedRunError, RunExistsError
 from snnl.train import (
-    DamagedRunError,
-    RunExistsError,
     TrainConfig,
     health_verdict,
     load_run,

@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 
 from snnl.experiments import ReproduceConfig
-from snnl.experiments.zoo import Kind, RunMismatchError, Zoo, config_key, recipe
+from snnl.experiments.zoo import Kind, Zoo, config_key, recipe
+from snnl.runs import RunMismatchError
 
 
 @pytest.fixture(autouse=True)

@@ -23,14 +23,10 @@ data in the discriminator's or the classifier's hidden layers (``snnl_alpha``):
 with each layer's T* found per batch (:class:`snnl.regularizers.EntanglementRegularizer`,
 ``temperature_mode="optimal"``) and held fixed for the gradient.
 
-A run lives in one folder, with the conventions of :func:`snnl.train.train`:
-
-    config.json     the GANConfig
-    metrics.jsonl   one JSON line per finished epoch (rewritten atomically each epoch)
-    checkpoint.pt   both networks, both optimisers, the SNNL term's temperatures,
-                    the history, after the last finished epoch
-    results.json    written last: its presence marks the run as finished
-    .snnl.lock      held while a process trains into the folder
+A run lives in one folder, driven by the loop of :mod:`snnl.runs` (config.json,
+metrics.jsonl, checkpoint.pt, results.json, .snnl.lock); the checkpoint holds both
+networks, both optimisers and the SNNL term's temperatures after the last finished
+epoch. ``resume=True`` with a larger ``epochs`` extends a finished run.
 
 Determinism: the networks are initialised from ``seed``; the data order, the
 training noise and the evaluation noise of epoch e come from generators seeded
@@ -43,11 +39,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
-import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,25 +52,24 @@ from torch import Tensor, nn
 
 from snnl import _io
 from snnl._checks import check_choice, check_int, check_positive, check_real, check_tensor
-from snnl.data import DataSplits, load_dataset
+from snnl.data import DataSplits
 from snnl.loss import entanglement_between
 from snnl.models import GAN_ARCHITECTURES, build_gan
 from snnl.regularizers import EntanglementRegularizer, optimal_log_temperature
-from snnl.taps import LayerTap, capture, eval_mode
-from snnl.train import (
+from snnl.runs import (
     CHECKPOINT,
-    CONFIG,
     RESULTS,
     DamagedRunError,
-    _batches,
-    _load_checkpoint,
-    _prepare_dir,
-    _read_json,
-    _require_folder,
-    _run_folder,
-    _write_checkpoint,
-    load_run,
+    EpochTrainer,
+    NonFiniteLoss,
+    RunMismatchError,
+    epoch_batches,
+    load_checkpoint,
+    read_json,
+    run_epochs,
 )
+from snnl.taps import LayerTap, capture, eval_mode
+from snnl.train import load_config_dataset, load_run
 
 __all__ = [
     "GANConfig",
@@ -507,7 +500,7 @@ def _load_classifier(config: GANConfig, dataset: DataSplits) -> nn.Module | None
             f"classifier {path} is not a finished training run ({RESULTS} not found); train "
             "one with `snnl train ... --out RUN_DIR`"
         )
-    saved = _read_json(path / RESULTS, "the classifier run's results")
+    saved = read_json(path / RESULTS, "the classifier run's results")
     trained_on = saved.get("config", {}).get("dataset") if isinstance(saved, dict) else None
     # the run's own data when it names another set (its model is built for that set)
     model, _ = load_run(path, dataset=dataset if trained_on == dataset.name else None)
@@ -524,30 +517,11 @@ def _load_classifier(config: GANConfig, dataset: DataSplits) -> nn.Module | None
     return model.eval()
 
 
+#: What a GAN checkpoint holds besides the loop's history, seconds and initial measures.
 CHECKPOINT_KEYS = frozenset(
-    {
-        "generator",
-        "discriminator",
-        "optimizer_g",
-        "optimizer_d",
-        "regularizer",
-        "history",
-        "initial",
-        "seconds",
-        "classifier_sha256",
-    }
-)
-
-
-def load_config_dataset(config: GANConfig) -> DataSplits:
-    """The dataset (and fixed split) a GAN run's config names."""
-    return load_dataset(
-        config.dataset,
-        data_dir=config.data_dir,
-        seed=config.split_seed,
-        limit_train=config.limit_train,
-        limit_test=config.limit_test,
-    )
+    {"generator", "discriminator", "optimizer_g", "optimizer_d", "regularizer",
+     "classifier_sha256"}
+)  # fmt: skip
 
 
 def build_gan_models(
@@ -587,10 +561,6 @@ def _grid(generator: nn.Module, config: GANConfig) -> list[Any]:
 # ----------------------------------------------------------------------------- training
 
 
-class _NonFinite(Exception):
-    pass
-
-
 def _train_epoch(
     config: GANConfig,
     nets: dict[str, Any],
@@ -602,7 +572,7 @@ def _train_epoch(
     opt_g, opt_d, reg = nets["optimizer_g"], nets["optimizer_d"], nets["regularizer"]
     target = disc if config.snnl_target == "discriminator" else nets["classifier"]
     noise = torch.Generator().manual_seed(noise_seed(config.seed, "train", epoch))
-    batches = _batches(len(dataset.y_train), config.batch_size, config.seed, epoch)
+    batches = epoch_batches(len(dataset.y_train), config.batch_size, config.seed, epoch)
     sums = {"d_loss": 0.0, "g_loss": 0.0, "g_adversarial": 0.0, "d_real": 0.0, "d_fake": 0.0}
     term_sums: dict[str, float] = {}
     gen.train()
@@ -641,7 +611,7 @@ def _train_epoch(
         g_loss = adversarial if term is None else adversarial - config.snnl_alpha * term
         values = (float(d_loss.detach()), float(g_loss.detach()))
         if not all(math.isfinite(v) for v in values):
-            raise _NonFinite(
+            raise NonFiniteLoss(
                 f"non-finite loss (discriminator {values[0]}, generator {values[1]}) at epoch "
                 f"{epoch + 1}, step {step}"
             )
@@ -679,22 +649,6 @@ def _evaluate(config: GANConfig, nets: dict[str, Any], real: Tensor, epoch: int)
     return res
 
 
-def _save_checkpoint(out: Path, nets: dict[str, Any], history, initial, seconds, digest) -> None:
-    reg = nets["regularizer"]
-    checkpoint = {
-        "generator": nets["generator"].state_dict(),
-        "discriminator": nets["discriminator"].state_dict(),
-        "optimizer_g": nets["optimizer_g"].state_dict(),
-        "optimizer_d": nets["optimizer_d"].state_dict(),
-        "regularizer": {} if reg is None else reg.state_dict(),
-        "history": json.dumps(history),
-        "initial": json.dumps(initial),
-        "seconds": list(seconds),
-        "classifier_sha256": digest,
-    }
-    _write_checkpoint(out, checkpoint, history)
-
-
 def train_gan(
     config: GANConfig,
     out_dir: str | Path,
@@ -710,7 +664,8 @@ def train_gan(
     Args:
         config: the run's settings.
         out_dir: the run folder (created; locked while training).
-        resume: continue from the last finished epoch's checkpoint.
+        resume: continue from the last finished epoch's checkpoint; a finished run
+            whose config asks for more epochs is extended (fewer are refused).
         force: discard whatever the folder holds and start over.
         dataset: an already loaded dataset (else the one ``config`` names).
         on_step: called as ``on_step(epoch, step)`` after every generator step.
@@ -723,7 +678,9 @@ def train_gan(
         ``health`` and timing.
 
     Raises:
-        RunExistsError, DamagedRunError, snnl._io.RunLockedError, ValueError.
+        snnl.runs.RunExistsError, RunMismatchError, DamagedRunError,
+        snnl._io.RunLockedError, FileNotFoundError (``resume`` of a missing folder),
+        ValueError.
 
     Example:
         >>> import tempfile
@@ -740,9 +697,14 @@ def train_gan(
     if not isinstance(config, GANConfig):
         raise TypeError(f"config must be a GANConfig, got {type(config).__name__}")
     out = Path(out_dir)
-    _require_folder(out)
-    with _run_folder(out), _io.folder_lock(out):
-        return _train_locked(config, out, resume, force, dataset, on_step, progress)
+    return run_epochs(
+        config,
+        out,
+        lambda: _GANTrainer(config, out, dataset, on_step),
+        resume=resume,
+        force=force,
+        progress=progress,
+    )
 
 
 def _snnl_term(
@@ -763,122 +725,110 @@ def _snnl_term(
     )
 
 
-def _train_locked(config, out, resume, force, dataset, on_step, progress) -> dict[str, Any]:
-    start_from_ckpt = _prepare_dir(out, config, resume, force)
-    if dataset is None:
-        dataset = load_config_dataset(config)
-    classifier = _load_classifier(config, dataset)
-    digest = state_digest(classifier) if classifier is not None else ""
-    gen, disc = build_gan_models(config, tuple(dataset.input_shape))
-    betas = (config.betas[0], config.betas[1])
-    nets: dict[str, Any] = {
-        "generator": gen,
-        "discriminator": disc,
-        "classifier": classifier,
-        "optimizer_g": torch.optim.Adam(gen.parameters(), lr=config.lr, betas=betas),
-        "optimizer_d": torch.optim.Adam(disc.parameters(), lr=config.lr, betas=betas),
-        "regularizer": None,
-    }
-    real = held_out_real(dataset, config.eval_samples)
-    history: list[dict[str, Any]] = []
-    seconds: list[float] = []
-    state: dict[str, Any] | None = None
-    if start_from_ckpt:
-        state = _load_checkpoint(out / CHECKPOINT, CHECKPOINT_KEYS, "GAN checkpoint")
-        if state["classifier_sha256"] != digest:
-            raise ValueError(
-                f"cannot resume {out}: the classifier run {config.classifier} changed since "
-                "this run started (its weights differ); use --force to start over"
-            )
-        try:
-            initial = json.loads(state["initial"])
-            history = json.loads(state["history"])
-            seconds = [float(s) for s in state["seconds"]]
-        except (TypeError, json.JSONDecodeError):
-            raise DamagedRunError(
-                f"{out / CHECKPOINT} is damaged (unreadable history); start over with --force"
-            ) from None
-    else:
-        _io.write_json(out / CONFIG, asdict(config))
-        initial = _io.json_safe(_evaluate(config, nets, real, -1))
-    if config.snnl_alpha != 0:
-        nets["regularizer"] = _snnl_term(config, nets, initial)
-    if state is not None:
-        try:
-            gen.load_state_dict(state["generator"])
-            disc.load_state_dict(state["discriminator"])
-            nets["optimizer_g"].load_state_dict(state["optimizer_g"])
-            nets["optimizer_d"].load_state_dict(state["optimizer_d"])
-            if nets["regularizer"] is not None:
-                nets["regularizer"].load_state_dict(state["regularizer"])
-        except (ValueError, RuntimeError, KeyError, TypeError):
-            raise DamagedRunError(
-                f"{out / CHECKPOINT} does not match this run's config (or is damaged); "
-                "start over with --force"
-            ) from None
+class _GANTrainer(EpochTrainer):
+    """Both networks, their optimisers, the SNNL term and the epoch step of a GANConfig."""
 
-    show = sys.stderr.isatty() if progress is None else progress
-    non_finite = None
-    for epoch in range(len(history), config.epochs):
-        started = time.perf_counter()
-        record: dict[str, Any] = {"epoch": epoch + 1}
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)  # SNNL's left-out notes: none here
-                record.update(_train_epoch(config, nets, dataset, epoch, on_step))
-        except _NonFinite as err:
-            non_finite = str(err)
-            break
-        record.update(_evaluate(config, nets, real, epoch))
-        history.append(_io.json_safe(record))
-        seconds.append(time.perf_counter() - started)
-        _save_checkpoint(out, nets, history, initial, seconds, digest)
-        if show:
-            ent = record["entanglement"]
-            print(
-                f"epoch {epoch + 1}: D {record['d_loss']:.3f} G {record['g_loss']:.3f} "
-                f"SNNL*(real, generated) input {ent['input']:.4f}"
-                + (f" FD {record['frechet_distance']:.2f}" if record["frechet_distance"] else ""),
-                file=sys.stderr,
-                flush=True,
-            )
-    health = (
-        {"verdict": "diverged", "reasons": [non_finite]}
-        if non_finite
-        else {
-            "verdict": "ok",
-            "reasons": [],
+    checkpoint_keys = CHECKPOINT_KEYS
+    kind = "GAN checkpoint"
+
+    def __init__(
+        self,
+        config: GANConfig,
+        out: Path,
+        dataset: DataSplits | None,
+        on_step: Callable[[int, int], None] | None,
+    ) -> None:
+        self.config, self.out, self.on_step = config, out, on_step
+        self.dataset = dataset if dataset is not None else load_config_dataset(config)
+        classifier = _load_classifier(config, self.dataset)
+        self.digest = state_digest(classifier) if classifier is not None else ""
+        gen, disc = build_gan_models(config, tuple(self.dataset.input_shape))
+        betas = (config.betas[0], config.betas[1])
+        self.nets: dict[str, Any] = {
+            "generator": gen,
+            "discriminator": disc,
+            "classifier": classifier,
+            "optimizer_g": torch.optim.Adam(gen.parameters(), lr=config.lr, betas=betas),
+            "optimizer_d": torch.optim.Adam(disc.parameters(), lr=config.lr, betas=betas),
+            "regularizer": None,
         }
-    )
-    final = history[-1] if history else None
-    results = {
-        "config": asdict(config),
-        "dataset": {
-            "name": dataset.name,
-            "train": len(dataset.y_train),
-            "test": len(dataset.y_test),
-            "classes": dataset.num_classes,
-            "input_shape": list(dataset.input_shape),
-        },
-        "layers": {
-            "discriminator": list(disc.hidden_layer_names),
-            "classifier": [] if classifier is None else list(classifier.hidden_layer_names),
-        },
-        "classifier": {"path": config.classifier, "sha256": digest or None},
-        "health": health,
-        "initial": initial,
-        "final": {
-            "epochs_completed": len(history),
-            "entanglement": final["entanglement"] if final else None,
-            "coverage": final["coverage"] if final else None,
-            "frechet_distance": final["frechet_distance"] if final else None,
-        },
-        "history": history,
-        "timing": {"seconds_per_epoch": seconds, "total_seconds": sum(seconds)},
-    }
-    results = _io.json_safe(results)
-    _io.write_json(out / RESULTS, results)
-    return results
+        self.real = held_out_real(self.dataset, config.eval_samples)
+
+    def begin(self, initial: dict[str, Any] | None) -> dict[str, Any]:
+        if initial is None:
+            initial = _io.json_safe(_evaluate(self.config, self.nets, self.real, -1))
+        if self.config.snnl_alpha != 0:
+            self.nets["regularizer"] = _snnl_term(self.config, self.nets, initial)
+        return initial
+
+    def state_dict(self) -> dict[str, Any]:
+        nets, reg = self.nets, self.nets["regularizer"]
+        return {
+            "generator": nets["generator"].state_dict(),
+            "discriminator": nets["discriminator"].state_dict(),
+            "optimizer_g": nets["optimizer_g"].state_dict(),
+            "optimizer_d": nets["optimizer_d"].state_dict(),
+            "regularizer": {} if reg is None else reg.state_dict(),
+            "classifier_sha256": self.digest,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["classifier_sha256"] != self.digest:
+            raise RunMismatchError(
+                f"cannot resume {self.out}: the classifier run {self.config.classifier} "
+                "changed since this run started (its weights differ); use --force to start over"
+            )
+        nets = self.nets
+        nets["generator"].load_state_dict(state["generator"])
+        nets["discriminator"].load_state_dict(state["discriminator"])
+        nets["optimizer_g"].load_state_dict(state["optimizer_g"])
+        nets["optimizer_d"].load_state_dict(state["optimizer_d"])
+        if nets["regularizer"] is not None:
+            nets["regularizer"].load_state_dict(state["regularizer"])
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # SNNL's left-out notes: none here
+            return _train_epoch(self.config, self.nets, self.dataset, epoch, self.on_step)
+
+    def evaluate(self, epoch: int) -> dict[str, Any]:
+        return _evaluate(self.config, self.nets, self.real, epoch)
+
+    def results(
+        self, history: list[dict[str, Any]], initial: dict[str, Any], health: dict[str, Any]
+    ) -> dict[str, Any]:
+        final = history[-1] if history else None
+        ds, classifier = self.dataset, self.nets["classifier"]
+        return {
+            "dataset": {
+                "name": ds.name,
+                "train": len(ds.y_train),
+                "test": len(ds.y_test),
+                "classes": ds.num_classes,
+                "input_shape": list(ds.input_shape),
+            },
+            "layers": {
+                "discriminator": list(self.nets["discriminator"].hidden_layer_names),
+                "classifier": [] if classifier is None else list(classifier.hidden_layer_names),
+            },
+            "classifier": {"path": self.config.classifier, "sha256": self.digest or None},
+            "health": health,
+            "initial": initial,
+            "final": {
+                "epochs_completed": len(history),
+                "entanglement": final["entanglement"] if final else None,
+                "coverage": final["coverage"] if final else None,
+                "frechet_distance": final["frechet_distance"] if final else None,
+            },
+        }
+
+    def epoch_line(self, record: dict[str, Any]) -> str:
+        ent = record["entanglement"]
+        return (
+            f"epoch {record['epoch']}: D {record['d_loss']:.3f} G {record['g_loss']:.3f} "
+            f"SNNL*(real, generated) input {ent['input']:.4f}"
+            + (f" FD {record['frechet_distance']:.2f}" if record["frechet_distance"] else "")
+        )
 
 
 def load_gan_run(out_dir: str | Path) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
@@ -896,14 +846,14 @@ def load_gan_run(out_dir: str | Path) -> tuple[nn.Module, nn.Module, dict[str, A
     out = Path(out_dir)
     if not (out / RESULTS).exists():
         raise FileNotFoundError(f"{out / RESULTS} not found: {out} is not a finished GAN run")
-    results = _read_json(out / RESULTS, "the run's results")
+    results = read_json(out / RESULTS, "the run's results")
     try:
         config = GANConfig.from_dict(results["config"])
         shape = tuple(results["dataset"]["input_shape"])
     except (KeyError, TypeError, ValueError) as err:
         raise DamagedRunError(f"{out / RESULTS} does not hold a valid GAN config ({err})") from None
     gen, disc = build_gan_models(config, shape)
-    state = _load_checkpoint(out / CHECKPOINT, CHECKPOINT_KEYS, "GAN checkpoint")
+    state = load_checkpoint(out / CHECKPOINT, CHECKPOINT_KEYS, "GAN checkpoint")
     try:
         gen.load_state_dict(state["generator"])
         disc.load_state_dict(state["discriminator"])

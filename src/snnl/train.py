@@ -1,17 +1,14 @@
 """Training loop for normal, entangled (eq. 3) and selectivity-regularised models.
 
-A run lives in one folder:
-
-    config.json     the TrainConfig that produced it
-    metrics.jsonl   one JSON line per finished epoch (rewritten atomically each epoch)
-    checkpoint.pt   model, optimiser, regulariser and history after the last finished epoch
-    results.json    written last: its presence marks the run as finished
-    .snnl.lock      held while a process trains into the folder (a second one refuses)
+A run lives in one folder (config.json, metrics.jsonl, checkpoint.pt, results.json,
+.snnl.lock; see :mod:`snnl.runs`, whose loop :func:`train` drives); the checkpoint holds
+the model, the optimiser and the regularisers after the last finished epoch.
 
 Determinism: the model is initialised from ``seed``; the data order of epoch e is
 drawn from a generator seeded with (seed, e), so nothing else needs saving. A run
 killed at any point and resumed with ``resume=True`` gives the same metrics as an
-uninterrupted one (same seed, same machine, CPU). Wall-clock times are kept out
+uninterrupted one (same seed, same machine, CPU), and ``resume=True`` with a larger
+``epochs`` extends a finished run to what a run of that length gives. Wall-clock times are kept out
 of metrics.jsonl (they go to results.json) so that this can be checked byte for byte.
 
 Health: every epoch records, per regularised layer, the activation scale (RMS
@@ -38,23 +35,22 @@ the run folder (one machine or a shared file system).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from snnl import _io, distributed
+from snnl import distributed
 from snnl._checks import DISTANCES, check_choice, check_int, check_positive, check_real
 from snnl.data import DataSplits, load_dataset
 from snnl.loss import SNNLWarning
+from snnl.measures import accuracy
 from snnl.models import build_model
 from snnl.regularizers import (
     SNNL_FORMULAS,
@@ -63,15 +59,26 @@ from snnl.regularizers import (
     optimal_log_temperature,
     regularized_loss,
 )
+from snnl.runs import (
+    CHECKPOINT,
+    RESULTS,
+    DamagedRunError,
+    EpochTrainer,
+    NonFiniteLoss,
+    epoch_batches,
+    load_checkpoint,
+    read_json,
+    run_epochs,
+    show_progress,
+)
 from snnl.taps import capture, resolve_layers
 
 __all__ = [
     "TrainConfig",
     "train",
     "load_run",
-    "RunExistsError",
-    "DamagedRunError",
-    "evaluate_accuracy",
+    "load_config_dataset",
+    "build_run_model",
     "default_threads",
     "one_thread",
     "health_verdict",
@@ -79,12 +86,6 @@ __all__ = [
     "HEALTH",
 ]
 
-CONFIG, METRICS, CHECKPOINT, RESULTS = (
-    "config.json",
-    "metrics.jsonl",
-    "checkpoint.pt",
-    "results.json",
-)
 HEALTH = ("ok", "collapsed", "diverged")
 #: A layer whose SNNL* reaches this share of its upper bound has indistinguishable classes.
 INDISTINGUISHABLE = 0.999
@@ -92,14 +93,6 @@ INDISTINGUISHABLE = 0.999
 DIVERGED_GROWTH = 1e4
 #: Spread below this share of the initial one: the layer's points collapsed together.
 COLLAPSED_SHRINK = 1e-4
-
-
-class RunExistsError(RuntimeError):
-    """The output folder already holds a run that this call would overwrite."""
-
-
-class DamagedRunError(RuntimeError):
-    """A run's saved files cannot be read (truncated, empty or not what snnl wrote)."""
 
 
 @dataclass
@@ -199,8 +192,10 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def load_config_dataset(config: TrainConfig) -> DataSplits:
-    """The dataset (and fixed split) a run's config names."""
+def load_config_dataset(config: Any) -> DataSplits:
+    """The dataset (and fixed split) a run's config names: a TrainConfig, a GANConfig or
+    any config with ``dataset``, ``data_dir``, ``split_seed``, ``limit_train`` and
+    ``limit_test``."""
     return load_dataset(
         config.dataset,
         data_dir=config.data_dir,
@@ -208,12 +203,6 @@ def load_config_dataset(config: TrainConfig) -> DataSplits:
         limit_train=config.limit_train,
         limit_test=config.limit_test,
     )
-
-
-def evaluate_accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1024) -> float:
-    """Fraction of ``x`` that ``model`` classifies as ``y`` (eval mode, mode restored)."""
-    logits = capture(model, x, ["logits"], batch_size=batch_size)["logits"]
-    return float((logits.argmax(1) == y).double().mean())
 
 
 # ----------------------------------------------------------------------------- health
@@ -339,98 +328,8 @@ def health_verdict(
     return {"verdict": "ok", "reasons": []}
 
 
-# ----------------------------------------------------------------------------- run folder
-
-
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DamagedRunError(
-            f"{path} ({what}) is damaged and cannot be read ({type(err).__name__}); "
-            "start the run over with --force"
-        ) from None
-
-
-CHECKPOINT_KEYS = frozenset({"model", "optimizer", "regularizers", "history", "seconds", "initial"})
-
-
-def _load_checkpoint(
-    path: Path, keys: frozenset[str] = CHECKPOINT_KEYS, kind: str = "checkpoint"
-) -> dict[str, Any]:
-    """The checkpoint at ``path``, which must hold ``keys``; DamagedRunError otherwise."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # torch raises many types; its advice (unpickling) must not reach users
-        raise DamagedRunError(
-            f"{path} is damaged (truncated, empty or not a checkpoint written by snnl); "
-            "start the run over with --force"
-        ) from None
-    if not isinstance(state, dict) or not keys <= set(state):
-        raise DamagedRunError(
-            f"{path} is not a {kind} of this snnl version (missing "
-            f"{sorted(keys - set(state)) if isinstance(state, dict) else 'everything'}); "
-            "start the run over with --force"
-        )
-    return state
-
-
-@contextlib.contextmanager
-def _run_folder(out: Path, *, main: bool = True) -> Iterator[None]:
-    """Guard a run that writes into ``out``: if the block fails and this call found no
-    folder there, the folder it leaves holding nothing but the lock is removed (a failed
-    run leaves no empty folder behind). ``main``: whether this process owns the folder
-    (rank 0)."""
-    created = not out.exists()
-    try:
-        yield
-    except BaseException:
-        leftovers = out.is_dir() and any(p.name != _io.LOCK_NAME for p in out.iterdir())
-        if main and created and out.is_dir() and not leftovers:
-            (out / _io.LOCK_NAME).unlink(missing_ok=True)
-            out.rmdir()
-        raise
-
-
-def _require_folder(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"{out} exists and is not a folder")
-
-
-def _prepare_dir(out: Path, config: TrainConfig, resume: bool, force: bool) -> bool:
-    """Check what the folder holds; return True when there is a checkpoint to resume."""
-    if (out / RESULTS).exists() and not force:
-        raise RunExistsError(
-            f"{out} holds a finished run ({RESULTS} exists); pass --force (force=True) to "
-            "train again and overwrite it"
-        )
-    if force:
-        for name in (RESULTS, CHECKPOINT, METRICS, CONFIG):
-            (out / name).unlink(missing_ok=True)
-        return False
-    has_ckpt = (out / CHECKPOINT).exists()
-    if (out / CONFIG).exists():
-        saved = _read_json(out / CONFIG, "the run's config")
-        if not resume and has_ckpt:
-            raise RunExistsError(
-                f"{out} holds an unfinished run; pass --resume to continue it or --force "
-                "to start over"
-            )
-        if resume and saved != asdict(config):
-            current = asdict(config)
-            diff = sorted(
-                k for k in current if not isinstance(saved, dict) or saved.get(k) != current[k]
-            )
-            raise ValueError(
-                f"cannot resume {out}: its config.json differs in {', '.join(diff)}; "
-                "use the same settings or --force to start over"
-            )
-    elif has_ckpt and resume:
-        raise DamagedRunError(
-            f"{out} has {CHECKPOINT} but no {CONFIG}: the run folder is damaged; "
-            "start over with --force"
-        )
-    return resume and has_ckpt
+#: What the checkpoint of a training run holds besides the loop's history, seconds and initial.
+CHECKPOINT_KEYS = frozenset({"model", "optimizer", "regularizers"})
 
 
 # ----------------------------------------------------------------------------- steps
@@ -492,19 +391,6 @@ def _build_regularizers(
     return regs
 
 
-def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:
-    """The epoch's shuffled mini-batches (a last batch of one point joins the previous)."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
-    if len(batches) > 1 and len(batches[-1]) < 2:
-        batches[-2] = torch.cat([batches[-2], batches.pop()])
-    return batches
-
-
-class _NonFinite(Exception):
-    pass
-
-
 def _train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -515,7 +401,7 @@ def _train_epoch(
     bar: Any,
     on_step: Callable[[int, int], None] | None,
 ) -> dict[str, Any]:
-    """One pass over ``batches``; raises _NonFinite at the first non-finite loss.
+    """One pass over ``batches``; raises NonFiniteLoss at the first non-finite loss.
 
     Under DDP (``model`` wrapped) each rank runs its share of every global batch;
     the loss, cross-entropy and terms :func:`regularized_loss` returns are those of
@@ -538,7 +424,7 @@ def _train_epoch(
             res = regularized_loss(model, xb, yb, regs)
         loss = float(res.total.detach())
         if not math.isfinite(loss):
-            raise _NonFinite(f"non-finite loss {loss} at epoch {epoch + 1}, step {steps + 1}")
+            raise NonFiniteLoss(f"non-finite loss {loss} at epoch {epoch + 1}, step {steps + 1}")
         res.total.backward()
         optimizer.step()
         sums["loss"] += loss
@@ -577,27 +463,117 @@ def _evaluate_epoch(
         "probe_temperature": prof["temperature"],
         "probe_scale": prof["scale"],
         "probe_spread": prof["spread"],
-        "train_accuracy": evaluate_accuracy(model, dataset.x_train, dataset.y_train),
-        "test_accuracy": evaluate_accuracy(model, dataset.x_test, dataset.y_test),
+        "train_accuracy": accuracy(model, dataset.x_train, dataset.y_train),
+        "test_accuracy": accuracy(model, dataset.x_test, dataset.y_test),
     }
 
 
-def _save_checkpoint(out: Path, model, optimizer, regs, history, seconds, initial) -> None:
-    checkpoint = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "regularizers": [r.state_dict() for r in regs],
-        "history": json.dumps(history),
-        "seconds": seconds,
-        "initial": json.dumps(initial),
-    }
-    _write_checkpoint(out, checkpoint, history)
+class _Trainer(EpochTrainer):
+    """The classifier run of a TrainConfig: model, optimiser, regularisers, epoch step."""
 
+    checkpoint_keys = CHECKPOINT_KEYS
 
-def _write_checkpoint(out: Path, checkpoint: dict[str, Any], history: list) -> None:
-    """The checkpoint and the per-epoch metrics (one JSON line each), each atomically."""
-    _io.save_torch(out / CHECKPOINT, checkpoint)
-    _io.write_text(out / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+    def __init__(
+        self,
+        config: TrainConfig,
+        dataset: DataSplits | None,
+        progress: bool | None,
+        on_step: Callable[[int, int], None] | None,
+    ) -> None:
+        self.config, self.on_step = config, on_step
+        self.show = show_progress(progress)
+        self.dataset = dataset if dataset is not None else load_config_dataset(config)
+        model = build_run_model(config, self.dataset)
+        self.layers = resolve_layers(model, config.layers)
+        self.ddp_model = distributed.wrap_model(model)  # model itself in one process
+        if self.ddp_model is not model:
+            model = self.ddp_model.module  # the plain model (SyncBatchNorm on CUDA)
+        self.model = model
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        idx = _probe_indices(self.dataset.y_train, config.probe_size, config.seed)
+        self.probe = (self.dataset.x_train[idx], self.dataset.y_train[idx])
+        self.regs: list[Any] = []
+
+    def begin(self, initial: dict[str, Any] | None) -> dict[str, Any]:
+        if initial is None:
+            initial = _profile(self.model, *self.probe, self.layers, self.config.distance)
+        self.regs = _build_regularizers(
+            self.config, self.model, self.layers, initial["temperature"]
+        )
+        return initial
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "regularizers": [r.state_dict() for r in self.regs],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if len(state["regularizers"]) != len(self.regs):
+            raise ValueError("regulariser count differs")
+        for reg, reg_state in zip(self.regs, state["regularizers"], strict=True):
+            reg.load_state_dict(reg_state)
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        c = self.config
+        batches = epoch_batches(len(self.dataset.y_train), c.batch_size, c.seed, epoch)
+        with tqdm(
+            total=len(batches),
+            desc=f"epoch {epoch + 1}/{c.epochs}",
+            disable=not self.show,
+            leave=False,
+            file=sys.stderr,
+        ) as bar:
+            return _train_epoch(
+                self.ddp_model, self.optimizer, self.regs, self.dataset, batches, epoch, bar,
+                self.on_step,
+            )  # fmt: skip
+
+    def evaluate(self, epoch: int) -> dict[str, Any]:
+        return _evaluate_epoch(
+            self.model, self.regs, self.dataset, self.probe, self.layers, self.config.distance
+        )
+
+    def health(
+        self, history: list[dict[str, Any]], initial: dict[str, Any], non_finite: str | None
+    ) -> dict[str, Any]:
+        return health_verdict(
+            history,
+            initial,
+            num_classes=self.dataset.num_classes,
+            bound=snnl_upper_bound(self.probe[1]),
+            non_finite=non_finite,
+        )
+
+    def results(
+        self, history: list[dict[str, Any]], initial: dict[str, Any], health: dict[str, Any]
+    ) -> dict[str, Any]:
+        final = history[-1] if history else None
+        ds = self.dataset
+        return {
+            "dataset": {"name": ds.name, "train": len(ds.y_train), "test": len(ds.y_test)},
+            "layers": list(self.layers),
+            "health": health,
+            "snnl_upper_bound": snnl_upper_bound(self.probe[1]),
+            "initial": initial,
+            "final": {
+                "epochs_completed": len(history),
+                "test_accuracy": final["test_accuracy"] if final else None,
+                "train_accuracy": final["train_accuracy"] if final else None,
+                "probe_snnl": final["probe_snnl"] if final else {},
+            },
+        }
+
+    def epoch_line(self, record: dict[str, Any]) -> str:
+        return (
+            f"epoch {record['epoch']}: loss {record['train_loss']:.4f} "
+            f"test acc {record['test_accuracy']:.4f}"
+        )
 
 
 def train(
@@ -615,7 +591,8 @@ def train(
     Args:
         config: the run's settings.
         out_dir: the run folder (created; locked while training).
-        resume: continue from the last finished epoch's checkpoint.
+        resume: continue from the last finished epoch's checkpoint; a finished run
+            whose config asks for more epochs is extended (fewer are refused).
         force: discard whatever the folder holds and start over.
         dataset: an already loaded dataset (else ``load_dataset(config.dataset, ...)``).
         progress: show a progress bar (default: only when stderr is a terminal).
@@ -626,115 +603,20 @@ def train(
         ``health`` (``{"verdict", "reasons"}``).
 
     Raises:
-        RunExistsError, DamagedRunError, snnl._io.RunLockedError, ValueError.
+        snnl.runs.RunExistsError, RunMismatchError, DamagedRunError,
+        snnl._io.RunLockedError, FileNotFoundError (``resume`` of a missing folder),
+        ValueError.
     """
-    out = Path(out_dir)
-    with _run_folder(out, main=distributed.is_main_process()), contextlib.ExitStack() as stack:
-
-        def prepare() -> bool:  # rank 0 only: lock the folder, check what it holds
-            _require_folder(out)
-            stack.enter_context(_io.folder_lock(out))
-            return _prepare_dir(out, config, resume, force)
-
-        start_from_ckpt = distributed.run_on_main(prepare)
-        return _train_locked(config, out, start_from_ckpt, dataset, progress, on_step)
-
-
-def _train_locked(config, out, start_from_ckpt, dataset, progress, on_step) -> dict[str, Any]:
-    main = distributed.is_main_process()
-    if dataset is None:
-        dataset = load_config_dataset(config)
-    model = build_run_model(config, dataset)
-    layers = resolve_layers(model, config.layers)
-    ddp_model = distributed.wrap_model(model)  # model itself in one process
-    if ddp_model is not model:
-        model = ddp_model.module  # the plain model (BatchNorm made SyncBatchNorm on CUDA)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    idx = _probe_indices(dataset.y_train, config.probe_size, config.seed)
-    probe = (dataset.x_train[idx], dataset.y_train[idx])
-    initial = _profile(model, probe[0], probe[1], layers, config.distance)
-    regs = _build_regularizers(config, model, layers, initial["temperature"])
-    history: list[dict[str, Any]] = []
-    seconds: list[float] = []
-    if start_from_ckpt:
-        state = _load_checkpoint(out / CHECKPOINT)
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            if len(state["regularizers"]) != len(regs):
-                raise ValueError("regulariser count differs")
-            for reg, reg_state in zip(regs, state["regularizers"], strict=True):
-                reg.load_state_dict(reg_state)
-            history = json.loads(state["history"])
-            seconds = list(state["seconds"])
-        except (ValueError, RuntimeError, KeyError, TypeError, json.JSONDecodeError):
-            raise DamagedRunError(
-                f"{out / CHECKPOINT} does not match this run's config (or is damaged); "
-                "start over with --force"
-            ) from None
-    elif main:
-        _io.write_json(out / CONFIG, asdict(config))
-
-    show = (sys.stderr.isatty() if progress is None else progress) and main
-    from tqdm.auto import tqdm
-
-    non_finite = None
-    n = len(dataset.y_train)
-    for epoch in range(len(history), config.epochs):
-        started = time.perf_counter()
-        batches = _batches(n, config.batch_size, config.seed, epoch)
-        with tqdm(
-            total=len(batches),
-            desc=f"epoch {epoch + 1}/{config.epochs}",
-            disable=not show,
-            leave=False,
-            file=sys.stderr,
-        ) as bar:
-            try:
-                record = {"epoch": epoch + 1}
-                record.update(
-                    _train_epoch(ddp_model, optimizer, regs, dataset, batches, epoch, bar, on_step)
-                )
-            except _NonFinite as err:
-                non_finite = str(err)
-                break
-        record.update(_evaluate_epoch(model, regs, dataset, probe, layers, config.distance))
-        history.append(_io.json_safe(record))
-        seconds.append(time.perf_counter() - started)
-        if main:
-            _save_checkpoint(out, model, optimizer, regs, history, seconds, initial)
-        if show:
-            tqdm.write(
-                f"epoch {epoch + 1}: loss {record['train_loss']:.4f} "
-                f"test acc {record['test_accuracy']:.4f}",
-                file=sys.stderr,
-            )
-    bound = snnl_upper_bound(probe[1])
-    health = health_verdict(
-        history, initial, num_classes=dataset.num_classes, bound=bound, non_finite=non_finite
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    return run_epochs(
+        config,
+        out_dir,
+        lambda: _Trainer(config, dataset, progress, on_step),
+        resume=resume,
+        force=force,
+        progress=progress,
     )
-    final = history[-1] if history else None
-    results = {
-        "config": asdict(config),
-        "dataset": {"name": dataset.name, "train": n, "test": len(dataset.y_test)},
-        "layers": list(layers),
-        "health": health,
-        "snnl_upper_bound": bound,
-        "initial": initial,
-        "final": {
-            "epochs_completed": len(history),
-            "test_accuracy": final["test_accuracy"] if final else None,
-            "train_accuracy": final["train_accuracy"] if final else None,
-            "probe_snnl": final["probe_snnl"] if final else {},
-        },
-        "history": history,
-        "timing": {"seconds_per_epoch": seconds, "total_seconds": sum(seconds)},
-    }
-    results = _io.json_safe(results)
-    if main:
-        _io.write_json(out / RESULTS, results)
-    distributed.barrier()  # every rank returns once the run is complete on disk
-    return results
 
 
 def load_run(
@@ -744,7 +626,7 @@ def load_run(
     out = Path(out_dir)
     if not (out / RESULTS).exists():
         raise FileNotFoundError(f"{out / RESULTS} not found: {out} is not a finished training run")
-    results = _read_json(out / RESULTS, "the run's results")
+    results = read_json(out / RESULTS, "the run's results")
     try:
         config = TrainConfig.from_dict(results["config"])
     except (KeyError, TypeError, ValueError) as err:
@@ -752,7 +634,7 @@ def load_run(
     if dataset is None:
         dataset = load_config_dataset(config)
     model = build_run_model(config, dataset)
-    state = _load_checkpoint(out / CHECKPOINT)
+    state = load_checkpoint(out / CHECKPOINT, CHECKPOINT_KEYS)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError:

@@ -19,22 +19,19 @@ coverage and Frechet distance (last epoch, paired over seeds).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from snnl.data import DataSplits
 from snnl.data.registry import dataset_spec
 from snnl.experiments import Claim, Context, ReproduceConfig, Section, compare_paired, mean_std
 from snnl.experiments.base import format_mean_std
-from snnl.experiments.zoo import Kind, RunMismatchError
+from snnl.experiments.zoo import Kind
 from snnl.gan import GANConfig, state_digest, train_gan
-from snnl.train import one_thread
 
 NAME = "gan"
 TITLE = "GANs: the entanglement of real and generated data over training"
@@ -119,15 +116,7 @@ def gan_config(s: Settings, config: ReproduceConfig, variant: str, seed: int, cl
     )
 
 
-def _key(config: GANConfig) -> str:
-    """8 hex digits of the config without its seed and classifier path."""
-    data = asdict(config)
-    data.pop("seed")
-    data.pop("classifier")
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
-
-
-def _same_run(saved: dict[str, Any], config: GANConfig, digest: str) -> bool:
+def _same_run(saved: dict[str, Any], *, config: GANConfig, digest: str) -> bool:
     """A finished run is reused when its config (the classifier's path aside) and its
     classifier's weights are those asked for."""
     wanted = asdict(config)
@@ -135,27 +124,6 @@ def _same_run(saved: dict[str, Any], config: GANConfig, digest: str) -> bool:
     wanted.pop("classifier")
     got.pop("classifier", None)
     return got == wanted and saved.get("classifier", {}).get("sha256") == digest
-
-
-def _train_or_reuse(
-    config: GANConfig, folder: Path, context: Context, dataset: DataSplits, digest: str
-) -> dict[str, Any]:
-    results = folder / "results.json"
-    if results.exists():
-        saved = json.loads(results.read_text())
-        if _same_run(saved, config, digest):
-            return saved
-        if not context.config.force:
-            raise RunMismatchError(
-                f"{folder} holds a finished GAN run whose config or classifier differs; rerun "
-                "with --force to retrain it"
-            )
-        context.log(f"retraining {folder.name} (config changed, --force)")
-        with one_thread():  # as in the workers, so results do not depend on where it ran
-            return train_gan(config, folder, force=True, dataset=dataset)
-    context.log(f"training {folder.name}")
-    with one_thread():
-        return train_gan(config, folder, resume=True, dataset=dataset)
 
 
 def _mean_over(layers: dict[str, float]) -> float | None:
@@ -196,27 +164,26 @@ def run(s: Settings, context: Context) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     samples: dict[str, list[Any]] = {}
     layers: dict[str, list[str]] = {}
-    plan = []
+    trainer = partial(train_gan, dataset=dataset)
     for seed in range(s.seeds):
         for variant in VARIANTS:
             config = gan_config(s, context.config, variant, seed, path)
-            folder = context.out / "runs" / f"gan-{variant}-{_key(config)}-seed{seed}"
-            plan.append((seed, variant, config, folder))
-    for seed, variant, config, folder in plan:
-        # trains in this process with one thread, or reads a finished run (config checked)
-        res = _train_or_reuse(config, folder, context, dataset, digest)
-        layers = res["layers"]
-        runs[variant].append(
-            {
-                "seed": seed,
-                "path": str(folder.relative_to(context.out)),
-                "health": res["health"]["verdict"],
-                "seconds": res["timing"]["total_seconds"],
-                "curves": _curves(res),
-            }
-        )
-        if seed == 0:
-            samples[variant] = [r["samples"] for r in [res["initial"], *res["history"]]]
+            same = partial(_same_run, config=config, digest=digest)
+            # the zoo's cache: trained in this process with one thread, or a finished run
+            # of this config and classifier reused
+            folder, res = context.zoo.serve(f"gan-{variant}", config, trainer, same=same)
+            layers = res["layers"]
+            runs[variant].append(
+                {
+                    "seed": seed,
+                    "path": str(folder.relative_to(context.out)),
+                    "health": res["health"]["verdict"],
+                    "seconds": res["timing"]["total_seconds"],
+                    "curves": _curves(res),
+                }
+            )
+            if seed == 0:
+                samples[variant] = [r["samples"] for r in [res["initial"], *res["history"]]]
     first = runs[VARIANTS[0]][0]["curves"]
     n = first.get("entanglement_points") or s.entanglement_samples
     return {

@@ -15,6 +15,11 @@ finished run is reused only when its saved config equals the one asked for
 (otherwise :class:`RunMismatchError`, or retrain with ``force``), and an
 unfinished one resumes.
 
+Every run goes through the one cache, :func:`snnl.runs.train_or_reuse`: the
+classifiers (:meth:`Zoo.get`, :meth:`Zoo.train`, in parallel worker processes by
+:meth:`Zoo.train_many`) and any other trainer's runs (:meth:`Zoo.serve`: the GANs of
+experiment "gan", the Szegedy models), each trained in-process with one torch thread.
+
 The recipes (plain data, one place): :func:`recipe` gives the training config of
 each kind for a reproduce config. Custom runs (sweeps) go through
 :meth:`Zoo.train` with any :class:`~snnl.train.TrainConfig`.
@@ -24,9 +29,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +40,16 @@ from torch import nn
 
 from snnl.data import DataSplits
 from snnl.experiments.base import ReproduceConfig
+from snnl.runs import (
+    RESULTS,
+    RunMismatchError,  # noqa: F401  (its old home: until callers import snnl.runs)
+    read_json,
+    reusable,
+    train_or_reuse,
+)
 from snnl.train import TrainConfig, load_config_dataset, load_run, one_thread, train
 
-__all__ = ["Kind", "RunRef", "RunMismatchError", "Zoo", "recipe", "outcome", "ENTANGLED_ALPHA"]
+__all__ = ["Kind", "RunRef", "Zoo", "recipe", "outcome", "config_key", "ENTANGLED_ALPHA"]
 
 #: alpha of the zoo's entangled models (optimal temperature mode): chosen from the
 #: alpha sweep of experiment "entangle" (see its report section for the evidence).
@@ -48,10 +61,6 @@ class Kind(StrEnum):
 
     NORMAL = "normal"  # cross-entropy only
     ENTANGLED = "entangled"  # eq. 3 at the optimal temperature, alpha = ENTANGLED_ALPHA
-
-
-class RunMismatchError(RuntimeError):
-    """A run folder holds a finished run whose config differs from the one asked for."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +75,7 @@ class RunRef:
 
     def results(self) -> dict[str, Any]:
         """The run's results.json (health, history, final accuracy)."""
-        return json.loads((self.path / "results.json").read_text())
+        return read_json(self.path / RESULTS, "the run's results")
 
     def load(self) -> nn.Module:
         """The trained model, in eval mode."""
@@ -129,10 +138,13 @@ def recipe(config: ReproduceConfig, kind: Kind | str, seed: int) -> TrainConfig:
     return replace(base, alpha=ENTANGLED_ALPHA, temperature_mode="optimal")
 
 
-def config_key(config: TrainConfig) -> str:
-    """8 hex digits of the config without its seed (the seed is in the folder name)."""
+def config_key(config: Any) -> str:
+    """8 hex digits of a run config (a dataclass) without its seed (the seed is in the
+    folder name) and without a ``classifier`` path (a GAN's measuring classifier is
+    identified by its weights, see experiment "gan")."""
     data = asdict(config)
     data.pop("seed")
+    data.pop("classifier", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -145,7 +157,7 @@ def _train_worker(config: TrainConfig, folder: Path, force: bool, data: DataSpli
     torch.set_num_threads(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        train(config, folder, force=force, resume=not force, dataset=data)
+        train_or_reuse(folder, config, partial(train, dataset=data), force=force)
 
 
 class Zoo:
@@ -161,25 +173,13 @@ class Zoo:
         """The data every zoo run trains on (one split for all seeds and kinds)."""
         return load_config_dataset(recipe(self.config, Kind.NORMAL, 0))
 
-    def folder(self, name: str, config: TrainConfig) -> Path:
+    def folder(self, name: str, config: Any) -> Path:
+        """``out/runs/NAME-KEY-seedS``: the folder of run ``name`` of ``config``."""
         return self.out / "runs" / f"{name}-{config_key(config)}-seed{config.seed}"
 
-    def _plan(self, name: str, config: TrainConfig) -> str:
-        """ "reuse", "train" (new or unfinished: resume) or "retrain" (--force)."""
-        folder = self.folder(name, config)
-        results = folder / "results.json"
-        if not results.exists():
-            return "train"
-        saved = json.loads(results.read_text()).get("config")
-        if saved == asdict(config):
-            return "reuse"
-        if not self.config.force:
-            diff = sorted(k for k, v in asdict(config).items() if not saved or saved.get(k) != v)
-            raise RunMismatchError(
-                f"{folder} holds a finished run whose config differs in {', '.join(diff)}; "
-                "rerun with --force to retrain it"
-            )
-        return "retrain"
+    def _announce(self, folder: Path) -> None:
+        forced = self.config.force and (folder / RESULTS).exists()
+        self._log(f"training {folder.name}" + (" (--force)" if forced else ""))
 
     def train(self, name: str, config: TrainConfig) -> RunRef:
         """Train ``config`` as run ``name`` (e.g. "sweep-a0.3"), or reuse it if finished."""
@@ -194,11 +194,12 @@ class Zoo:
         with one thread, so results are identical whatever ``workers`` is (each run is
         deterministic given its config and thread count).
         """
-        todo = []
-        for name, config in items:
-            plan = self._plan(name, config)
-            if plan != "reuse":
-                todo.append((name, config, plan == "retrain"))
+        force = self.config.force
+        todo = [
+            (self.folder(name, config), config)
+            for name, config in items
+            if reusable(self.folder(name, config), config, force=force) is None
+        ]
         workers = min(len(todo), self.workers)
         if workers > 1:
             import multiprocessing as mp
@@ -207,18 +208,17 @@ class Zoo:
             data = self.dataset
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
                 futures = []
-                for name, config, force in todo:
-                    folder = self.folder(name, config)
-                    self._log(f"training {folder.name}" + (" (--force)" if force else ""))
+                for folder, config in todo:
+                    self._announce(folder)
                     futures.append(pool.submit(_train_worker, config, folder, force, data))
                 for future in futures:
                     future.result()
         else:
+            trainer = partial(train, dataset=self.dataset)
             with one_thread():  # as in the workers: results do not depend on --workers
-                for name, config, force in todo:
-                    folder = self.folder(name, config)
-                    self._log(f"training {folder.name}" + (" (--force)" if force else ""))
-                    train(config, folder, force=force, resume=not force, dataset=self.dataset)
+                for folder, config in todo:
+                    self._announce(folder)
+                    train_or_reuse(folder, config, trainer, force=force)
         return [
             RunRef(name, config.seed, self.folder(name, config), config, self.dataset)
             for name, config in items
@@ -230,6 +230,33 @@ class Zoo:
 
         requested = getattr(self.config, "workers", None)
         return max(1, requested if requested else min(os.cpu_count() or 1, 8))
+
+    def serve(
+        self,
+        name: str,
+        config: Any,
+        train: Callable[..., dict[str, Any]],
+        *,
+        same: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> tuple[Path, dict[str, Any]]:
+        """Train (in this process, one torch thread) or reuse the run ``name`` of any
+        trainer, through :func:`snnl.runs.train_or_reuse`; returns (folder, results).
+
+        ``config`` is the trainer's config dataclass (it names the folder, see
+        :func:`config_key`); ``train(config, folder, resume=..., force=...)`` trains it
+        (e.g. ``functools.partial(snnl.gan.train_gan, dataset=zoo.dataset)``); ``same``
+        as in :func:`snnl.runs.reusable`.
+        """
+        folder = self.folder(name, config)
+
+        def one_threaded(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            with one_thread():  # as in the workers, so results do not depend on where
+                return train(*args, **kwargs)
+
+        results = train_or_reuse(
+            folder, config, one_threaded, force=self.config.force, log=self._log, same=same
+        )
+        return folder, results
 
     def get(self, kind: Kind | str, seed: int) -> RunRef:
         """The zoo's run of ``kind`` and ``seed`` (trained on first use)."""
