@@ -49,17 +49,21 @@ from snnl.regularizers import (
     SelectivityRegularizer,
     regularized_loss,
 )
+from snnl.runs import DamagedRunError, RunExistsError, RunMismatchError
 from snnl.taps import LayerTap, capture, resolve_layers
 
 __all__ = [
     "AgreementReport",
     "CorruptionAccuracy",
+    "DamagedRunError",
     "DataSplits",
     "DkNN",
     "DkNNResult",
     "EntanglementOutput",
     "EntanglementRegularizer",
     "RegularizedOutput",
+    "RunExistsError",
+    "RunMismatchError",
     "SelectivityRegularizer",
     "regularized_loss",
     "GANConfig",
