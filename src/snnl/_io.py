@@ -7,9 +7,11 @@ Every file the package writes goes through these functions.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,14 +26,48 @@ __all__ = [
     "folder_lock",
     "json_safe",
     "RunLockedError",
+    "WriteFailedError",
 ]
+
+
+class WriteFailedError(OSError):
+    """A file could not be written (a full disk, a quota); nothing of it was left behind.
+
+    An OSError whose ``filename`` is the file and whose ``strerror`` says what happened
+    and what to do (one line: the CLI prints ``filename: strerror``).
+    """
+
+
+#: errno values that mean "no room to write".
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+#: Words of torch's own error when the file under torch.save cannot be written.
+_TORCH_WRITE_FAILURE = ("unexpected pos", "file write failed", "enforce fail")
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "unknown free space"
+    return f"{free / 2**20:.1f} MiB free"
+
+
+def _write_failed(target: Path, cause: str) -> WriteFailedError:
+    return WriteFailedError(
+        errno.ENOSPC,
+        f"could not be written ({cause}; {_free_space(target.parent)} on its device); "
+        "nothing was left half-written and an earlier version is kept: free some space "
+        "(or write elsewhere) and run again (a training run continues with --resume)",
+        str(target),
+    )
 
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temp file beside ``path``; on clean exit fsync and rename it onto ``path``.
 
-    On an exception the temp file is removed and ``path`` is left untouched.
+    On an exception the temp file is removed and ``path`` is left untouched. A full
+    disk (ENOSPC, EDQUOT, EFBIG) raises :class:`WriteFailedError` naming ``path``.
 
     >>> import tempfile, pathlib
     >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
@@ -44,7 +80,12 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
         raise ValueError(f"atomic_open supports modes 'w' and 'wb', got {mode!r}")
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as err:
+        if err.errno in _NO_SPACE:
+            raise _write_failed(target, os.strerror(err.errno)) from err
+        raise
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
@@ -52,9 +93,12 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, WriteFailedError):
+            if err.errno in _NO_SPACE:
+                raise _write_failed(target, os.strerror(err.errno)) from err
         raise
 
 
@@ -97,11 +141,25 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> None:
 
 
 def save_torch(path: str | os.PathLike[str], obj: Any) -> None:
-    """``torch.save`` to ``path`` atomically (load it back with ``weights_only=True``)."""
+    """``torch.save`` to ``path`` atomically (load it back with ``weights_only=True``).
+
+    torch reports a failed write (a full disk) as a RuntimeError ("[enforce fail at
+    inline_container.cc] ... unexpected pos"): that becomes :class:`WriteFailedError`
+    naming ``path``, and nothing is left half-written.
+    """
     import torch
 
-    with atomic_open(path, "wb") as f:
-        torch.save(obj, f)
+    target = Path(path)
+    try:
+        with atomic_open(target, "wb") as f:
+            torch.save(obj, f)
+    except RuntimeError as err:
+        message = str(err)
+        if not any(word in message for word in _TORCH_WRITE_FAILURE):
+            raise
+        cause = isinstance(err.__context__, OSError) and err.__context__.errno in _NO_SPACE
+        reason = os.strerror(errno.ENOSPC) if cause else "torch: " + message.splitlines()[0]
+        raise _write_failed(target, reason[:160]) from err
 
 
 LOCK_NAME = ".snnl.lock"
