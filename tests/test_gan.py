@@ -13,7 +13,7 @@ import scipy.linalg
 import torch
 from torch import nn
 
-from interrupt import Kill, kill_at
+from interrupt import Kill, kill_at, same_state
 from snnl._io import RunLockedError, folder_lock
 from snnl.data import load_dataset
 from snnl.gan import (
@@ -38,7 +38,7 @@ from snnl.models import (
     MLPGenerator,
     build_gan,
 )
-from snnl.runs import DamagedRunError, RunExistsError
+from snnl.runs import DamagedRunError, RunExistsError, RunMismatchError
 from snnl.taps import LayerTap, capture
 from snnl.train import TrainConfig, load_run, train
 
@@ -459,6 +459,27 @@ def test_cli_gan(tmp_path, classifier_run, capsys):
     assert main(args) == 2  # a finished run is not overwritten without --force
     assert "--force" in capsys.readouterr().err
     assert main([*args, "--force"]) == 0
+
+
+@pytest.mark.parametrize("variant", [{}, {"snnl_alpha": 1.0}], ids=["plain", "snnl"])
+def test_resume_extends_a_finished_gan_run_bit_identically(tmp_path, digits, variant):
+    """Issue 17: --resume with a larger epochs extends a finished GAN run to what a run
+    of that length gives (metrics.jsonl, both networks, optimisers, the SNNL term)."""
+    run, whole = tmp_path / "r", tmp_path / "whole"
+    train_gan(_config(epochs=2, **variant), run, dataset=digits)
+    with pytest.raises(RunMismatchError, match="cannot be shortened"):
+        train_gan(_config(epochs=1, **variant), run, dataset=digits, resume=True)
+    extended = train_gan(_config(epochs=3, **variant), run, dataset=digits, resume=True)
+    one_go = train_gan(_config(epochs=3, **variant), whole, dataset=digits)
+    for name in ("metrics.jsonl", "config.json"):
+        assert (run / name).read_bytes() == (whole / name).read_bytes()
+    a = torch.load(run / "checkpoint.pt", weights_only=True)
+    b = torch.load(whole / "checkpoint.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for key in a.keys() - {"seconds"}:
+        assert same_state(a[key], b[key]), key
+    extended.pop("timing"), one_go.pop("timing")
+    assert extended == one_go
 
 
 @pytest.mark.slow

@@ -8,13 +8,15 @@ import warnings
 import pytest
 import torch
 
-from interrupt import Kill, kill_at
+from interrupt import Kill, kill_at, same_state
+from snnl import train as train_module
 from snnl._io import RunLockedError, folder_lock
-from snnl.data import load_dataset
+from snnl.data import DataSplits, load_dataset
 from snnl.regularizers import TEMPERATURE_MODES
-from snnl.runs import DamagedRunError, RunExistsError
+from snnl.runs import DamagedRunError, RunExistsError, RunMismatchError
 from snnl.train import (
     TrainConfig,
+    build_run_model,
     health_verdict,
     load_run,
     snnl_upper_bound,
@@ -242,3 +244,111 @@ def test_snnl_upper_bound_is_the_large_temperature_limit():
     x = torch.randn(9, 3, generator=torch.Generator().manual_seed(0))
     at_huge_t = soft_nearest_neighbor_loss(x.double(), y, 1e12).item()
     assert snnl_upper_bound(y) == pytest.approx(at_huge_t, rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- issue 18
+
+
+def _indexed(n: int) -> DataSplits:
+    """digits with its first n training images marked by their index (first pixel)."""
+    ds = load_dataset("digits", limit_train=n, limit_test=60)
+    x = ds.x_train.clone()
+    x[:, 0, 0, 0] = torch.arange(n, dtype=x.dtype) / n
+    return DataSplits("digits", x, ds.y_train, ds.x_test, ds.y_test, ds.classes)
+
+
+@pytest.mark.parametrize("batch_size", [64, 128, 43])
+def test_every_training_point_once_per_epoch(tmp_path, monkeypatch, batch_size):
+    """Issue 18: with 129 points in batches of 64, one batch was trained twice and one
+    never (129 rows seen, 65 distinct); batches of 128 raised IndexError."""
+    seen: list[int] = []
+    ds = _indexed(129)
+
+    def build(config, dataset):
+        model = build_run_model(config, dataset)
+
+        def record(module, inputs):
+            if module.training:
+                seen.extend(torch.round(inputs[0][:, 0, 0, 0] * 129).long().tolist())
+
+        model.register_forward_pre_hook(record)
+        return model
+
+    monkeypatch.setattr(train_module, "build_run_model", build)
+    train(_config(epochs=2, batch_size=batch_size, limit_train=129), tmp_path / "r", dataset=ds)
+    assert len(seen) == 2 * 129
+    for epoch in (seen[:129], seen[129:]):
+        assert sorted(epoch) == list(range(129))
+
+
+def test_cli_two_batches_with_a_lone_point(tmp_path, capsys):
+    """Issue 18's command: IndexError (pop before assign) with exactly two batches."""
+    from snnl.cli import main
+
+    out = tmp_path / "r"
+    args = ["train", "--dataset", "digits", "--limit-train", "129", "--batch-size", "128",
+            "--limit-test", "60", "--epochs", "1", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads((out / "results.json").read_text())["final"]["epochs_completed"] == 1
+
+
+def test_resume_extends_a_finished_run_bit_identically(tmp_path, small_digits):
+    """Issue 17: --resume with a larger --epochs extends a finished run; the run equals
+    one trained to that length in one go (metrics.jsonl, state dicts, results)."""
+    run, whole = tmp_path / "r", tmp_path / "whole"
+    train(_config(epochs=2), run, dataset=small_digits)
+    extended = train(_config(epochs=4), run, dataset=small_digits, resume=True)
+    one_go = train(_config(epochs=4), whole, dataset=small_digits)
+    for name in ("metrics.jsonl", "config.json"):
+        assert (run / name).read_bytes() == (whole / name).read_bytes()
+    a = torch.load(run / "checkpoint.pt", weights_only=True)
+    b = torch.load(whole / "checkpoint.pt", weights_only=True)
+    for key in ("model", "optimizer", "regularizers", "history", "initial"):
+        assert same_state(a[key], b[key]), key
+    a_res, b_res = dict(extended), dict(one_go)
+    a_res.pop("timing"), b_res.pop("timing")
+    assert a_res == b_res
+    saved = json.loads((run / "results.json").read_text())
+    saved.pop("timing")
+    assert saved == a_res
+
+
+def test_resume_refuses_a_shorter_run(tmp_path, small_digits):
+    run = tmp_path / "r"
+    train(_config(epochs=2), run, dataset=small_digits)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(RunMismatchError, match="finished run of 2 epochs.*cannot be shortened"):
+        train(_config(epochs=1), run, dataset=small_digits, resume=True)
+    with pytest.raises(RunExistsError, match="larger --epochs"):
+        train(_config(epochs=2), run, dataset=small_digits, resume=True)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+def test_cli_resume_extends_refuses_and_names_a_missing_folder(tmp_path, capsys):
+    from snnl.cli import main
+
+    out = tmp_path / "r"
+    base = ["train", "--dataset", "digits", "--limit-train", "150", "--limit-test", "60",
+            "--out", str(out)]  # fmt: skip
+    assert main([*base, "--epochs", "1"]) == 0
+    assert main([*base, "--epochs", "2", "--resume"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [r["epoch"] for r in res["history"]] == [1, 2] and res["config"]["epochs"] == 2
+    capsys.readouterr()
+    assert main([*base, "--epochs", "1", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be shortened" in err and "--epochs 3" in err
+    assert main([*base, "--resume"]) == 2  # --epochs left out: the run's own, finished
+    assert "larger --epochs" in capsys.readouterr().err
+    missing = tmp_path / "typo"
+    assert main([*base[:-1], str(missing), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "does not exist" in err and len(err.splitlines()) == 1
+    assert not missing.exists()
+
+
+def test_resume_of_a_missing_folder_is_an_error(tmp_path, small_digits):
+    """Issue 18: --resume on a folder that does not exist silently started fresh."""
+    with pytest.raises(FileNotFoundError, match="typo"):
+        train(_config(epochs=1), tmp_path / "typo", dataset=small_digits, resume=True)
+    assert not (tmp_path / "typo").exists()

@@ -218,7 +218,7 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         dataset=args.dataset,
         model=args.model,
-        epochs=args.epochs,
+        epochs=_epochs(args, default=20),
         batch_size=args.batch_size,
         lr=args.lr,
         alpha=args.alpha,
@@ -332,7 +332,7 @@ def _gan(args: argparse.Namespace) -> int:
     config = GANConfig(
         dataset=args.dataset,
         arch=args.arch,
-        epochs=args.epochs,
+        epochs=_epochs(args, default=GANConfig().epochs),
         batch_size=args.batch_size,
         lr=args.lr,
         latent_dim=args.latent_dim,
@@ -484,6 +484,19 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _epochs(args: argparse.Namespace, default: int) -> int:
+    """--epochs; left out: with --resume the run's own (its config.json), else ``default``."""
+    if args.epochs is not None:
+        return args.epochs
+    if args.resume:
+        from snnl.runs import saved_epochs
+
+        saved = saved_epochs(args.out)
+        if saved is not None:
+            return saved
+    return default
+
+
 def _add_run_folder_arguments(
     parser: argparse.ArgumentParser, seed: int, threads_help: str
 ) -> None:
@@ -492,7 +505,12 @@ def _add_run_folder_arguments(
     parser.add_argument("--limit-train", type=int, default=None)
     parser.add_argument("--limit-test", type=int, default=None)
     parser.add_argument("--out", type=Path, required=True, help="run folder")
-    parser.add_argument("--resume", action="store_true", help="continue an unfinished run")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an unfinished run, or extend a finished one to a larger --epochs "
+        "(--epochs left out: the run's own)",
+    )
     parser.add_argument("--force", action="store_true", help="overwrite a run in --out")
     parser.add_argument("--threads", type=int, default=None, help=threads_help)
 
@@ -568,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--dataset", default="digits", choices=datasets)
     tr.add_argument("--data-dir", type=Path, default=None)
     tr.add_argument("--model", default="mlp", choices=available_models())
-    tr.add_argument("--epochs", type=int, default=20)
+    tr.add_argument("--epochs", type=int, default=None, help="default 20; --resume: the run's")
     tr.add_argument("--batch-size", type=int, default=128)
     tr.add_argument("--lr", type=_positive_float, default=1e-3)
     tr.add_argument("--alpha", type=float, default=0.0, help="> 0 entangles, < 0 separates")
@@ -648,7 +666,12 @@ def build_parser() -> argparse.ArgumentParser:
     gn.add_argument("--dataset", default=gan_defaults.dataset, choices=datasets)
     gn.add_argument("--data-dir", type=Path, default=None)
     gn.add_argument("--arch", choices=GAN_ARCHITECTURES, default=gan_defaults.arch)
-    gn.add_argument("--epochs", type=int, default=gan_defaults.epochs)
+    gn.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"default {gan_defaults.epochs}; --resume: the run's",
+    )
     gn.add_argument("--batch-size", type=int, default=gan_defaults.batch_size)
     gn.add_argument("--lr", type=_positive_float, default=gan_defaults.lr)
     gn.add_argument("--latent-dim", type=int, default=gan_defaults.latent_dim)

@@ -67,6 +67,7 @@ __all__ = [
     "reusable",
     "train_or_reuse",
     "show_progress",
+    "saved_epochs",
 ]
 
 CONFIG, METRICS, CHECKPOINT, RESULTS = (
@@ -305,6 +306,19 @@ def prepare_folder(out: Path, config: dict[str, Any], *, resume: bool, force: bo
             )
         return "extend"
     return "resume" if has_ckpt else "fresh"
+
+
+def saved_epochs(out: Path) -> int | None:
+    """The ``epochs`` of the run in ``out`` (its config.json), None when it has none.
+
+    What ``--resume`` without ``--epochs`` continues to: the run's own length.
+    """
+    path = Path(out) / CONFIG
+    if not path.exists():
+        return None
+    saved = read_json(path, "the run's config")
+    epochs = saved.get("epochs") if isinstance(saved, dict) else None
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
 
 def show_progress(progress: bool | None) -> bool:
