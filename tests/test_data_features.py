@@ -115,3 +115,29 @@ def test_features_errors(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(ValueError, match="junk.npz"):
         load_features(tmp_path / "junk.npz")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "cut_tail", "flipped_byte", "compressed_flip"])
+def test_damaged_npz_names_the_file(tmp_path, damage, capsys):
+    """Issue 18: a truncated or corrupt .npz gave a zipfile.BadZipFile traceback."""
+    p = tmp_path / "feats.npz"
+    save = np.savez_compressed if damage == "compressed_flip" else np.savez
+    save(p, features=np.random.default_rng(0).random((50, 4)), labels=np.arange(50) % 2)
+    data = p.read_bytes()
+    at = 300 if damage == "compressed_flip" else 200  # inside the first member's data
+    p.write_bytes(
+        {
+            "truncated": data[: len(data) // 2],
+            "cut_tail": data[:-10],
+            "flipped_byte": data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :],
+            "compressed_flip": data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :],
+        }[damage]
+    )
+    with pytest.raises(ValueError, match="feats.npz.*(damaged|truncated)") as err:
+        load_features(p)
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+    from snnl.cli import main
+
+    assert main(["entanglement", str(p)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and str(p) in lines[0]

@@ -6,6 +6,8 @@ with ``weights_only=True``.
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -128,8 +130,11 @@ def load_features(path: str | Path, labels_path: str | Path | None = None) -> tu
     if suffix == ".npz":
         try:
             npz = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as err:
-            raise ValueError(f"{path}: not a readable .npz archive ({err})") from err
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(
+                f"{path}: not a readable .npz archive, truncated or damaged ({err}); "
+                "save it again with numpy.savez"
+            ) from None
         with npz:
             keys = list(npz.files)
             if lpath is not None:
@@ -150,6 +155,11 @@ def load_features(path: str | Path, labels_path: str | Path | None = None) -> tu
                     f"{path}: holds object arrays, which cannot be read without unpickling; "
                     f"save plain numeric arrays ({err})"
                 ) from err
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+                raise ValueError(
+                    f"{path}: the .npz archive is damaged ({type(err).__name__}: {err}); "
+                    "save it again with numpy.savez"
+                ) from None
     elif suffix in (".pt", ".pth"):
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
