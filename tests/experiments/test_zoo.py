@@ -10,7 +10,7 @@ import pytest
 
 from snnl.experiments import ReproduceConfig
 from snnl.experiments.zoo import Kind, Zoo, config_key, recipe
-from snnl.runs import RunMismatchError
+from snnl.runs import DamagedRunError, RunMismatchError
 
 
 @pytest.fixture(autouse=True)
@@ -52,6 +52,24 @@ def test_reuse_only_an_equal_config_and_refuse_a_changed_one(tmp_path):
     # ...and retrained with force
     forced = Zoo(_config(force=True), tmp_path, log=lambda m: None).get(Kind.NORMAL, 0)
     assert json.loads((forced.path / "results.json").read_text())["config"]["lr"] == 1e-3
+
+
+def test_damaged_results_is_named_and_force_retrains(tmp_path):
+    """Issue 18: a damaged run results.json gave a JSONDecodeError without the file name,
+    and --force did not clear it (the zoo read it before looking at --force)."""
+    zoo = Zoo(_config(), tmp_path, log=lambda m: None)
+    ref = zoo.get(Kind.NORMAL, 0)
+    history = ref.results()["history"]
+    (ref.path / "results.json").write_text('{"config": {"lr"')
+    with pytest.raises(DamagedRunError, match=str(ref.path / "results.json")):
+        zoo.get(Kind.NORMAL, 0)
+    with pytest.raises(DamagedRunError, match="results.json"):
+        ref.results()
+    logs: list[str] = []
+    forced = Zoo(_config(force=True), tmp_path, log=logs.append).get(Kind.NORMAL, 0)
+    assert forced.results()["history"] == history and logs == [
+        f"training {ref.path.name} (--force)"
+    ]
 
 
 def _items(cfg):
