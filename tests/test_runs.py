@@ -227,7 +227,25 @@ def test_prepare_refuses_a_file_and_a_checkpoint_without_config(tmp_path):
     with pytest.raises(DamagedRunError, match=CONFIG):
         prepare_folder(tmp_path, {"epochs": 1}, resume=True, force=False)
     assert prepare_folder(tmp_path, {"epochs": 1}, resume=True, force=True) == "fresh"
-    assert not (tmp_path / CHECKPOINT).exists()
+    assert (tmp_path / CHECKPOINT).exists()  # deleted only once a new run has started
+
+
+def test_a_failed_forced_start_leaves_the_folder_byte_identical(tmp_path):
+    """Issue 18: check every input before touching the folder (--force replaced a
+    finished run's files before the new run could start)."""
+    _run(Count(), tmp_path / "r")
+    files = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+
+    def broken():
+        raise ValueError("no data")
+
+    for resume in (False, True):
+        with pytest.raises(ValueError, match="no data"):
+            run_epochs(Count(batch_size=2), tmp_path / "r", broken, force=True, resume=resume)
+        assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == files
+    forced = _run(Count(batch_size=2), tmp_path / "r", force=True)
+    assert read_json(tmp_path / "r" / RESULTS, "r") == forced
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == sorted(files)
 
 
 # ----------------------------------------------------------------------------- the cache

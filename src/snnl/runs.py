@@ -242,12 +242,12 @@ def prepare_folder(out: Path, config: dict[str, Any], *, resume: bool, force: bo
             or with fewer epochs than the finished run holds.
         DamagedRunError: a checkpoint without config.json, or an unreadable config.json.
 
-    ``force`` deletes the run's files (a damaged results.json included) and starts over.
+    ``force``: start over whatever the folder holds (a damaged results.json included);
+    nothing is deleted here: :func:`run_epochs` replaces the old files only once the
+    new run has started, so a failed start leaves the folder as it was.
     """
     out = Path(out)
     if force:
-        for name in (RESULTS, CHECKPOINT, METRICS, CONFIG):
-            (out / name).unlink(missing_ok=True)
         return "fresh"
     if resume:
         _require_existing(out)
@@ -271,6 +271,8 @@ def prepare_folder(out: Path, config: dict[str, Any], *, resume: bool, force: bo
             )
         return "fresh"
     saved = read_json(out / CONFIG, "the run's config")
+    if not isinstance(saved, dict):
+        raise DamagedRunError(f"{out / CONFIG} does not hold a run config; start over with --force")
     if not resume:
         if has_ckpt:
             raise RunExistsError(
@@ -452,7 +454,6 @@ def run_epochs(
     out = Path(out_dir)
     wanted = asdict(config)
     main = distributed.is_main_process()
-    plan = {"start": "fresh"}
     with run_folder(out, main=main), contextlib.ExitStack() as stack:
 
         def prepare() -> bool:  # rank 0 only: lock the folder, check what it holds
@@ -460,8 +461,7 @@ def run_epochs(
             if resume and not force:
                 _require_existing(out)
             stack.enter_context(_io.folder_lock(out))
-            plan["start"] = prepare_folder(out, wanted, resume=resume, force=force)
-            return plan["start"] != "fresh"
+            return prepare_folder(out, wanted, resume=resume, force=force) != "fresh"
 
         from_checkpoint = distributed.run_on_main(prepare)
         trainer = make()
@@ -493,7 +493,9 @@ def run_epochs(
                     _io.write_json(out / CONFIG, wanted)
         else:
             initial = trainer.begin(None)
-            if main:
+            if main:  # started: only now are an old run's files (--force) replaced
+                for name in (RESULTS, CHECKPOINT, METRICS):
+                    (out / name).unlink(missing_ok=True)
                 _io.write_json(out / CONFIG, wanted)
         show = show_progress(progress)
         non_finite = None
