@@ -1,6 +1,7 @@
 """The experiments of ``snnl reproduce``: one module each, registered in ``REGISTRY``.
 
-The contract every experiment follows is :mod:`snnl.experiments.base`; trained models
+The contract every experiment follows is :mod:`snnl.experiments.base`, the settings of a
+``snnl reproduce`` call are :mod:`snnl.experiments.config`; trained models
 that several experiments study come from :mod:`snnl.experiments.zoo`; running them is
 :mod:`snnl.runner`. To add an experiment: write its module and add it to ``REGISTRY``.
 """
@@ -12,12 +13,12 @@ from types import ModuleType
 from snnl.experiments.base import (
     Claim,
     Context,
-    ReproduceConfig,
     Section,
     compare_groups,
     compare_paired,
     mean_std,
 )
+from snnl.experiments.config import ReproduceConfig
 
 __all__ = [
     "REGISTRY",

@@ -5,7 +5,8 @@ An experiment is one module in ``snnl.experiments`` with:
     NAME: str                      registry key (also the results key and figure prefix)
     TITLE: str                     report section title
     Settings                       a frozen dataclass: everything that determines the run
-    settings(config) -> Settings   the settings for a ``ReproduceConfig`` (``--full`` etc.)
+    settings(config) -> Settings   the settings for a ``ReproduceConfig`` (``--full`` etc.;
+                                   :mod:`snnl.experiments.config`)
     run(settings, context) -> dict JSON-serialisable results (may train through the zoo)
     section(results, fig_dir) -> Section    report text and figures, from saved results only
     claims(results) -> list[Claim]          the seed papers' claims it tests, with verdicts
@@ -29,11 +30,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from snnl.experiments.config import ReproduceConfig
+
 if TYPE_CHECKING:  # pragma: no cover
     from snnl.experiments.zoo import Zoo
 
 __all__ = [
-    "ReproduceConfig",
     "Section",
     "Claim",
     "Context",
@@ -58,40 +60,6 @@ VERDICT_RULE = (
     "the standard error is small enough to have seen the claimed effect size; otherwise it "
     "is *inconclusive* (including: fewer than two seeds, or runs that were not healthy)."
 )
-
-
-@dataclass
-class ReproduceConfig:
-    """Settings of one ``snnl reproduce`` call (saved in results.json)."""
-
-    dataset: str = "mnist5k"
-    seeds: int = 3
-    full: bool = False  # the paper's longer settings (more epochs, seeds, bigger models)
-    data_dir: str | None = None
-    experiments: list[str] = field(default_factory=list)  # empty: every registered one
-    limit_train: int | None = None
-    limit_test: int | None = None
-    epochs: int | None = None  # override the experiments' default epochs
-    model: str | None = None  # override the default model for the dataset
-    force: bool = False  # retrain runs whose saved config differs from the one asked for
-    workers: int | None = None  # parallel training processes (None: cores, at most 8)
-
-    def __post_init__(self) -> None:
-        from snnl.experiments import registry
-
-        if self.seeds < 1:
-            raise ValueError(f"seeds must be >= 1, got {self.seeds}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        for name in ("limit_train", "limit_test"):
-            value = getattr(self, name)
-            if value is not None and value < 2:
-                raise ValueError(f"{name} must be >= 2, got {value}")
-        unknown = sorted(set(self.experiments) - set(registry()))
-        if unknown:
-            raise ValueError(
-                f"unknown experiment(s) {', '.join(unknown)}; known: {', '.join(registry())}"
-            )
 
 
 @dataclass

@@ -52,13 +52,13 @@ from snnl.dknn import DkNN
 from snnl.experiments.base import (
     Claim,
     Context,
-    ReproduceConfig,
     Section,
     compare_groups,
     compare_paired,
     format_mean_std,
     mean_std,
 )
+from snnl.experiments.config import ReproduceConfig
 from snnl.experiments.zoo import Kind, outcome
 from snnl.measures import auroc, reliability, softmax_confidence
 from snnl.taps import resolve_layers

@@ -31,7 +31,6 @@ from sklearn.decomposition import PCA
 from snnl.experiments.base import (
     Claim,
     Context,
-    ReproduceConfig,
     Section,
     compare_groups,
     compare_paired,
@@ -39,8 +38,10 @@ from snnl.experiments.base import (
     mean_std,
     unhealthy_lines,
 )
+from snnl.experiments.config import ReproduceConfig
 from snnl.experiments.zoo import ENTANGLED_ALPHA, Kind, RunRef, outcome, recipe
 from snnl.taps import capture
+from snnl.train import TrainConfig
 
 NAME = "entangle"
 TITLE = "Entangled training (eq. 3): a well-posed objective, an alpha sweep, the authors' setting"
@@ -77,36 +78,57 @@ def settings(config: ReproduceConfig) -> Settings:
 # ----------------------------------------------------------------------------- running
 
 
-def _setting_configs(s: Settings, config: ReproduceConfig, seed: int) -> list[tuple[str, Any]]:
-    """(setting label, TrainConfig) of every run of one seed, normal first."""
+#: The run name (folder prefix) of the authors' settings and the other temperature modes;
+#: the normal model and the optimal-temperature sweep run under the zoo's kinds.
+AUTHORS = "authors"
+
+
+@dataclass(frozen=True)
+class SettingRun:
+    """One run of a setting: its label in the report, its zoo run name (``Kind.NORMAL``
+    for alpha 0, ``Kind.ENTANGLED`` for the optimal-temperature sweep, :data:`AUTHORS`
+    for the authors' settings and the other temperature modes) and its training config."""
+
+    label: str
+    run: str
+    config: TrainConfig
+
+
+def setting_runs(s: Settings, config: ReproduceConfig, seed: int) -> list[SettingRun]:
+    """Every run of one seed, normal first (the run name is fixed where the setting is made)."""
     base = recipe(config, Kind.NORMAL, seed)
-    out: list[tuple[str, Any]] = [("normal", base)]
+    out = [SettingRun("normal", Kind.NORMAL.value, base)]
     for alpha in s.alphas:
-        out.append((f"optimal a={alpha:g}", replace(base, alpha=alpha, temperature_mode="optimal")))
+        run = Kind.NORMAL.value if alpha == 0 else Kind.ENTANGLED.value
+        cfg = replace(base, alpha=alpha, temperature_mode="optimal")
+        out.append(SettingRun(f"optimal a={alpha:g}", run, cfg))
     authors = dict(alpha=s.authors_alpha, temperature=s.authors_temperature)
     for formula in s.authors_formulas:
         out.append(
-            (
+            SettingRun(
                 f"authors: fixed T={s.authors_temperature:g} a={s.authors_alpha:g} {formula}",
+                AUTHORS,
                 replace(base, temperature_mode="fixed", snnl_formula=formula, **authors),
             )
         )
     for mode in s.extra_modes:
         for formula in s.authors_formulas:
             out.append(
-                (
+                SettingRun(
                     f"{mode} T0={s.authors_temperature:g} a={s.authors_alpha:g} {formula}",
+                    AUTHORS,
                     replace(base, temperature_mode=mode, snnl_formula=formula, **authors),
                 )
             )
     if s.reference_cnn:
         cnn = replace(base, model="cnn", model_kwargs={"init": "authors"})
-        out.append(("cnn authors-init normal", cnn))
+        out.append(SettingRun("cnn authors-init normal", Kind.NORMAL.value, cnn))
         for formula in s.authors_formulas:
             out.append(
-                (
+                SettingRun(
                     f"cnn authors-init fixed T={s.authors_temperature:g} a={s.authors_alpha:g} "
                     f"{formula}",
+                    AUTHORS,
                     replace(cnn, temperature_mode="fixed", snnl_formula=formula, **authors),
                 )
             )
@@ -178,16 +200,15 @@ def run(s: Settings, context: Context) -> dict[str, Any]:
     zoo, out = context.zoo, context.out
     records: list[dict[str, Any]] = []
     entangled_label = f"optimal a={s.entangled_alpha:g}"
-    plan: list[tuple[str, str, Any]] = []
-    for seed in range(s.seeds):
-        for label, cfg in _setting_configs(s, context.config, seed):
-            if seed >= s.sweep_seeds and label not in ("normal", entangled_label):
-                continue
-            kind = "normal" if cfg.alpha == 0 else "entangled" if label[:3] == "opt" else "authors"
-            plan.append((label, kind, cfg))
-    refs = zoo.train_many([(kind, cfg) for _, kind, cfg in plan])  # in parallel processes
-    for (label, _, _), ref in zip(plan, refs, strict=True):
-        records.append(_run_record(label, ref, out))
+    plan = [
+        r
+        for seed in range(s.seeds)
+        for r in setting_runs(s, context.config, seed)
+        if seed < s.sweep_seeds or r.label in ("normal", entangled_label)
+    ]
+    refs = zoo.train_many([(r.run, r.config) for r in plan])  # in parallel processes
+    for r, ref in zip(plan, refs, strict=True):
+        records.append(_run_record(r.label, ref, out))
     normal0, ent0 = zoo.get(Kind.NORMAL, 0), zoo.get(Kind.ENTANGLED, 0)
     layers = normal0.results()["layers"]
     layer = layers[len(layers) // 2]

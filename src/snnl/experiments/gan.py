@@ -28,8 +28,15 @@ from typing import Any
 import numpy as np
 
 from snnl.data.registry import dataset_spec
-from snnl.experiments import Claim, Context, ReproduceConfig, Section, compare_paired, mean_std
-from snnl.experiments.base import format_mean_std
+from snnl.experiments.base import (
+    Claim,
+    Context,
+    Section,
+    compare_paired,
+    format_mean_std,
+    mean_std,
+)
+from snnl.experiments.config import ReproduceConfig
 from snnl.experiments.zoo import Kind
 from snnl.gan import GANConfig, state_digest, train_gan
 

@@ -77,12 +77,12 @@ from snnl.data import DataSplits, load_dataset
 from snnl.experiments.base import (
     Claim,
     Context,
-    ReproduceConfig,
     Section,
     Verdict,
     compare_groups,
     compare_paired,
 )
+from snnl.experiments.config import ReproduceConfig
 from snnl.experiments.zoo import Kind, RunMismatchError, recipe
 from snnl.lipschitz import layer_bounds
 from snnl.loss import optimal_temperature

@@ -65,13 +65,13 @@ from snnl.attacks import fgsm, pgd
 from snnl.experiments.base import (
     Claim,
     Context,
-    ReproduceConfig,
     Section,
     compare_paired,
     format_mean_std,
     mean_std,
     unhealthy_lines,
 )
+from snnl.experiments.config import ReproduceConfig
 from snnl.experiments.zoo import Kind, RunRef, outcome, recipe
 from snnl.measures import accuracy, layer_selectivity, linear_dimensionality
 from snnl.taps import capture

@@ -36,12 +36,12 @@ from snnl.attacks import fgsm, input_gradient, transfer_matrix
 from snnl.experiments.base import (
     Claim,
     Context,
-    ReproduceConfig,
     Section,
     compare_groups,
     format_mean_std,
     mean_std,
 )
+from snnl.experiments.config import ReproduceConfig
 from snnl.experiments.zoo import Kind, outcome
 from snnl.measures import class_clustering
 

@@ -39,7 +39,7 @@ from typing import Any
 from torch import nn
 
 from snnl.data import DataSplits
-from snnl.experiments.base import ReproduceConfig
+from snnl.experiments.config import ReproduceConfig
 from snnl.runs import (
     RESULTS,
     RunMismatchError,  # noqa: F401  (its old home: until callers import snnl.runs)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from sklearn.decomposition import PCA
 
 from snnl.experiments import selectivity as sel
-from snnl.experiments.base import ReproduceConfig
+from snnl.experiments.config import ReproduceConfig
 from snnl.experiments.zoo import Zoo
 from snnl.loss import optimal_temperature
 from snnl.models import MLP
