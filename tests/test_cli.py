@@ -130,11 +130,14 @@ def test_reproduce_with_other_epochs_trains_new_runs(tmp_path, capsys):
     assert "2 epochs" in (out / "report.md").read_text()
 
 
-def test_interrupted_rerun_never_shows_the_old_report(tmp_path, capsys, monkeypatch):
+def test_interrupted_rerun_keeps_the_finished_report(tmp_path, capsys, monkeypatch):
+    """Issue 18: results.json and the report are replaced only when a rerun has finished
+    (they used to be replaced by an INCOMPLETE placeholder when it started)."""
     out = tmp_path / "rep"
     args = ["reproduce", "--experiments", "entangle", "--seeds", "1", *_TINY, "--out", str(out)]
     assert main(args) == 0
-    assert "INCOMPLETE" not in (out / "report.md").read_text()
+    names = ("report.md", "report.html", "results.json")
+    kept = {name: (out / name).read_bytes() for name in names}
     from snnl.experiments import entangle
 
     def interrupted(settings, context):
@@ -142,9 +145,7 @@ def test_interrupted_rerun_never_shows_the_old_report(tmp_path, capsys, monkeypa
 
     monkeypatch.setattr(entangle, "run", interrupted)
     assert main(args) == 130
-    assert "INCOMPLETE" in (out / "report.md").read_text()
-    assert "INCOMPLETE" in (out / "report.html").read_text()
-    assert json.loads((out / "results.json").read_text())["complete"] is False
+    assert {name: (out / name).read_bytes() for name in kept} == kept
 
 
 @pytest.mark.parametrize("where", ["file", "under-file", "read-only"])

@@ -1,162 +1,139 @@
-"""The report of ``snnl reproduce``: report.md and report.html from saved results only.
+"""The report of ``snnl reproduce``: report.md and report.html from results.json alone.
 
 :func:`write_report` reads ``results.json`` (written by :mod:`snnl.runner`), asks each
-experiment for its section and its claims, and writes the report: a claims table
-first (each seed paper's claim, the data and model it was measured on, the measured
-values and a verdict from the rule stated above the table), then one section per
-experiment with its figures. ``snnl report DIR`` rebuilds it without retraining.
+experiment for its section and its claims, and writes the report: which experiment ran
+when (snnl version, dataset, options, time), the training runs that were not healthy,
+a claims table (each seed paper's claim, the data and model it was measured on, the
+measured values and a verdict from the rule stated above the table), then one section
+per experiment with its figures. Nothing else is read: copying results.json into an
+empty folder and running ``snnl report DIR`` gives the same report.md.
+
+results.json (format 2)::
+
+    {"format": 2, "snnl_version": "...", "complete": true,
+     "experiments": {name: {"settings": {...}, ...the experiment's results}},
+     "provenance": {name: {"snnl_version", "config", "finished", "seconds",
+                           "unhealthy_runs": [{"run", "health", "reasons"}]}}}
+
+Each experiment's entry comes from the latest ``snnl reproduce`` that ran it (a call
+with ``--experiments`` replaces only the entries it names). A format-1 file (one
+top-level "config" and "seconds", no provenance) is read too; its run health was not
+recorded, and the report says so.
+
+report.md is CommonMark with tables; report.html is rendered from it by markdown-it-py
+(figures embedded as data URIs, tables in scrollable boxes). A report is written
+whole or not at all: it is built in a staging folder and moved into place only when
+every section and figure is done.
 """
 
 from __future__ import annotations
 
 import base64
-import html
+import datetime
 import json
+import mimetypes
+import os
 import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import fields
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from snnl import _io
 from snnl.experiments import Claim, Section, registry
 from snnl.experiments.base import VERDICT_RULE
+from snnl.experiments.config import ReproduceConfig
 
-__all__ = ["write_report", "claims_table"]
+__all__ = [
+    "FORMAT",
+    "RESULTS",
+    "REPORT_FILES",
+    "claims_table",
+    "escape_markdown",
+    "read_results",
+    "render_html",
+    "render_markdown",
+    "write_report",
+]
 
 RESULTS = "results.json"
+REPORT_FILES = ("report.md", "report.html")
+FIGURES = "figures"
+#: The results.json format this version writes (format 1: no per-experiment provenance).
+FORMAT = 2
+
+# ----------------------------------------------------------------------------- results.json
 
 
-def _read_results(out: Path) -> dict[str, Any]:
-    path = out / RESULTS
+def read_results(out_dir: str | Path) -> dict[str, Any]:
+    """The results.json of ``out_dir``, checked and in the current :data:`FORMAT`.
+
+    A missing file is a FileNotFoundError, a damaged or foreign one a ValueError,
+    each naming the file. A format-1 file gets a provenance entry per experiment from
+    its top-level config (finish time and run health: None, not recorded).
+    """
+    path = Path(out_dir) / RESULTS
     if not path.exists():
         raise FileNotFoundError(
-            f"{path} not found: {out} holds no saved results (run `snnl reproduce --out {out}`)"
+            f"{path} not found: {path.parent} holds no saved results "
+            f"(run `snnl reproduce --out {path.parent}`)"
         )
     try:
         data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err})") from err
-    if not isinstance(data, dict) or "experiments" not in data:
-        raise ValueError(f"{path} is not an snnl results file (no 'experiments' key)")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(
+            f"{path} is damaged (not valid JSON: {err}); remove it (the trained runs in "
+            f"{path.parent / 'runs'} are reused) or choose another output folder"
+        ) from err
+    if not isinstance(data, dict) or not isinstance(data.get("experiments"), dict):
+        raise ValueError(f"{path} is not an snnl results file (no 'experiments' mapping)")
+    version = data.get("format", 1)
+    if not isinstance(version, int) or version > FORMAT:
+        raise ValueError(
+            f"{path} has results format {version!r}, newer than this snnl reads ({FORMAT}); "
+            "update snnl or choose another output folder"
+        )
+    provenance = data.get("provenance")
+    if not isinstance(provenance, dict):
+        provenance = {}
+    for name in data["experiments"]:
+        if not isinstance(provenance.get(name), dict):
+            provenance[name] = {
+                "snnl_version": data.get("snnl_version"),
+                "config": data.get("config", {}),
+                "finished": None,
+                "seconds": data.get("seconds", {}).get(name),
+                "unhealthy_runs": None,
+            }
+    data["provenance"] = provenance
+    data.setdefault("complete", True)
     return data
 
 
-def write_report(out_dir: str | Path) -> Path:
-    """Build report.md, report.html and the figures of ``out_dir`` from its results.json."""
-    out = Path(out_dir)
-    data = _read_results(out)
-    fig_dir = out / "figures"
-    fig_dir.mkdir(exist_ok=True)
-    experiments = registry()
-    sections: list[Section] = []
-    claims: list[Claim] = []
-    for name, res in data["experiments"].items():
-        if name not in experiments:
-            raise ValueError(f"{out / RESULTS} has results of unknown experiment {name!r}")
-        sections.append(experiments[name].section(res, fig_dir))
-        claims += experiments[name].claims(res)
-    config = data.get("config", {})
-    header = [
-        "# snnl report",
-        "",
-        f"snnl {data.get('snnl_version', '?')}; dataset `{config.get('dataset')}`, "
-        f"{config.get('seeds')} seed(s){', full settings' if config.get('full') else ''}.",
-    ]
-    if not data.get("complete"):
-        header += [
-            "",
-            "**INCOMPLETE: not every requested experiment finished; "
-            "the sections below are the ones that did.**",
-        ]
-    health = _unhealthy_runs(out, data)
-    if health:
-        header += ["", "Training runs that were not healthy (never averaged silently):", ""]
-        header += [f"- `{name}`: {verdict}" for name, verdict in health]
-    secs = data.get("seconds", {})
-    if secs:
-        header += [
-            "",
-            "Time per experiment: " + ", ".join(f"{k} {v:.0f} s" for k, v in secs.items()),
-        ]
-    md = "\n".join(header) + "\n"
-    md += "\n## What the papers claim, and what we saw\n\n" + claims_table(claims) + "\n"
-    for s in sections:
-        md += f"\n## {s.title}\n\n{s.markdown}\n"
-        for fname, caption in s.figures:
-            md += f"\n![{caption}](figures/{fname})\n\n*{caption}*\n"
-    _io.write_text(out / "report.md", md)
-    _io.write_text(out / "report.html", _html(md, fig_dir))
-    return out / "report.html"
+# ----------------------------------------------------------------------------- markdown
+
+_MARKUP = re.compile(r"([\\`*_\[\]|])")
 
 
-def _inline(text: str) -> str:
-    text = html.escape(text)
-    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
-    text = re.sub(r"`(.+?)`", r"<code>\1</code>", text)
-    return re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", text)
+def escape_markdown(text: str) -> str:
+    """``text`` with the characters Markdown reads as inline markup (backslash, backtick,
+    ``*``, ``_``, brackets, ``|``) backslash-escaped, so that plain text (a caption, a
+    claim, a run's health reasons) shows as written: ``SNNL*`` starts no italic run,
+    ``|`` splits no table cell. (``<`` and ``>`` need none: raw HTML is off, and the text
+    never starts a line.)
 
-
-def _html(md: str, fig_dir: Path) -> str:
-    """Render the subset of markdown the report uses; images become data URIs."""
-    body: list[str] = []
-    table: list[list[str]] = []
-    para: list[str] = []
-
-    def flush() -> None:
-        if para:
-            body.append(f"<p>{_inline(' '.join(para))}</p>")
-            para.clear()
-        if table:
-            head, *rows = [r for r in table if not set("".join(r)) <= set("-: ")]
-            body.append(
-                "<table><thead><tr>"
-                + "".join(f"<th>{_inline(c)}</th>" for c in head)
-                + "</tr></thead><tbody>"
-            )
-            for r in rows:
-                body.append("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>")
-            body.append("</tbody></table>")
-            table.clear()
-
-    for line in md.splitlines():
-        img = re.fullmatch(r"!\[(.*)\]\(figures/(.+)\)", line.strip())
-        if line.startswith("#"):
-            flush()
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{_inline(line.lstrip('#').strip())}</h{level}>")
-        elif img:
-            flush()
-            data = base64.b64encode((fig_dir / img.group(2)).read_bytes()).decode()
-            body.append(
-                f'<figure><img alt="{html.escape(img.group(1))}" '
-                f'src="data:image/png;base64,{data}"></figure>'
-            )
-        elif line.startswith("|"):
-            if para:
-                flush()
-            table.append([c.strip() for c in line.strip().strip("|").split("|")])
-        elif not line.strip():
-            flush()
-        else:
-            if table:
-                flush()
-            para.append(line.strip())
-    flush()
-    style = (
-        "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;"
-        "color:#222}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
-        "padding:4px 8px;text-align:left}th{background:#f3f3f3}img{max-width:100%}"
-        "code{background:#f3f3f3;padding:0 3px}"
-    )
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>snnl report</title><style>{style}</style></head><body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
-    )
+    >>> print(escape_markdown("SNNL* at T*(x) | a_b"))
+    SNNL\\* at T\\*(x) \\| a\\_b
+    """
+    return _MARKUP.sub(r"\\\1", str(text))
 
 
 def claims_table(claims: list[Claim]) -> str:
-    """The claims table (markdown) with the verdict rule above it.
+    """The claims table (markdown) with the verdict rule above it; cells are plain text
+    (escaped with :func:`escape_markdown`), the verdict bold.
 
     >>> from snnl.experiments import Claim
     >>> print(claims_table([Claim("A beats B", "Paper 2019", "digits, MLP", "0.9 vs 0.8",
@@ -170,37 +147,195 @@ def claims_table(claims: list[Claim]) -> str:
         "|---|---|---|---|---|",
     ]
     for c in claims:
-        note = f" ({c.note})" if c.note else ""
-        cells = [c.claim, c.source, c.setting, c.measured, f"**{c.verdict}**{note}"]
-        lines.append("| " + " | ".join(x.replace("|", "/") for x in cells) + " |")
+        note = f" ({escape_markdown(c.note)})" if c.note else ""
+        cells = [escape_markdown(x) for x in (c.claim, c.source, c.setting, c.measured)]
+        lines.append("| " + " | ".join([*cells, f"**{c.verdict}**{note}"]) + " |")
     if not claims:
         lines.append("| (no experiment tested a claim) | | | | |")
     return "\n".join(lines)
 
 
-def _run_paths(obj: Any) -> set[str]:
-    """Every "runs/<folder>" string anywhere in the results."""
-    if isinstance(obj, str):
-        return {obj} if obj.startswith("runs/") else set()
-    if isinstance(obj, dict):
-        return set().union(*(_run_paths(v) for v in obj.values())) if obj else set()
-    if isinstance(obj, list):
-        return set().union(*(_run_paths(v) for v in obj)) if obj else set()
-    return set()
+def _options(config: Mapping[str, Any]) -> str:
+    """The options of a reproduce config that change results, as command-line flags."""
+    defaults = {f.name: f.default for f in fields(ReproduceConfig)}
+    flags = []
+    for name in ("full", "epochs", "model", "limit_train", "limit_test", "data_dir"):
+        value = config.get(name, defaults[name])
+        if value != defaults[name]:
+            flag = "--" + name.replace("_", "-")
+            flags.append(flag if value is True else f"{flag} {value}")
+    return escape_markdown(", ".join(flags)) if flags else "defaults"
 
 
-def _unhealthy_runs(out: Path, data: dict[str, Any]) -> list[tuple[str, str]]:
-    """(run folder, verdict and reasons) of every run the results use whose health is not ok."""
-    bad = []
-    for rel in sorted(_run_paths(data["experiments"])):
-        path = out / rel / "results.json"
-        if not path.exists():
-            continue
-        try:
-            health = json.loads(path.read_text()).get("health", {})
-        except (OSError, json.JSONDecodeError):
-            bad.append((path.parent.name, "results.json unreadable"))
-            continue
-        if health.get("verdict", "ok") != "ok":
-            bad.append((path.parent.name, f"{health['verdict']}: {'; '.join(health['reasons'])}"))
-    return bad
+def _finished(stamp: str | None) -> str:
+    if not stamp:
+        return "(not recorded)"
+    return datetime.datetime.fromisoformat(stamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _header(data: dict[str, Any]) -> list[str]:
+    provenance = data["provenance"]
+    lines = [
+        "# snnl report",
+        "",
+        "Each section comes from the latest `snnl reproduce` that ran its experiment "
+        "(a call with `--experiments` replaces only the sections it names):",
+        "",
+        "| experiment | finished (UTC) | snnl | dataset | seeds | options | time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in data["experiments"]:
+        p = provenance[name]
+        config = p.get("config") or {}
+        seconds = p.get("seconds")
+        lines.append(
+            f"| {escape_markdown(name)} | {_finished(p.get('finished'))} "
+            f"| {escape_markdown(p.get('snnl_version') or '?')} "
+            f"| {escape_markdown(config.get('dataset', '?'))} | {config.get('seeds', '?')} "
+            f"| {_options(config)} | {'?' if seconds is None else f'{seconds:.0f} s'} |"
+        )
+    if not data["experiments"]:
+        lines.append("| (none) | | | | | | |")
+    if not data.get("complete", True):
+        lines += [
+            "",
+            "**INCOMPLETE: not every requested experiment finished; "
+            "the sections below are the ones that did.**",
+        ]
+    bad: dict[str, dict[str, Any]] = {}
+    unrecorded = []
+    for name in data["experiments"]:
+        runs = provenance[name].get("unhealthy_runs")
+        if runs is None:
+            unrecorded.append(name)
+        for run in runs or ():
+            bad.setdefault(run["run"], run)
+    if bad:
+        lines += ["", "Training runs that were not healthy (never averaged silently):", ""]
+        lines += [
+            f"- `{run}`: {escape_markdown(r['health'])}: {escape_markdown('; '.join(r['reasons']))}"
+            for run, r in sorted(bad.items())
+        ]
+    if unrecorded:
+        lines += [
+            "",
+            f"The health of the training runs of {', '.join(unrecorded)} was not recorded "
+            "(results written before snnl recorded it): rerun them to list unhealthy runs.",
+        ]
+    return lines
+
+
+def render_markdown(
+    data: dict[str, Any],
+    fig_dir: Path,
+    *,
+    experiments: Mapping[str, ModuleType] | None = None,
+) -> str:
+    """report.md of the results ``data`` (as :func:`read_results` returns them); the
+    sections' figures are written into ``fig_dir`` (which must exist)."""
+    modules = registry() if experiments is None else experiments
+    sections: list[Section] = []
+    claims: list[Claim] = []
+    for name, res in data["experiments"].items():
+        if name not in modules:
+            raise ValueError(
+                f"{RESULTS} has results of unknown experiment {name!r} "
+                f"(known: {', '.join(modules)})"
+            )
+        sections.append(modules[name].section(res, fig_dir))
+        claims += modules[name].claims(res)
+    md = "\n".join(_header(data)) + "\n"
+    md += "\n## What the papers claim, and what we saw\n\n" + claims_table(claims) + "\n"
+    for s in sections:
+        md += f"\n## {s.title}\n\n{s.markdown}\n"
+        for fname, caption in s.figures:
+            text = escape_markdown(caption)
+            md += f"\n![{text}]({FIGURES}/{fname})\n\n*{text}*\n"
+    return md
+
+
+# ----------------------------------------------------------------------------- html
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;"
+    "color:#222;line-height:1.45}"
+    ".table-wrap{overflow:auto;max-height:75vh;margin:1em 0;border:1px solid #ddd}"
+    "table{border-collapse:collapse;font-size:.85em;line-height:1.3}"
+    "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left;vertical-align:top;"
+    "min-width:7em}"
+    "th{background:#f3f3f3;position:sticky;top:0}"
+    "img{max-width:100%}code{background:#f3f3f3;padding:0 3px}"
+)
+
+
+def _figure_uri(fig_dir: Path, src: str) -> str:
+    path = fig_dir / src.removeprefix(f"{FIGURES}/")
+    if not path.is_file():
+        raise FileNotFoundError(f"report figure {path} not found (its section did not write it)")
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def render_html(md: str, fig_dir: Path) -> str:
+    """report.html of the markdown ``md``: CommonMark with tables (markdown-it-py, raw
+    HTML off), the figures under ``figures/`` embedded from ``fig_dir`` as data URIs,
+    every table in a scrollable box.
+
+    >>> page = render_html("- a\\n- b\\n\\n| x | y |\\n|---|---|\\n| 1 | 2 |\\n", Path("."))
+    >>> "<ul>" in page and '<div class="table-wrap"><table>' in page
+    True
+    """
+    from markdown_it import MarkdownIt
+
+    parser = MarkdownIt("commonmark", {"html": False}).enable("table")
+    parser.add_render_rule("table_open", lambda *args: '<div class="table-wrap"><table>\n')
+    parser.add_render_rule("table_close", lambda *args: "</table></div>\n")
+    tokens = parser.parse(md)
+    for token in tokens:
+        for child in token.children or ():
+            src = child.attrGet("src") if child.type == "image" else None
+            if isinstance(src, str) and src.startswith(f"{FIGURES}/"):
+                child.attrSet("src", _figure_uri(fig_dir, src))
+    body = parser.renderer.render(tokens, parser.options, {})
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>snnl report</title><style>{_STYLE}</style></head><body>\n"
+        + body
+        + "</body></html>\n"
+    )
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_report(
+    out_dir: str | Path,
+    results: dict[str, Any] | None = None,
+    *,
+    experiments: Mapping[str, ModuleType] | None = None,
+) -> Path:
+    """Write report.md, report.html and figures/ of ``out_dir``; returns report.html.
+
+    From ``out_dir``'s results.json, or from ``results`` (then saved as results.json
+    first, once the report made of them is ready). Everything is built in a staging
+    folder and moved into place only when complete: a section that fails leaves the
+    folder as it was. ``experiments``: name -> experiment module (default: the registry).
+    """
+    out = Path(out_dir)
+    data = read_results(out) if results is None else results
+    html_path = out / "report.html"
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        (staging / FIGURES).mkdir()
+        md = render_markdown(data, staging / FIGURES, experiments=experiments)
+        page = render_html(md, staging / FIGURES)
+        if results is not None:
+            _io.write_json(out / RESULTS, results)
+        (out / FIGURES).mkdir(exist_ok=True)
+        for figure in sorted((staging / FIGURES).iterdir()):
+            os.replace(figure, out / FIGURES / figure.name)
+        _io.write_text(html_path, page)
+        _io.write_text(out / "report.md", md)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return html_path

@@ -8,11 +8,13 @@ models with plain autograd, numpy loops or scikit-learn.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import shutil
 import warnings
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,9 +24,11 @@ from sklearn.metrics import silhouette_score
 from sklearn.neighbors import NearestNeighbors
 
 from reference import snnl_reference_mean
-from snnl.experiments import Context, ReproduceConfig, dknn, transfer
+from snnl.cli import main
+from snnl.experiments import Context, dknn, transfer
+from snnl.experiments.config import ReproduceConfig
 from snnl.experiments.zoo import Zoo
-from snnl.report import write_report
+from snnl.report import escape_markdown, write_report
 from snnl.runner import reproduce
 from snnl.taps import capture
 from snnl.train import load_run
@@ -416,7 +420,8 @@ def test_report_rebuilt_from_saved_results(tiny):
     for module, res in ((dknn, res_dknn), (transfer, res_transfer)):
         assert f"## {module.TITLE}" in md
         for c in module.claims(res):
-            assert f"| {c.claim} | {c.source} | {c.setting} | {c.measured} | **{c.verdict}**" in md
+            cells = [escape_markdown(x) for x in (c.claim, c.source, c.setting, c.measured)]
+            assert "| " + " | ".join(cells) + f" | **{c.verdict}**" in md
     figures = sorted(p.name for p in (out / "figures").iterdir())
     assert figures == sorted(
         [f"dknn_{n}.png" for n in ("reliability", "histograms", "neighbours")]
@@ -454,3 +459,111 @@ def test_unhealthy_runs_left_out(tiny, tmp_path):
     for claim in transfer.claims(res):
         assert claim.verdict == "inconclusive" and "1 unhealthy run(s) left out" in claim.note
     assert "**collapsed** (left out)" in transfer.section(res, tmp_path).markdown
+
+
+# ------------------------------------------------------------ reruns: nothing lost (issue 18)
+
+
+def _hashes(folder):
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_failed_rerun_leaves_a_finished_report_byte_identical(tiny, tmp_path, capsys):
+    """Issue 18: `snnl reproduce --dataset mnist` without --data-dir into a finished folder
+    exited 2 after overwriting report.md and results.json with a placeholder."""
+    out = tmp_path / "rep"
+    shutil.copytree(tiny[0], out)
+    before = _hashes(out)
+    assert main(["reproduce", "--dataset", "mnist", "--out", str(out)]) == 2
+    assert "--data-dir" in capsys.readouterr().err
+    assert _hashes(out) == before
+
+
+def test_subset_rerun_keeps_the_other_experiment(tiny, tmp_path):
+    """Issue 18: `--experiments transfer` into a folder holding dknn dropped dknn."""
+    out = tmp_path / "rep"
+    shutil.copytree(tiny[0], out)
+    old = json.loads((out / "results.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reproduce(replace(CONFIG, experiments=["transfer"]), out)
+    new = json.loads((out / "results.json").read_text())
+    assert list(new["experiments"]) == ["dknn", "transfer"]
+    assert new["experiments"]["dknn"] == old["experiments"]["dknn"]
+    assert new["provenance"]["dknn"] == old["provenance"]["dknn"]
+    assert new["provenance"]["transfer"]["config"]["experiments"] == ["transfer"]
+    assert new["provenance"]["transfer"]["finished"] >= old["provenance"]["transfer"]["finished"]
+    md = (out / "report.md").read_text()
+    assert f"## {dknn.TITLE}" in md and f"## {transfer.TITLE}" in md
+    for name in ("dknn", "transfer"):
+        stamp = new["provenance"][name]["finished"].replace("T", " ").removesuffix("+00:00")
+        assert f"| {name} | {stamp} | " in md
+
+
+def test_report_from_results_json_alone(tiny, tmp_path, capsys):
+    """Issue 17: copying results.json and figures/ into an empty folder and running
+    `snnl report DIR` gives the same report.md, unhealthy runs listed (their health is
+    recorded at reproduce time; the report used to read it from the run folders)."""
+    out = tmp_path / "rep"
+    shutil.copytree(tiny[0], out)
+    bad = _record(tiny[2], "normal", 1)["run"]
+    saved = json.loads((out / bad / "results.json").read_text())
+    saved["health"] = {"verdict": "collapsed", "reasons": ["relu3 constant"]}
+    (out / bad / "results.json").write_text(json.dumps(saved))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reproduce(CONFIG, out)  # the runs are reused: their (edited) health is recorded
+    md = (out / "report.md").read_text()
+    assert f"- `{Path(bad).name}`: collapsed: relu3 constant" in md
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(out / "results.json", copy)
+    shutil.copytree(out / "figures", copy / "figures")
+    assert main(["report", str(copy)]) == 0
+    assert (copy / "report.md").read_text() == md
+    assert sorted(p.name for p in copy.iterdir()) == [
+        "figures",
+        "report.html",
+        "report.md",
+        "results.json",
+    ]
+
+
+def test_report_html_of_real_sections(tiny):
+    """report.html of the real sections: lists are lists, italics only where meant."""
+    from html.parser import HTMLParser
+
+    class Ems(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.ems, self.tags, self.inside = [], [], None
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.inside = "" if tag == "em" else self.inside
+
+        def handle_endtag(self, tag):
+            if tag == "em":
+                self.ems.append(self.inside)
+                self.inside = None
+
+        def handle_data(self, data):
+            if self.inside is not None:
+                self.inside += data
+
+    out, _, res_dknn, res_transfer = tiny
+    page = Ems()
+    page.feed((out / "report.html").read_text())
+    captions = {
+        caption
+        for module, res in ((dknn, res_dknn), (transfer, res_transfer))
+        for _, caption in module.section(res, out / "figures").figures
+    }
+    assert set(page.ems) == {"holds", "does not hold", "inconclusive"} | captions
+    bullets = [line for line in (out / "report.md").read_text().splitlines() if line[:2] == "- "]
+    assert page.tags.count("ul") >= 1 and page.tags.count("li") == len(bullets) >= 5
+    assert page.tags.count("table") == page.tags.count("div") >= 3
