@@ -23,7 +23,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
 
 from reference import snnl_reference, snnl_reference_mean
@@ -31,17 +30,12 @@ from snnl import _blocked
 from snnl.loss import (
     SNNLWarning,
     SoftNearestNeighborLoss,
-    entanglement,
-    entanglement_between,
-    estimate_optimal_temperature,
     estimate_snnl,
-    estimate_temperature_curve,
     open_npy,
-    optimal_temperature,
     snnl_streamed,
-    snnl_temperature_curve,
     soft_nearest_neighbor_loss,
 )
+from snnl.temperature import snnl_temperature_curve
 
 DISTANCES = ("euclidean", "cosine")
 REDUCTIONS = ("mean", "sum", "none")
@@ -538,18 +532,6 @@ def test_temperature_outside_float32_range_is_a_clear_error(t):
         )
 
 
-def test_optimal_temperature_bounds_outside_dtype_range():
-    x, y = _data(n=10, d=2, seed=54)
-    with pytest.raises(ValueError, match=r"lower temperature bound 1e-300 .*float32"):
-        optimal_temperature(x, y, bounds=(1e-300, 1.0))
-    with pytest.raises(ValueError, match=r"upper temperature bound 1e\+40 .*float32"):
-        optimal_temperature(x, y, bounds=(1.0, 1e40))
-    with pytest.raises(ValueError, match=r"lower temperature bound 1e-310 .*float64"):
-        optimal_temperature(x.double(), y, bounds=(1e-310, 1.0))
-    t, value = optimal_temperature(x.double(), y, bounds=(1e-100, 1e2))
-    assert value == pytest.approx(snnl_reference_mean(x.double().numpy(), y.numpy(), t), rel=1e-10)
-
-
 # ----------------------------------------------------------------------------- anchors left out
 
 
@@ -1033,180 +1015,10 @@ def test_module_bad_arguments():
 # ----------------------------------------------------------------------------- temperature curve
 
 
-def test_temperature_curve_matches_reference():
-    x, y = _data(n=15, d=3, seed=23)
-    y = y.clone()
-    y[0] = 9
-    temps = [0.01, 0.3, 1.0, 7.0, 300.0]
-    for distance in DISTANCES:
-        with pytest.warns(SNNLWarning):
-            curve = snnl_temperature_curve(x.double(), y, temps, distance=distance)
-        expected = _curve_reference(x.numpy(), y.numpy(), temps, distance)
-        assert curve.shape == (5,)
-        assert _rel_elementwise(curve, expected) < 1e-10
-    with pytest.raises(ValueError, match="temperatures"):
-        snnl_temperature_curve(x, y, [1.0, -1.0])
-    with pytest.raises(ValueError, match="temperatures"):
-        snnl_temperature_curve(x, y, [])
-
-
 # ----------------------------------------------------------------------------- optimal temperature
-
-GRID = np.logspace(-4, 4, 400)
-
-
-def _multiscale(seed=0):
-    """Two nested scales: tight same-class pairs inside coarse mixed clusters."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.randn(4, 3, generator=g) * 30
-    pair = torch.randn(12, 3, generator=g)
-    x = torch.cat(
-        [coarse[k % 4] + pair[k] + 0.05 * torch.randn(2, 3, generator=g) for k in range(12)]
-    )
-    y = torch.tensor([(k // 4) % 3 for k in range(12) for _ in range(2)])
-    return x, y
-
-
-OPT_CASES = {
-    "blobs-euclidean": (lambda: _data(n=30, d=4, seed=24), "euclidean"),
-    "blobs-cosine": (lambda: _data(n=30, d=4, seed=25), "cosine"),
-    "multiscale": (lambda: _multiscale(1), "euclidean"),
-    "random-labels": (
-        lambda: (
-            torch.randn(30, 3, generator=torch.Generator().manual_seed(26)),
-            torch.arange(30) % 2,
-        ),
-        "euclidean",
-    ),
-    "separated": (
-        lambda: (
-            torch.tensor([[0.0], [0.1], [0.2], [9.0], [9.1], [9.3]]),
-            torch.tensor([0, 0, 0, 1, 1, 1]),
-        ),
-        "euclidean",
-    ),
-}
-
-
-@pytest.mark.parametrize("case", list(OPT_CASES))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_optimal_temperature_not_above_reference_grid(case, dtype):
-    make, distance = OPT_CASES[case]
-    x, y = make()
-    x = x.to(dtype)
-    t_opt, value = optimal_temperature(x, y, distance=distance)
-    assert isinstance(t_opt, float) and isinstance(value, float)
-    assert 1e-4 <= t_opt <= 1e4
-    curve = _curve_reference(x.double().numpy(), y.numpy(), GRID, distance)
-    tol = 1e-5 if dtype == torch.float32 else 1e-10
-    assert value <= curve.min() + tol * abs(curve.min()) + 1e-12
-    at_t = snnl_reference_mean(x.double().numpy(), y.numpy(), t_opt, distance)
-    assert value == pytest.approx(at_t, rel=tol, abs=1e-12)
-
-
-def test_optimal_temperature_respects_bounds():
-    x, y = _data(n=20, d=3, seed=27)
-    x = x.double()
-    # restricted to large temperatures, the minimum sits at (or next to) the lower bound
-    t_opt, value = optimal_temperature(x, y, bounds=(1e3, 1e4))
-    assert 1e3 <= t_opt <= 1e4
-    grid = np.logspace(3, 4, 200)
-    curve = _curve_reference(x.numpy(), y.numpy(), grid)
-    assert value <= curve.min() + 1e-10 * curve.min()
-    assert value == pytest.approx(snnl_reference_mean(x.numpy(), y.numpy(), t_opt), rel=1e-10)
-
-
-def test_optimal_temperature_without_positives():
-    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(28))
-    with pytest.warns(SNNLWarning):
-        _, value = optimal_temperature(x, torch.arange(4))
-    assert value == 0.0
-
-
-@pytest.mark.parametrize(
-    ("case", "make", "reason"),
-    [
-        ("identical", lambda: (torch.full((6, 3), 2.5), torch.tensor([0, 0, 1, 1, 2, 2])),
-         "all points are identical"),
-        ("one class", lambda: (_x(), _y()), "only one class"),
-        ("cosine parallel", lambda: (torch.tensor([[1.0, 2.0]] * 4) * torch.tensor(
-            [[1.0], [2.0], [4.0], [0.5]]), torch.tensor([0, 1, 0, 1])), "all points are identical"),
-    ],
-)  # fmt: skip
-def test_optimal_temperature_says_when_every_temperature_is_the_same(case, make, reason):
-    x, y = make()
-    distance = "cosine" if case.startswith("cosine") else "euclidean"
-    with pytest.warns(SNNLWarning, match=f"every temperature gives the same SNNL.*{reason}"):
-        t, value = optimal_temperature(x, y, distance=distance, bounds=(1e-3, 1e3))
-    assert t == 1e-3
-    for other in (1e-3, 1.0, 1e3):
-        expected = snnl_reference_mean(x.double().numpy(), y.numpy(), other, distance)
-        assert value == pytest.approx(expected, rel=1e-6, abs=1e-12)
-
-
-def test_entanglement_between_warns_once():
-    g = torch.Generator().manual_seed(55)
-    a, b = torch.randn(1, 3, generator=g), torch.randn(5, 3, generator=g)
-    with warnings.catch_warnings(record=True) as record:
-        warnings.simplefilter("always")
-        value = entanglement_between(a, b)
-    messages = [str(w.message) for w in record if issubclass(w.category, SNNLWarning)]
-    assert len(messages) == 1 and "1 of 6 anchors" in messages[0]
-    assert math.isfinite(value.item())
 
 
 # ----------------------------------------------------------------------------- entanglement
-
-
-def test_entanglement_fixed_temperature_matches_reference():
-    g = torch.Generator().manual_seed(29)
-    a = torch.randn(10, 2, 3, generator=g, dtype=torch.float64, requires_grad=True)
-    b = (torch.randn(12, 2, 3, generator=g, dtype=torch.float64) + 0.5).requires_grad_(True)
-    union = torch.cat([a.detach().reshape(10, -1), b.detach().reshape(12, -1)])
-    labels = torch.tensor([0] * 10 + [1] * 12)
-    for distance, t in (("euclidean", 4.0), ("cosine", 0.3)):
-        e = entanglement_between(a, b, temperature=t, distance=distance)
-        assert e.shape == ()
-        assert e.item() == pytest.approx(
-            snnl_reference_mean(union.numpy(), labels.numpy(), t, distance), rel=1e-12
-        )
-        a.grad = b.grad = None
-        e.backward()
-        _, gx, _ = _reference_grads(union, labels, t, distance)
-        assert _rel(torch.cat([a.grad.reshape(10, -1), b.grad.reshape(12, -1)]), gx) < 1e-10
-
-
-def test_entanglement_optimal_temperature_matches_reference_minimum():
-    g = torch.Generator().manual_seed(30)
-    a = torch.randn(15, 3, generator=g, dtype=torch.float64)
-    b = torch.randn(15, 3, generator=g, dtype=torch.float64) + 1.0
-    union, labels = torch.cat([a, b]).numpy(), np.array([0] * 15 + [1] * 15)
-    curve = _curve_reference(union, labels, GRID)
-    k = int(np.argmin(curve))
-    res = minimize_scalar(
-        lambda lt: _curve_reference(union, labels, [10.0**lt])[0],
-        bounds=(math.log10(GRID[max(k - 1, 0)]), math.log10(GRID[min(k + 1, len(GRID) - 1)])),
-        method="bounded",
-        options={"xatol": 1e-8},
-    )
-    e = entanglement_between(a.requires_grad_(True), b)
-    assert e.item() <= curve.min() + 1e-10
-    assert e.item() == pytest.approx(res.fun, rel=1e-7)
-    e.backward()
-    assert a.grad is not None and a.grad.abs().sum() > 0
-    # far-apart sets are less entangled than overlapping ones
-    assert entanglement_between(a.detach(), b + 20).item() < e.item()
-
-
-def test_entanglement_bad_shapes():
-    with pytest.raises(ValueError, match="same shape per point"):
-        entanglement_between(torch.randn(5, 3), torch.randn(5, 4))
-    with pytest.raises(ValueError, match="same shape per point"):
-        entanglement_between(torch.randn(5, 2, 3), torch.randn(5, 3, 2))
-    with pytest.raises(ValueError, match=r"shape \(N, \.\.\.\)"):
-        entanglement_between(torch.randn(5), torch.randn(5))
-    with pytest.raises(TypeError, match="must be a torch.Tensor"):
-        entanglement_between(np.zeros((5, 3)), torch.randn(5, 3))
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -1267,25 +1079,6 @@ def test_bad_input_raises_clear_error(x, y, t, kwargs, error, message):
         soft_nearest_neighbor_loss(x, y, t, **kwargs)
 
 
-@pytest.mark.parametrize(
-    "bounds", [(0.0, 1.0), (-1.0, 1.0), (10.0, 1.0), (1.0, 1.0), (1.0, math.inf), (math.nan, 1.0)]
-)
-def test_optimal_temperature_bad_bounds(bounds):
-    x, y = _data(n=6, d=2)
-    with pytest.raises(ValueError, match="bounds"):
-        optimal_temperature(x, y, bounds=bounds)
-
-
-def test_optimal_temperature_and_curve_validate_inputs():
-    x, y = _data(n=6, d=2)
-    with pytest.raises(ValueError, match="unknown distance"):
-        optimal_temperature(x, y, distance="l1")
-    with pytest.raises(TypeError, match="labels must be an integer"):
-        optimal_temperature(x, y.float())
-    with pytest.raises(ValueError, match="NaN or Inf"):
-        snnl_temperature_curve(x.index_fill(0, torch.tensor([0]), math.nan), y, [1.0])
-
-
 # ----------------------------------------------------------------------------- memory (slow)
 
 
@@ -1336,14 +1129,6 @@ def test_whole_dataset_memory_is_bounded():
         assert per[i].item() == pytest.approx(expected.item(), rel=1e-5)
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert growth < 2 * 2**30
-
-
-def test_entanglement_alias_is_deprecated_and_equal():
-    g = torch.Generator().manual_seed(3)
-    a, b = torch.randn(20, 3, generator=g), torch.randn(20, 3, generator=g) + 1
-    with pytest.warns(DeprecationWarning, match="entanglement_between"):
-        old = entanglement(a, b, temperature=1.0)
-    assert old.item() == entanglement_between(a, b, temperature=1.0).item()
 
 
 # ----------------------------------------------------------------------------- dataset scale
@@ -1475,26 +1260,6 @@ def test_estimate_interval_covers_at_its_nominal_rate(anchors):
         assert est.confidence == 0.95 and est.anchors == anchors and est.population == 300
         covered += est.low <= exact <= est.high
     assert 0.90 <= covered / 200 <= 0.99, covered
-
-
-def test_estimated_optimal_temperature_is_near_the_exact_minimum():
-    x, y = _multiscale(2)
-    t_exact, v_exact = optimal_temperature(x, y)
-    t, v = estimate_optimal_temperature(
-        x.numpy(), y.numpy(), anchors=12, generator=torch.Generator().manual_seed(0)
-    )
-    # the value at the searched T is within 2% of the true minimum
-    assert snnl_reference_mean(x.double().numpy(), y.numpy(), t) <= v_exact * 1.02 + 1e-9
-    with pytest.warns(SNNLWarning, match="every temperature gives the same SNNL"):
-        t_const, _ = estimate_optimal_temperature(torch.ones(10, 2), torch.arange(10) % 2)
-    assert t_const == 1e-4
-
-
-def test_estimated_curve_with_every_anchor_is_the_exact_curve(small_blocks):
-    x, y = _scale_data(n=60, dtype=torch.float64)
-    temps = [0.05, 0.5, 5.0]
-    curve = estimate_temperature_curve(x, y, temps, anchors=60)
-    assert _rel_elementwise(curve, _curve_reference(x.numpy(), y.numpy(), temps)) < 1e-12
 
 
 _MEMORY_CHILD = r"""

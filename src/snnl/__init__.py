@@ -28,18 +28,11 @@ from snnl.data import (
     load_outliers,
     rotate_images,
 )
+from snnl.distances import Distance
 from snnl.dknn import AgreementReport, DkNN, DkNNResult
 from snnl.gan import GANConfig, frechet_distance, mode_coverage, train_gan
 from snnl.lipschitz import LayerBounds, empirical_check, layer_bounds
-from snnl.loss import (
-    SNNLWarning,
-    SoftNearestNeighborLoss,
-    entanglement,
-    entanglement_between,
-    optimal_temperature,
-    snnl_temperature_curve,
-    soft_nearest_neighbor_loss,
-)
+from snnl.loss import SNNLWarning, SoftNearestNeighborLoss, soft_nearest_neighbor_loss
 from snnl.models import MLP, ReferenceCNN, ResNet20, available_models, build_gan, build_model
 from snnl.profile import profile_model
 from snnl.regularizers import (
@@ -51,12 +44,21 @@ from snnl.regularizers import (
 )
 from snnl.runs import DamagedRunError, RunExistsError, RunMismatchError
 from snnl.taps import LayerTap, capture, resolve_layers
+from snnl.temperature import (
+    SNNLStar,
+    entanglement,
+    entanglement_between,
+    optimal_temperature,
+    snnl_star,
+    snnl_temperature_curve,
+)
 
 __all__ = [
     "AgreementReport",
     "CorruptionAccuracy",
     "DamagedRunError",
     "DataSplits",
+    "Distance",
     "DkNN",
     "DkNNResult",
     "EntanglementOutput",
@@ -73,6 +75,7 @@ __all__ = [
     "MLP",
     "ReferenceCNN",
     "ResNet20",
+    "SNNLStar",
     "SNNLWarning",
     "SoftNearestNeighborLoss",
     "SoftNearestNeighborMetric",
@@ -105,6 +108,7 @@ __all__ = [
     "profile_model",
     "resolve_layers",
     "rotate_images",
+    "snnl_star",
     "snnl_temperature_curve",
     "soft_nearest_neighbor_loss",
     "train_gan",

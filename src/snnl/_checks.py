@@ -8,7 +8,9 @@ the same message everywhere. Conventions:
   ``TypeError``; a wrong shape is a ``ValueError``.
 - Numbers: ``TypeError`` for non-numbers (bool included), ``ValueError`` for NaN,
   infinity or a value out of range, always naming the argument.
-- Choices: ``ValueError`` listing the valid values.
+- Choices: ``ValueError`` listing the valid values (distances: :mod:`snnl.distances`).
+- SNNL inputs: features (N, ...) of a floating dtype, finite, with labels; temperatures
+  that the compute dtype represents as normal numbers; a search interval.
 """
 
 from __future__ import annotations
@@ -17,12 +19,20 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from snnl.distances import Distance
+
 __all__ = [
     "DISTANCES",
+    "check_bounds",
     "check_choice",
+    "check_features_labels",
+    "check_temperature",
+    "check_temperature_range",
+    "check_temperatures",
     "check_labels",
     "check_real",
     "check_positive",
@@ -30,8 +40,8 @@ __all__ = [
     "check_tensor",
 ]
 
-#: Distance names understood by the SNNL kernel, DkNN and the regularisers.
-DISTANCES: tuple[str, ...] = ("euclidean", "cosine")
+#: Distance names (the values of :class:`snnl.distances.Distance`), for older callers.
+DISTANCES: tuple[str, ...] = tuple(d.value for d in Distance)
 
 
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
@@ -161,4 +171,124 @@ def check_labels(
     out = labels.to(device=device if device is not None else labels.device, dtype=torch.int64)
     if non_negative and out.numel() and int(out.min()) < 0:
         raise ValueError(f"{name} must be non-negative class indices, got {int(out.min())}")
+    return out
+
+
+# ----------------------------------------------------------------------------- SNNL inputs
+
+
+def check_features_labels(features: Any, labels: Any) -> tuple[Tensor, Tensor]:
+    """(features as (N, D) float32/float64, labels as (N,) int64) for the SNNL.
+
+    float16/bfloat16 features become float32; NaN or Inf is a ValueError counting the
+    points that hold one.
+
+    >>> x, y = check_features_labels(torch.zeros(3, 2, 2, dtype=torch.half), torch.arange(3))
+    >>> tuple(x.shape), x.dtype, y.dtype
+    ((3, 4), torch.float32, torch.int64)
+    """
+    check_tensor("features", features, floating=True)
+    if features.dim() < 2:
+        raise ValueError(
+            f"features must have shape (N, ...) with N points, got shape {tuple(features.shape)}"
+        )
+    n = features.shape[0]
+    if n < 2:
+        raise ValueError(f"SNNL needs at least 2 points, got {n}")
+    y = check_labels(labels, n, device=features.device)
+    x = features.reshape(n, -1)
+    if x.shape[1] == 0:
+        raise ValueError(f"features have no dimensions per point: shape {tuple(features.shape)}")
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()  # float16 / bfloat16: computed in float32
+    lo, hi = torch.aminmax(x.detach())  # one read; NaN and +-Inf show here (isfinite: 10x slower)
+    if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
+        bad = int((~torch.isfinite(x)).any(1).sum())
+        raise ValueError(f"features contain NaN or Inf (in {bad} of {n} points)")
+    return x, y
+
+
+def check_temperature_range(name: str, value: float, dtype: torch.dtype) -> None:
+    """``value`` must be a normal, finite number of ``dtype`` (the temperature is a tensor
+    of that dtype when it carries a gradient).
+
+    >>> check_temperature_range("temperature", 1e-40, torch.float32)
+    Traceback (most recent call last):
+    ...
+    ValueError: temperature 1e-40 is outside the range float32 features can use: [1.18e-38, 3.4e+38] (the smallest normal and the largest finite float32); float64 features accept temperatures in [2.23e-308, 1.8e308]
+    """  # noqa: E501
+    info = torch.finfo(dtype)
+    if info.tiny <= value <= info.max:
+        return
+    kind = str(dtype).removeprefix("torch.")
+    hint = (
+        "; float64 features accept temperatures in [2.23e-308, 1.8e308]"
+        if dtype != torch.float64
+        else ""
+    )
+    raise ValueError(
+        f"{name} {value:g} is outside the range {kind} features can use: "
+        f"[{info.tiny:.3g}, {info.max:.3g}] (the smallest normal and the largest finite "
+        f"{kind}){hint}"
+    )
+
+
+def check_temperature(temperature: Any, dtype: torch.dtype) -> float:
+    """A positive, finite temperature (Python number or one-element tensor) that ``dtype``
+    represents as a normal number, as a Python float.
+
+    >>> check_temperature(torch.tensor(2.0), torch.float32)
+    2.0
+    """
+    if isinstance(temperature, Tensor):
+        if temperature.numel() != 1 or temperature.dim() > 1:
+            raise ValueError(
+                f"temperature must be a scalar (0-dim or one-element 1-D tensor), got shape "
+                f"{tuple(temperature.shape)}"
+            )
+        if temperature.dtype == torch.bool or temperature.is_complex():
+            raise TypeError(f"temperature must be a real number, got dtype {temperature.dtype}")
+        value = float(temperature.detach())
+    else:
+        value = temperature
+    value = check_positive("temperature", value)
+    check_temperature_range("temperature", value, dtype)
+    return value
+
+
+def check_bounds(bounds: Any, dtype: torch.dtype) -> tuple[float, float] | None:
+    """A temperature interval (low, high) with 0 < low < high within ``dtype``'s normal
+    range, or None (the search follows the data's distances).
+
+    >>> check_bounds((1e-3, 1e3), torch.float32), check_bounds(None, torch.float32)
+    ((0.001, 1000.0), None)
+    """
+    if bounds is None:
+        return None
+    try:
+        lo, hi = (float(b) for b in bounds)
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds must be a pair (low, high) of numbers, got {bounds!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
+        raise ValueError(f"bounds must satisfy 0 < low < high (finite), got {bounds}")
+    check_temperature_range("lower temperature bound", lo, dtype)
+    check_temperature_range("upper temperature bound", hi, dtype)
+    return lo, hi
+
+
+def check_temperatures(temperatures: Any, dtype: torch.dtype | None = None) -> list[float]:
+    """A non-empty 1-D sequence of positive, finite temperatures (within ``dtype``'s range).
+
+    >>> check_temperatures([0.5, 2])
+    [0.5, 2.0]
+    """
+    temps = np.asarray(temperatures, dtype=np.float64)
+    if temps.ndim != 1 or len(temps) == 0:
+        raise ValueError("temperatures must be a non-empty 1-D sequence")
+    if not np.isfinite(temps).all() or (temps <= 0).any():
+        raise ValueError(f"temperatures must be positive and finite, got {temps.tolist()}")
+    out = [float(t) for t in temps]
+    if dtype is not None:
+        for t in (min(out), max(out)):
+            check_temperature_range("temperature", t, dtype)
     return out

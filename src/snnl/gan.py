@@ -53,9 +53,8 @@ from torch import Tensor, nn
 from snnl import _io
 from snnl._checks import check_choice, check_int, check_positive, check_real, check_tensor
 from snnl.data import DataSplits
-from snnl.loss import entanglement_between
 from snnl.models import GAN_ARCHITECTURES, build_gan
-from snnl.regularizers import EntanglementRegularizer, optimal_log_temperature
+from snnl.regularizers import EntanglementRegularizer
 from snnl.runs import (
     CHECKPOINT,
     RESULTS,
@@ -69,6 +68,7 @@ from snnl.runs import (
     run_epochs,
 )
 from snnl.taps import LayerTap, capture, eval_mode
+from snnl.temperature import snnl_star
 from snnl.train import load_config_dataset, load_run
 
 __all__ = [
@@ -231,12 +231,10 @@ def _membership(na: int, nb: int, device: torch.device) -> Tensor:
 def entanglement_star(real: Tensor, generated: Tensor) -> tuple[float, float]:
     """SNNL* of real and generated points labelled by membership, and log T*.
 
-    SNNL*(A, B) = min_T SNNL(A u B, membership, T): the value is
-    :func:`snnl.loss.entanglement_between` at T*, found by Newton steps in log T
-    on the pairs' distances (:func:`snnl.regularizers.optimal_log_temperature`),
-    started from the best point of a coarse grid that spans the data's own distance
-    scale (so any feature scale works). Never warm-started: the curve in T can have
-    a local minimum above its large-T limit, and a warm start can get stuck there.
+    SNNL*(A, B) = min_T SNNL(A u B, membership, T) (:func:`snnl.temperature.snnl_star`:
+    Newton steps in log T started from a grid over the data's own distance range, so
+    any feature scale works). Never warm-started: the curve in T can have a local
+    minimum above its large-T limit, and a warm start can get stuck there.
 
     Bounds: identical sets give the indistinguishable value
     log((2n - 1) / (n - 1)) for n points each (the limit T -> infinity, where
@@ -271,10 +269,8 @@ def entanglement_star(real: Tensor, generated: Tensor) -> tuple[float, float]:
             f"and {tuple(generated.shape)}"
         )
     labels = _membership(a.shape[0], b.shape[0], a.device)
-    log_t, _, _ = optimal_log_temperature(torch.cat([a, b]), labels)
-    with torch.no_grad():
-        value = float(entanglement_between(a, b, temperature=math.exp(log_t)))
-    return value, log_t
+    star = snnl_star(torch.cat([a, b]), labels)
+    return float(star.value), star.log_temperature
 
 
 def mode_coverage(predictions: Tensor, num_classes: int) -> dict[str, Any]:

@@ -11,7 +11,8 @@ Low SNNL: classes well separated; high SNNL: classes entangled (about log C for
 C balanced, fully mixed classes at large T).
 
 The computation is exact in log space, never builds an N x N matrix and fuses
-forward and backward in one blocked pass (see ``snnl._blocked``).
+forward and backward in one blocked pass (see ``snnl._blocked``). Eq. 2 (the optimal
+temperature and SNNL*) is :mod:`snnl.temperature`.
 """
 
 from __future__ import annotations
@@ -21,43 +22,52 @@ import warnings
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from scipy.optimize import minimize_scalar
 from torch import Tensor, nn
 
 from snnl import _blocked, _stream
 from snnl._checks import (
-    DISTANCES,
     check_choice,
+    check_features_labels,
     check_int,
-    check_labels,
-    check_positive,
     check_real,
-    check_tensor,
+    check_temperature,
 )
+from snnl._search import sample_anchors, stream_inputs, unit_vectors
+from snnl.distances import Distance, check_distance
 
 __all__ = [
     "SNNLWarning",
     "soft_nearest_neighbor_loss",
     "SoftNearestNeighborLoss",
-    "optimal_temperature",
-    "snnl_temperature_curve",
-    "entanglement_between",
-    "entanglement",
     "SNNLEstimate",
     "open_npy",
     "snnl_streamed",
     "estimate_snnl",
-    "estimate_optimal_temperature",
-    "estimate_temperature_curve",
+    "warn_left_out",
 ]
 
-Distance = Literal["euclidean", "cosine"]
 Reduction = Literal["mean", "sum", "none"]
 REDUCTIONS = ("mean", "sum", "none")
-_GRID_PER_DECADE = 6  # coarse grid of optimal_temperature, refined by Brent
+#: Eq. 2 lives in :mod:`snnl.temperature`; these names stay importable from here.
+_MOVED_TO_TEMPERATURE = frozenset(
+    {
+        "optimal_temperature",
+        "snnl_temperature_curve",
+        "estimate_optimal_temperature",
+        "estimate_temperature_curve",
+        "entanglement_between",
+        "entanglement",
+    }
+)
+
+
+def __getattr__(name: str):
+    if name in _MOVED_TO_TEMPERATURE:  # eq. 2 imports eq. 1: looked up when asked for
+        from snnl import temperature
+
+        return getattr(temperature, name)
+    raise AttributeError(f"module 'snnl.loss' has no attribute {name!r}")
 
 
 class SNNLWarning(UserWarning):
@@ -67,67 +77,6 @@ class SNNLWarning(UserWarning):
 # ----------------------------------------------------------------------------- validation
 
 
-def _check_features_labels(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Validate and return (features as (N, D) float32/float64, labels as (N,) int64)."""
-    check_tensor("features", features, floating=True)
-    if features.dim() < 2:
-        raise ValueError(
-            f"features must have shape (N, ...) with N points, got shape {tuple(features.shape)}"
-        )
-    n = features.shape[0]
-    if n < 2:
-        raise ValueError(f"SNNL needs at least 2 points, got {n}")
-    y = check_labels(labels, n, device=features.device)
-    x = features.reshape(n, -1)
-    if x.shape[1] == 0:
-        raise ValueError(f"features have no dimensions per point: shape {tuple(features.shape)}")
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()  # float16 / bfloat16: computed in float32
-    lo, hi = torch.aminmax(x.detach())  # one read; NaN and +-Inf show here (isfinite: 10x slower)
-    if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
-        bad = int((~torch.isfinite(x)).any(1).sum())
-        raise ValueError(f"features contain NaN or Inf (in {bad} of {n} points)")
-    return x, y
-
-
-def _check_temperature_range(name: str, value: float, dtype: torch.dtype) -> None:
-    """``value`` must be a normal, finite number of ``dtype`` (the temperature is a tensor
-    of that dtype when it carries a gradient)."""
-    info = torch.finfo(dtype)
-    if info.tiny <= value <= info.max:
-        return
-    kind = str(dtype).removeprefix("torch.")
-    hint = (
-        "; float64 features accept temperatures in [2.23e-308, 1.8e308]"
-        if dtype != torch.float64
-        else ""
-    )
-    raise ValueError(
-        f"{name} {value:g} is outside the range {kind} features can use: "
-        f"[{info.tiny:.3g}, {info.max:.3g}] (the smallest normal and the largest finite "
-        f"{kind}){hint}"
-    )
-
-
-def _check_temperature(temperature: float | Tensor, dtype: torch.dtype) -> float:
-    """A positive, finite temperature (Python number or one-element tensor) that
-    ``dtype`` can represent as a normal number; returned as a Python float."""
-    if isinstance(temperature, Tensor):
-        if temperature.numel() != 1 or temperature.dim() > 1:
-            raise ValueError(
-                f"temperature must be a scalar (0-dim or one-element 1-D tensor), got shape "
-                f"{tuple(temperature.shape)}"
-            )
-        if temperature.dtype == torch.bool or temperature.is_complex():
-            raise TypeError(f"temperature must be a real number, got dtype {temperature.dtype}")
-        value = float(temperature.detach())
-    else:
-        value = temperature
-    value = check_positive("temperature", value)
-    _check_temperature_range("temperature", value, dtype)
-    return value
-
-
 def _check_block_size(block_size: int | None) -> None:
     if block_size is not None and (
         isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
@@ -135,23 +84,10 @@ def _check_block_size(block_size: int | None) -> None:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
 
 
-def _unit_vectors(x: Tensor) -> Tensor:
-    """Rows divided by their norm (zero rows stay zero), with autograd.
-
-    Each row is first scaled by a power of two (exact; cosine ignores positive
-    scaling) so that no norm overflows or underflows, whatever the magnitude.
-    """
-    with torch.no_grad():
-        row_max = x.abs().amax(1)
-        e = torch.frexp(row_max).exponent.to(x.dtype)
-        e = torch.where(row_max > 0, e, torch.zeros_like(e))
-        half = torch.floor(e / 2)
-        s1, s2 = torch.exp2(-half), torch.exp2(half - e)
-    return F.normalize(x * s1.unsqueeze(1) * s2.unsqueeze(1), dim=1, eps=1e-12)
-
-
-def _warn_left_out(batch: _blocked.SortedBatch, n: int, stacklevel: int = 3) -> None:
-    left_out = n - batch.num_valid
+def warn_left_out(num_valid: int, n: int, stacklevel: int = 3) -> None:
+    """An ``SNNLWarning`` when some (or all) of the ``n`` anchors have no other point of
+    their class (``num_valid`` have one) and are left out of the SNNL."""
+    left_out = n - num_valid
     if left_out == n:
         warnings.warn(
             f"SNNL is undefined for every one of the {n} anchors: no label occurs twice, "
@@ -243,7 +179,7 @@ def soft_nearest_neighbor_loss(
     labels: Tensor,
     temperature: float | Tensor = 1.0,
     *,
-    distance: Distance = "euclidean",
+    distance: Distance | str = Distance.EUCLIDEAN,
     reduction: Reduction = "mean",
     block_size: int | None = None,
 ) -> Tensor:
@@ -301,17 +237,17 @@ def soft_nearest_neighbor_loss(
         >>> float(soft_nearest_neighbor_loss(x, torch.tensor([0, 1, 0, 1]), 10.0)) > 1
         True
     """
-    x, y = _check_features_labels(features, labels)
-    check_choice("distance", distance, DISTANCES)
+    x, y = check_features_labels(features, labels)
+    distance = check_distance(distance)
     check_choice("reduction", reduction, REDUCTIONS)
-    _check_temperature(temperature, x.dtype)
+    check_temperature(temperature, x.dtype)
     _check_block_size(block_size)
     n = x.shape[0]
     batch = _blocked.sort_by_class(y)
-    _warn_left_out(batch, n)
+    warn_left_out(batch.num_valid, n)
     t = _temperature_tensor(temperature, x)
-    euclidean = distance == "euclidean"
-    points = x if euclidean else _unit_vectors(x)
+    euclidean = distance.euclidean
+    points = x if euclidean else unit_vectors(x)
     needs_grad = torch.is_grad_enabled() and (points.requires_grad or t.requires_grad)
     if reduction == "none":
         return _SNNLFunction.apply(points, t, batch, euclidean, None, block_size, needs_grad)
@@ -343,14 +279,13 @@ class SoftNearestNeighborLoss(nn.Module):
         temperature: float = 1.0,
         *,
         learn_temperature: bool = False,
-        distance: Distance = "euclidean",
+        distance: Distance | str = Distance.EUCLIDEAN,
         reduction: Reduction = "mean",
     ) -> None:
         super().__init__()
-        _check_temperature(temperature, torch.float32)  # log T is stored in float32
-        check_choice("distance", distance, DISTANCES)
+        check_temperature(temperature, torch.float32)  # log T is stored in float32
+        self.distance = check_distance(distance).value
         check_choice("reduction", reduction, REDUCTIONS)
-        self.distance = distance
         self.reduction = reduction
         log_t = torch.tensor(math.log(float(temperature)))
         if learn_temperature:
@@ -378,246 +313,12 @@ class SoftNearestNeighborLoss(nn.Module):
         )
 
 
-def _positive_temperatures(temperatures) -> list[float]:
-    temps = np.asarray(temperatures, dtype=np.float64)
-    if temps.ndim != 1 or len(temps) == 0:
-        raise ValueError("temperatures must be a non-empty 1-D sequence")
-    if not np.isfinite(temps).all() or (temps <= 0).any():
-        raise ValueError(f"temperatures must be positive and finite, got {temps.tolist()}")
-    return [float(t) for t in temps]
-
-
-def _prepared(x: Tensor, batch: _blocked.SortedBatch, distance: str, temperature: float):
-    euclidean = distance == "euclidean"
-    with torch.no_grad():
-        points = x.detach() if euclidean else _unit_vectors(x.detach())
-    return _blocked.prepare_points(points, batch, euclidean, temperature)
-
-
-def snnl_temperature_curve(
-    features: Tensor,
-    labels: Tensor,
-    temperatures: Tensor | np.ndarray | list[float],
-    *,
-    distance: Distance = "euclidean",
-) -> Tensor:
-    """SNNL (mean over anchors with a positive) at each of ``temperatures``: (len(temperatures),).
-
-    The pairwise products are computed once per block and reused for every
-    temperature, so a curve costs one pass of matrix products. Float32 curves are
-    spot-checked at every temperature like :func:`soft_nearest_neighbor_loss`.
-
-    Example:
-        >>> x, y = torch.randn(40, 3), torch.arange(40) % 4
-        >>> snnl_temperature_curve(x, y, [0.1, 1.0, 10.0]).shape
-        torch.Size([3])
-    """
-    x, y = _check_features_labels(features, labels)
-    check_choice("distance", distance, DISTANCES)
-    temps = _positive_temperatures(temperatures)
-    for t in (min(temps), max(temps)):
-        _check_temperature_range("temperature", t, x.dtype)
-    batch = _blocked.sort_by_class(y)
-    _warn_left_out(batch, x.shape[0])
-    if batch.num_valid == 0:
-        return torch.zeros(len(temps), dtype=x.dtype)
-    prep = _prepared(x, batch, distance, math.sqrt(min(temps) * max(temps)))
-    with torch.no_grad():
-        per_anchor = _blocked.exact_grid(prep, batch, temps, x.dtype)
-    return per_anchor.nanmean(1).cpu()
-
-
-def _same_value_at_every_temperature(x: Tensor, batch: _blocked.SortedBatch, distance: str):
-    """Why SNNL does not depend on T here (a reason string), or None."""
-    if batch.num_classes == 1:
-        return "there is only one class, so SNNL = 0"
-    points = x if distance == "euclidean" else _unit_vectors(x)
-    if bool((points == points[0]).all()):
-        return "all points are identical, so every distance is the same"
-    return None
-
-
-def _optimal_temperature(
-    x: Tensor,
-    y: Tensor,
-    distance: str,
-    bounds: tuple[float, float],
-    *,
-    warn_left_out: bool,
-    stacklevel: int,
-) -> tuple[float, float]:
-    """:func:`optimal_temperature` on validated (x, y); see there."""
-    lo, hi = bounds
-    log_lo, log_hi = math.log10(lo), math.log10(hi)
-    n_grid = max(2, int(math.ceil((log_hi - log_lo) * _GRID_PER_DECADE)) + 1)
-    log_grid = np.linspace(log_lo, log_hi, n_grid)
-    batch = _blocked.sort_by_class(y)
-    if warn_left_out:
-        _warn_left_out(batch, x.shape[0], stacklevel + 1)
-    if batch.num_valid == 0:
-        return lo, 0.0
-    constant = _same_value_at_every_temperature(x.detach(), batch, distance)
-    with torch.no_grad():
-        prep = _prepared(x, batch, distance, math.sqrt(lo * hi))
-
-        def value_at(log_t: float) -> float:
-            res = _blocked.exact_pass(prep, batch, 10.0**log_t, x.dtype, None)
-            return float(res.loss.double().nanmean())
-
-        if constant is not None:
-            value = value_at(log_lo)
-            warnings.warn(
-                f"every temperature gives the same SNNL ({value:.6g}): {constant}; "
-                f"returning the lower bound T = {lo:g}",
-                SNNLWarning,
-                stacklevel=stacklevel,
-            )
-            return lo, value
-        grid = [float(10.0**g) for g in log_grid]
-        grid_values = _blocked.exact_grid(prep, batch, grid, x.dtype).double().nanmean(1).numpy()
-        best_log, best_value = float(log_grid[np.argmin(grid_values)]), float(grid_values.min())
-        for k in np.argsort(grid_values, kind="stable")[:3]:
-            left, right = log_grid[max(k - 1, 0)], log_grid[min(k + 1, n_grid - 1)]
-            res = minimize_scalar(
-                value_at, bounds=(left, right), method="bounded", options={"xatol": 1e-6}
-            )
-            if float(res.fun) < best_value:
-                best_log, best_value = float(res.x), float(res.fun)
-    return float(min(max(10**best_log, lo), hi)), best_value
-
-
-def optimal_temperature(
-    features: Tensor,
-    labels: Tensor,
-    *,
-    distance: Distance = "euclidean",
-    bounds: tuple[float, float] = (1e-4, 1e4),
-) -> tuple[float, float]:
-    """The temperature that minimises SNNL within ``bounds``, and the SNNL there (eq. 2).
-
-    SNNL*(x, y) = min_T SNNL(x, y, T). The search is in log T: a grid of 6 points
-    per decade over ``bounds`` (one pass of products for the whole grid), then a
-    bounded Brent refinement (to 1e-6 in log10 T) around each of the three best grid
-    points. The value returned is never above the value at any grid point.
-
-    Returns:
-        (temperature, value) as Python floats. Where SNNL does not depend on T (a
-        single class: SNNL = 0; all points identical) an ``SNNLWarning`` says so and
-        the lower bound is returned with that value; where no label occurs twice
-        (SNNL undefined) the lower bound and 0.0, with an ``SNNLWarning``.
-
-    ``bounds`` must lie within the normal range of the features' dtype (float32:
-    [1.18e-38, 3.4e38]).
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> y = torch.arange(60) % 3
-        >>> x = torch.randn(60, 5, generator=g) + 2.0 * y[:, None]  # three shifted clusters
-        >>> t, v = optimal_temperature(x, y)
-        >>> 1e-4 < t < 1e4 and v <= snnl_temperature_curve(x, y, [t / 2, t * 2]).min().item()
-        True
-    """
-    x, y = _check_features_labels(features, labels)
-    check_choice("distance", distance, DISTANCES)
-    lo, hi = _check_bounds(bounds, x.dtype)
-    return _optimal_temperature(x, y, distance, (lo, hi), warn_left_out=True, stacklevel=3)
-
-
-def _check_bounds(bounds, dtype: torch.dtype) -> tuple[float, float]:
-    try:
-        lo, hi = (float(b) for b in bounds)
-    except (TypeError, ValueError):
-        raise ValueError(f"bounds must be a pair (low, high) of numbers, got {bounds!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi):
-        raise ValueError(f"bounds must satisfy 0 < low < high (finite), got {bounds}")
-    _check_temperature_range("lower temperature bound", lo, dtype)
-    _check_temperature_range("upper temperature bound", hi, dtype)
-    return lo, hi
-
-
-def entanglement_between(
-    a: Tensor,
-    b: Tensor,
-    *,
-    temperature: float | Tensor | None = None,
-    distance: Distance = "euclidean",
-) -> Tensor:
-    """SNNL of the union of two sets labelled by set membership (e.g. real vs generated).
-
-    High values: the two sets are entangled (hard to tell apart by their neighbours);
-    low values: they are separated. ``temperature=None`` uses the optimal temperature
-    (found without gradient, then held fixed), so the result stays differentiable
-    with respect to ``a`` and ``b``.
-
-    Args:
-        a: (Na, ...) float tensor; b: (Nb, ...) with the same trailing shape.
-
-    Returns:
-        0-dim tensor.
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> real = torch.randn(50, 2, generator=g)
-        >>> fake_far = torch.randn(50, 2, generator=g) + 20
-        >>> fake_near = torch.randn(50, 2, generator=g)
-        >>> bool(entanglement_between(real, fake_far) < entanglement_between(real, fake_near))
-        True
-    """
-    for name, t in (("a", a), ("b", b)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() < 2 or t.shape[0] < 1:
-            raise ValueError(f"{name} must have shape (N, ...) with N >= 1, got {tuple(t.shape)}")
-    if a.shape[1:] != b.shape[1:]:
-        raise ValueError(
-            f"a and b must have the same shape per point, got {tuple(a.shape)} and {tuple(b.shape)}"
-        )
-    features = torch.cat([a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)])
-    labels = torch.cat(
-        [
-            torch.zeros(a.shape[0], dtype=torch.int64, device=a.device),
-            torch.ones(b.shape[0], dtype=torch.int64, device=a.device),
-        ]
-    )
-    if temperature is None:
-        # the loss below warns about left-out anchors; the search warns only about
-        # what is its own (a value that does not depend on T)
-        x, y = _check_features_labels(features.detach(), labels)
-        check_choice("distance", distance, DISTANCES)
-        bounds = _check_bounds((1e-4, 1e4), x.dtype)
-        temperature, _ = _optimal_temperature(
-            x, y, distance, bounds, warn_left_out=False, stacklevel=3
-        )
-    return soft_nearest_neighbor_loss(features, labels, temperature, distance=distance)
-
-
-def entanglement(
-    a: Tensor,
-    b: Tensor,
-    *,
-    temperature: float | Tensor | None = None,
-    distance: Distance = "euclidean",
-) -> Tensor:
-    """Deprecated alias of :func:`entanglement_between` (two sets labelled by membership).
-
-    The name read as the class entanglement of labelled features (what the
-    ``snnl entanglement`` command measures); use :func:`entanglement_between`.
-    """
-    warnings.warn(
-        "snnl.entanglement(a, b) is deprecated: use snnl.entanglement_between(a, b) "
-        "(the SNNL of two sets labelled by membership)",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return entanglement_between(a, b, temperature=temperature, distance=distance)
-
-
 # ----------------------------------------------------------------------------- dataset scale
 
 
 def open_npy(path) -> _stream.NpyRows:
     """Rows of a .npy file, read block by block with ``os.pread`` (never mapped whole), for
-    :func:`snnl_streamed`, :func:`estimate_snnl` and :func:`estimate_optimal_temperature`.
+    :func:`snnl_streamed`, :func:`estimate_snnl` and the functions of :mod:`snnl.temperature`.
 
     ``np.load(path, mmap_mode="r")`` serves those functions too, but maps the whole file
     into the address space, which a limit such as ``ulimit -v`` below the file size
@@ -625,6 +326,7 @@ def open_npy(path) -> _stream.NpyRows:
 
     Example:
         >>> import tempfile, pathlib
+        >>> import numpy as np
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "f.npy"
         >>> np.save(path, np.arange(12, dtype=np.float32).reshape(4, 3))
         >>> with open_npy(path) as rows:
@@ -634,31 +336,12 @@ def open_npy(path) -> _stream.NpyRows:
     return _stream.NpyRows(path)
 
 
-def _stream_inputs(features, labels, distance: str):
-    """(source, labels (N,) int64, valid (N,) bool) for the dataset-scale functions."""
-    check_choice("distance", distance, DISTANCES)
-    source = _stream.Source(features)
-    if isinstance(labels, np.ndarray):
-        if labels.dtype.kind not in "iu":
-            raise TypeError(f"labels must be an integer array, got dtype {labels.dtype}")
-        labels = torch.from_numpy(np.ascontiguousarray(labels).astype(np.int64))
-    y = check_labels(labels, source.n, device="cpu")
-    _, inverse, counts = torch.unique(y, return_inverse=True, return_counts=True)
-    valid = counts[inverse] >= 2
-    if not bool(valid.any()):
-        raise ValueError(
-            f"SNNL is undefined: no label occurs twice among the {source.n} points, so no "
-            "point has another point of its class"
-        )
-    return source, y, valid
-
-
 def snnl_streamed(
     features,
     labels,
     temperature: float,
     *,
-    distance: Distance = "euclidean",
+    distance: Distance | str = Distance.EUCLIDEAN,
     progress: bool = False,
 ) -> float:
     """Exact SNNL (eq. 1, mean over points with another point of their class) of features
@@ -690,9 +373,10 @@ def snnl_streamed(
         >>> abs(value - soft_nearest_neighbor_loss(x, y, 2.0).item()) < 1e-5
         True
     """
-    source, y, valid = _stream_inputs(features, labels, distance)
-    t = _check_temperature(temperature, source.dtype)
-    prep = _stream.scan(source, distance == "euclidean")
+    distance = check_distance(distance)
+    source, y, valid = stream_inputs(features, labels, distance.euclidean)
+    t = check_temperature(temperature, source.dtype)
+    prep = _stream.scan(source, distance.euclidean)
     losses = _stream.checked_symmetric_losses(source, y, prep, t, progress)
     return float(losses[valid].mean())
 
@@ -718,12 +402,6 @@ class SNNLEstimate:
     temperature: float
 
 
-def _sample_anchors(valid: Tensor, anchors: int, generator: torch.Generator | None) -> Tensor:
-    pool = torch.nonzero(valid).squeeze(1)
-    take = min(anchors, len(pool))
-    return pool[torch.randperm(len(pool), generator=generator)[:take]]
-
-
 def estimate_snnl(
     features,
     labels,
@@ -732,7 +410,7 @@ def estimate_snnl(
     anchors: int,
     confidence: float = 0.95,
     generator: torch.Generator | None = None,
-    distance: Distance = "euclidean",
+    distance: Distance | str = Distance.EUCLIDEAN,
     progress: bool = False,
 ) -> SNNLEstimate:
     r"""SNNL estimated from ``anchors`` sampled anchors against all points, with a
@@ -762,13 +440,14 @@ def estimate_snnl(
         >>> est.low <= est.value <= est.high and est.anchors == 100
         True
     """
-    source, y, valid = _stream_inputs(features, labels, distance)
-    t = _check_temperature(temperature, source.dtype)
+    distance = check_distance(distance)
+    source, y, valid = stream_inputs(features, labels, distance.euclidean)
+    t = check_temperature(temperature, source.dtype)
     m = check_int("anchors", anchors, low=2)
     level = check_real("confidence", confidence, low=0.0, high=1.0, low_inclusive=False,
                        high_inclusive=False)  # fmt: skip
-    prep = _stream.scan(source, distance == "euclidean")
-    idx = _sample_anchors(valid, m, generator)
+    prep = _stream.scan(source, distance.euclidean)
+    idx = sample_anchors(valid, m, generator)
     terms = _stream.checked_anchor_losses(source, y, prep, idx, [t], progress, "SNNL estimate")[0]
     return _interval(terms, int(valid.sum()), level, t)
 
@@ -783,94 +462,3 @@ def _interval(terms: Tensor, population: int, level: float, temperature: float) 
     se = sd / math.sqrt(m) * fpc
     half = float(student_t.ppf((1.0 + level) / 2.0, df=max(m - 1, 1))) * se
     return SNNLEstimate(mean, mean - half, mean + half, level, m, population, se, temperature)
-
-
-def estimate_optimal_temperature(
-    features,
-    labels,
-    *,
-    anchors: int = 256,
-    generator: torch.Generator | None = None,
-    bounds: tuple[float, float] = (1e-4, 1e4),
-    distance: Distance = "euclidean",
-    progress: bool = False,
-) -> tuple[float, float]:
-    """The temperature minimising the SNNL estimated on ``anchors`` sampled anchors against
-    all points (eq. 2 on data too large for :func:`optimal_temperature`).
-
-    Three passes over the features: a grid of 3 points per decade over ``bounds``, then
-    21 points across the best grid point's neighbours, then 21 across the best of those
-    (log10 T resolved to 1/300 of a decade). Each pass computes one product per block
-    for all its temperatures.
-
-    Returns:
-        (T, the anchor estimate of SNNL at T). Where every temperature gives the same
-        estimate an ``SNNLWarning`` says so and the lower bound is returned.
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> y = torch.arange(200) % 2
-        >>> x = torch.randn(200, 3, generator=g) + 2.0 * y[:, None]
-        >>> t, v = estimate_optimal_temperature(x, y, anchors=200)
-        >>> t_all, v_all = optimal_temperature(x, y)  # every point is an anchor here
-        >>> abs(math.log10(t / t_all)) < 0.01 and abs(v - v_all) < 1e-4
-        True
-    """
-    source, y, valid = _stream_inputs(features, labels, distance)
-    lo, hi = _check_bounds(bounds, source.dtype)
-    m = check_int("anchors", anchors, low=2)
-    prep = _stream.scan(source, distance == "euclidean")
-    idx = _sample_anchors(valid, m, generator)
-    log_lo, log_hi = math.log10(lo), math.log10(hi)
-    grid = np.linspace(log_lo, log_hi, max(2, int(math.ceil((log_hi - log_lo) * 3)) + 1))
-    best_log, best_value = log_lo, math.inf
-    for step in range(3):
-        temps = [float(10.0**g) for g in grid]
-        values = _stream.checked_anchor_losses(
-            source, y, prep, idx, temps, progress, f"temperature search {step + 1}/3"
-        ).mean(1)
-        if step == 0 and float(values.max() - values.min()) <= 1e-12 * float(values.abs().max()):
-            warnings.warn(
-                f"every temperature gives the same SNNL ({float(values[0]):.6g}) on the "
-                f"{len(idx)} search anchors; returning the lower bound T = {lo:g}",
-                SNNLWarning,
-                stacklevel=2,
-            )
-            return lo, float(values[0])
-        k = int(torch.argmin(values))
-        if float(values[k]) < best_value:
-            best_log, best_value = float(grid[k]), float(values[k])
-        left, right = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
-        grid = np.linspace(left, right, 21)
-    return float(min(max(10.0**best_log, lo), hi)), best_value
-
-
-def estimate_temperature_curve(
-    features,
-    labels,
-    temperatures,
-    *,
-    anchors: int = 256,
-    generator: torch.Generator | None = None,
-    distance: Distance = "euclidean",
-    progress: bool = False,
-) -> Tensor:
-    """SNNL at each of ``temperatures`` estimated on ``anchors`` sampled anchors against all
-    points (one pass over the features): the mean of the exact per-anchor terms, as in
-    :func:`estimate_snnl`; (len(temperatures),) float64.
-
-    Example:
-        >>> y = torch.arange(60) % 3
-        >>> x = torch.randn(60, 3, generator=torch.Generator().manual_seed(1)) + y[:, None]
-        >>> curve = estimate_temperature_curve(x, y, [0.5, 2.0], anchors=60)  # all anchors
-        >>> bool(torch.allclose(curve, snnl_temperature_curve(x, y, [0.5, 2.0]).double()))
-        True
-    """
-    source, y, valid = _stream_inputs(features, labels, distance)
-    temps = _positive_temperatures(temperatures)
-    for t in (min(temps), max(temps)):
-        _check_temperature_range("temperature", t, source.dtype)
-    m = check_int("anchors", anchors, low=2)
-    prep = _stream.scan(source, distance == "euclidean")
-    idx = _sample_anchors(valid, m, generator)
-    return _stream.checked_anchor_losses(source, y, prep, idx, temps, progress, "curve").mean(1)

@@ -30,9 +30,10 @@ from sklearn.metrics import roc_auc_score, silhouette_score
 from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 
-from snnl._checks import check_choice, check_int, check_labels, check_real, check_tensor
-from snnl.loss import optimal_temperature
+from snnl._checks import check_int, check_labels, check_real, check_tensor
+from snnl.distances import Distance, check_distance
 from snnl.taps import LayerTap, capture, eval_mode, resolve_layers
+from snnl.temperature import snnl_star
 
 __all__ = [
     "SELECTIVITY_EPS",
@@ -72,11 +73,12 @@ def layer_snnl_profile(
     y: Tensor,
     layers: str | Sequence[str],
     *,
-    distance: str = "euclidean",
+    distance: Distance | str = Distance.EUCLIDEAN,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """SNNL at the optimal temperature of every named layer and of the logits.
+    """SNNL at the optimal temperature of every named layer and of the logits: the one
+    per-layer SNNL* profile (the trainer's health probe and the experiments use it).
 
-    ``SNNL*_l = min_T SNNL(h_l(x), y, T)`` (eq. 2, :func:`snnl.loss.optimal_temperature`)
+    ``SNNL*_l = min_T SNNL(h_l(x), y, T)`` (eq. 2, :func:`snnl.temperature.snnl_star`)
     with ``h_l(x)`` the output of module ``l`` flattened to (N, D_l), taken in eval
     mode (every module's train/eval flag is restored).
 
@@ -100,15 +102,15 @@ def layer_snnl_profile(
         >>> list(snnl), all(v >= 0 for v in snnl.values()), list(temps) == list(snnl)
         (['relu1', 'logits'], True, True)
     """
-    check_choice("distance", distance, ("euclidean", "cosine"))
+    distance = check_distance(distance)
     y = check_labels(y, x.shape[0] if isinstance(x, Tensor) else None)
     names = _layer_names(model, layers)
     acts = capture(model, x, names)
     snnl: dict[str, float] = {}
     temperature: dict[str, float] = {}
     for name in names:
-        t, value = optimal_temperature(acts[name], y.to(acts[name].device), distance=distance)
-        snnl[name], temperature[name] = value, t
+        star = snnl_star(acts[name], y.to(acts[name].device), distance=distance)
+        snnl[name], temperature[name] = float(star.value), star.temperature
     return snnl, temperature
 
 
@@ -202,10 +204,11 @@ def reliability(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> 
 
 
 def auroc(clean_scores: np.ndarray, odd_scores: np.ndarray) -> float:
-    """AUROC of flagging ``odd`` against ``clean`` with outlier-ness ``1 - score``.
+    """AUROC of flagging ``odd`` against ``clean`` by low score (outlier-ness ``-score``).
 
     Equals ``P(score_odd < score_clean) + 0.5 P(tie)`` over all (clean, odd) pairs:
-    1 = every odd input scores lower than every clean one, 0.5 = chance.
+    1 = every odd input scores lower than every clean one, 0.5 = chance. The scores
+    themselves are ranked (negation is exact), so differences of any size count.
 
     Args:
         clean_scores: (N_clean,) scores of in-distribution inputs (high = normal).
@@ -214,6 +217,8 @@ def auroc(clean_scores: np.ndarray, odd_scores: np.ndarray) -> float:
     Example:
         >>> auroc(np.array([0.9, 0.8]), np.array([0.1, 0.85]))
         0.75
+        >>> auroc(np.array([1e-17]), np.array([0.0]))
+        1.0
     """
     clean = np.asarray(clean_scores, dtype=np.float64).ravel()
     odd = np.asarray(odd_scores, dtype=np.float64).ravel()
@@ -222,7 +227,7 @@ def auroc(clean_scores: np.ndarray, odd_scores: np.ndarray) -> float:
             f"auroc needs at least one clean and one odd score, got {clean.size} and {odd.size}"
         )
     labels = np.r_[np.zeros(clean.size), np.ones(odd.size)]
-    return float(roc_auc_score(labels, 1.0 - np.r_[clean, odd]))
+    return float(roc_auc_score(labels, -np.r_[clean, odd]))
 
 
 # ----------------------------------------------------------------------------- clustering
@@ -252,8 +257,8 @@ def class_clustering(features: Tensor, labels: Tensor) -> dict[str, float]:
     # scikit-learn's OpenMP pool spins against torch's on few cores: one thread
     with threadpool_limits(limits=1):
         sil = float(silhouette_score(f.numpy(), y.numpy(), metric="euclidean"))
-    temperature, value = optimal_temperature(f, y)
-    return {"silhouette": sil, "snnl": float(value), "temperature": float(temperature)}
+    star = snnl_star(f, y)
+    return {"silhouette": sil, "snnl": float(star.value), "temperature": star.temperature}
 
 
 # ----------------------------------------------------------------------------- selectivity

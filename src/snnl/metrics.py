@@ -18,8 +18,10 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from snnl._checks import DISTANCES, check_choice, check_labels, check_positive, check_tensor
-from snnl.loss import SNNLWarning, optimal_temperature, soft_nearest_neighbor_loss
+from snnl._checks import check_bounds, check_labels, check_positive, check_tensor
+from snnl.distances import Distance, check_distance
+from snnl.loss import SNNLWarning, soft_nearest_neighbor_loss
+from snnl.temperature import snnl_star
 
 __all__ = ["SoftNearestNeighborMetric", "FEATURE_DTYPES"]
 
@@ -41,11 +43,12 @@ class SoftNearestNeighborMetric(Metric):
     of their class. This is the SNNL of the union, not a mean of per-batch values.
 
     Args:
-        temperature: T > 0, or None for the optimal temperature within ``bounds``
-            (:func:`snnl.loss.optimal_temperature`; the T used is kept in
+        temperature: T > 0, or None for the optimal temperature
+            (:func:`snnl.temperature.snnl_star`; the T used is kept in
             ``last_temperature``).
-        distance: "euclidean" (squared) or "cosine".
-        bounds: search interval of the optimal temperature.
+        distance: "euclidean" (squared) or "cosine" (:class:`snnl.distances.Distance`).
+        bounds: search interval of the optimal temperature; None (default): the range
+            of the data's distances (any feature scale).
         feature_dtype: keep the stored features in this dtype (e.g. ``torch.float16``
             halves the memory of float32 features); computed in float32 (float64 if
             float64). None: float32, or float64 for float64 features.
@@ -85,8 +88,8 @@ class SoftNearestNeighborMetric(Metric):
         self,
         temperature: float | None = None,
         *,
-        distance: str = "euclidean",
-        bounds: tuple[float, float] = (1e-4, 1e4),
+        distance: Distance | str = Distance.EUCLIDEAN,
+        bounds: tuple[float, float] | None = None,
         feature_dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
@@ -94,15 +97,12 @@ class SoftNearestNeighborMetric(Metric):
         self.temperature = (
             None if temperature is None else check_positive("temperature", temperature)
         )
-        self.distance = check_choice("distance", distance, DISTANCES)
+        self.distance = check_distance(distance).value
         if feature_dtype is not None and feature_dtype not in FEATURE_DTYPES:
             names = ", ".join(str(d).removeprefix("torch.") for d in FEATURE_DTYPES)
             raise ValueError(f"unknown feature_dtype {feature_dtype!r}; expected one of: {names}")
         self.feature_dtype = feature_dtype
-        lo, hi = (check_positive("bounds", b) for b in bounds)
-        if not lo < hi:
-            raise ValueError(f"bounds must satisfy 0 < low < high, got {bounds}")
-        self.bounds = (lo, hi)
+        self.bounds = check_bounds(bounds, torch.float64)
         self.last_temperature: float | None = None
         self.add_state("features", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")
@@ -150,7 +150,8 @@ class SoftNearestNeighborMetric(Metric):
                 "ignore", message=".*left out of the SNNL", category=SNNLWarning
             )
             if self.temperature is None:
-                t, value = optimal_temperature(x, y, distance=self.distance, bounds=self.bounds)
+                star = snnl_star(x, y, distance=self.distance, bounds=self.bounds)
+                t, value = star.temperature, float(star.value)
             else:
                 t = self.temperature
                 value = float(soft_nearest_neighbor_loss(x, y, t, distance=self.distance))

@@ -9,7 +9,7 @@ dimensionality and participation ratio, with the layer's Lipschitz bound.
   its severity, :func:`snnl.corruptions.corrupt`); their adversarial version (PGD, L-inf,
   :func:`snnl.attacks.pgd`, random start, against the true labels).
 - measures per hidden layer and input kind, on the layer's output over those examples
-  (eval mode): SNNL* = min_T SNNL (:func:`snnl.loss.optimal_temperature`, squared
+  (eval mode): SNNL* = min_T SNNL (:func:`snnl.temperature.snnl_star`, squared
   Euclidean) and its temperature, the mean over units of the class selectivity index
   (:func:`snnl.measures.class_selectivity`; convolutional units are feature maps averaged
   over space), the number of principal components for 95% of the variance
@@ -39,9 +39,9 @@ from snnl.attacks import pgd
 from snnl.corruptions import corrupt, corruption_names
 from snnl.data import DataSplits
 from snnl.lipschitz import layer_bounds
-from snnl.loss import optimal_temperature
 from snnl.measures import accuracy, class_selectivity, dimensionality, participation_ratio
 from snnl.taps import LayerTap, eval_mode, resolve_layers
+from snnl.temperature import snnl_star
 
 __all__ = [
     "INPUT_KINDS",
@@ -91,10 +91,10 @@ def layer_activations(
 
 def _layer_measures(acts: Tensor, y: Tensor, variance: float) -> dict[str, float]:
     flat = acts.reshape(acts.shape[0], -1)
-    temperature, snnl = optimal_temperature(flat, y)
+    star = snnl_star(flat, y)
     return {
-        "snnl": float(snnl),
-        "temperature": float(temperature),
+        "snnl": float(star.value),
+        "temperature": star.temperature,
         "selectivity": float(class_selectivity(acts, y).mean()),
         "dimensionality": float(dimensionality(acts, variance)),
         "participation_ratio": float(participation_ratio(acts)),

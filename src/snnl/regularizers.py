@@ -68,6 +68,7 @@ from snnl._checks import (
 from snnl.loss import SNNLWarning, soft_nearest_neighbor_loss
 from snnl.measures import class_selectivity
 from snnl.taps import LayerTap, resolve_layers
+from snnl.temperature import optimal_log_temperature, snnl_star
 
 __all__ = [
     "EntanglementOutput",
@@ -299,182 +300,6 @@ def _snnl(formula: str, x: Tensor, y: Tensor, t: float | Tensor, distance: str) 
     if formula == "reference":
         return reference_formula_snnl(x, y, t, distance=distance)
     return soft_nearest_neighbor_loss(x, y, t, distance=distance)
-
-
-# ----------------------------------------------------------------------------- T* search
-
-
-def _distance_matrix(x: Tensor, distance: str) -> Tensor:
-    """(N, N) float64 distances of a mini-batch (float32 products after centring)."""
-    x = x.detach().reshape(x.shape[0], -1)
-    if x.dtype not in (torch.float32, torch.float64):
-        x = x.float()
-    if distance == "cosine":
-        xn = F.normalize(x, dim=1, eps=1e-12)
-        return (1.0 - xn @ xn.T).double().clamp_min_(0.0)
-    xc = x - x.mean(0, keepdim=True)
-    # a power of two near the largest entry: the products cannot overflow, and the
-    # scaling is exact (distances scale by its square, applied in float64)
-    peak = float(xc.abs().max()) if xc.numel() else 0.0
-    scale = 2.0 ** math.frexp(peak)[1] if math.isfinite(peak) and peak > 0 else 1.0
-    xs = xc / scale
-    sq = (xs * xs).sum(1)
-    d = (sq[:, None] + sq[None, :] - 2.0 * (xs @ xs.T)).double()
-    return d.clamp_min_(0.0).mul_(scale * scale)
-
-
-class _Curve:
-    """SNNL of a mini-batch as a function of u = log T, with its first two derivatives.
-
-    With c = e^{-u} and s_ij = -c d_ij (self pair excluded), per valid anchor and
-    for each set S (all other points; positives)
-    LSE_S = -c m_S + log sum_S w_j, w_j = exp(-c (d_ij - m_S)), m_S = min_S d_ij,
-    E_S[s] = -c (m_S + E_w[dd]), Var_S[s] = c^2 Var_w[dd] (dd = d - m_S), and
-    f_i = LSE_all - LSE_pos, f_i' = E_pos[s] - E_all[s],
-    f_i'' = (E_all[s] + Var_all[s]) - (E_pos[s] + Var_pos[s]); the curve is their mean.
-    Both sets are one stacked (2, V, N) tensor; entries outside a set hold a
-    distance so large that their weight is exactly 0 at every u searched.
-    """
-
-    def __init__(self, d: Tensor, y: Tensor) -> None:
-        n = d.shape[0]
-        eye = torch.eye(n, dtype=torch.bool, device=d.device)
-        same = (y[:, None] == y[None, :]) & ~eye
-        valid = same.any(1)
-        self.size = int(valid.sum())
-        off = d.masked_fill(eye, math.inf)
-        lo = float(off.masked_fill(off <= 0, math.inf).min()) if n > 1 else math.inf
-        hi = float(d.max())
-        self.d_lo = lo if math.isfinite(lo) else max(hi, 1.0)
-        self.d_hi = max(hi, self.d_lo)
-        self.u_lo = math.log(self.d_lo) - 6.0
-        self.u_hi = math.log(self.d_hi) + 6.0
-        # exp(-c * far) == 0 for every c = e^{-u}, u <= u_hi: far * e^{-u_hi} > 800
-        far = 800.0 * math.exp(self.u_hi) + 1.0
-        dv = d[valid]
-        sets = torch.stack([dv.masked_fill(eye[valid], far), dv.masked_fill(~same[valid], far)])
-        self.m = sets.amin(2)  # (2, V)
-        self.dd = sets - self.m.unsqueeze(2)
-        self.dd.masked_fill_(self.dd >= 0.5 * far, far)
-        self.dd2 = self.dd * self.dd
-        self._dd32: Tensor | None = None
-
-    def values(self, us: Tensor) -> Tensor:
-        """f at each u of ``us`` (G,), in float32 (enough to choose where Newton starts)."""
-        if self._dd32 is None:
-            self._dd32 = self.dd.float()
-        m = self.m.float()
-        out = []
-        for u in us.tolist():
-            c = math.exp(-u)
-            # exp below -87 would be a float32 denormal (up to 100x slower); the
-            # clamped weight e^-87 is invisible next to the set's weight of 1
-            lse = torch.exp((self._dd32 * -c).clamp_min_(-87.0)).sum(2).log_().sub_(m, alpha=c)
-            out.append((lse[0] - lse[1]).mean())
-        return torch.stack(out).double()
-
-    def stats(self, u: float) -> tuple[float, float, float]:
-        c = math.exp(-u)
-        # float64 exp below -700 is slow (denormals); e^-700 next to a weight of 1 is nothing
-        w = torch.exp((self.dd * -c).clamp_min_(-700.0))
-        s0 = w.sum(2)
-        e1 = (w * self.dd).sum(2).div_(s0)
-        e2 = (w.mul_(self.dd2)).sum(2).div_(s0)
-        lse = s0.log_().sub_(self.m, alpha=c)
-        mean = (self.m + e1).mul_(-c)
-        var = (e2 - e1 * e1).clamp_min_(0.0).mul_(c * c)
-        f = (lse[0] - lse[1]).mean()
-        g = (mean[1] - mean[0]).mean()
-        h = ((mean[0] + var[0]) - (mean[1] + var[1])).mean()
-        f_, g_, h_ = torch.stack([f, g, h]).tolist()
-        return f_, g_, h_
-
-
-def optimal_log_temperature(
-    features: Tensor,
-    labels: Tensor,
-    *,
-    distance: str = "euclidean",
-    start: float | None = None,
-    tol: float = 1e-6,
-    accept: float = 1e-3,
-    max_newton: int = 30,
-) -> tuple[float, float, int]:
-    """log T* = argmin_u SNNL(features, labels, e^u) of a mini-batch, by safeguarded Newton.
-
-    The batch's (N, N) distances are computed once; every evaluation of the curve
-    and its derivatives in u = log T is elementwise on them. Without ``start`` (or
-    when Newton does not converge) a grid of one point per unit of u over
-    [log d_min - 6, log d_max + 6] picks the starting point. Each Newton step is
-    limited to 1 in u and backtracked until the value does not rise; once a step
-    is below ``accept`` (where the curve is convex) it is taken without another
-    evaluation (Newton's quadratic convergence leaves an error of order step^2).
-
-    Returns:
-        (log T*, SNNL at the last evaluated point, number of curve evaluations).
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> y = torch.arange(60) % 3
-        >>> x = torch.randn(60, 5, generator=g) + 2.0 * y[:, None]
-        >>> u, v, _ = optimal_log_temperature(x, y)
-        >>> from snnl.loss import optimal_temperature
-        >>> t_ref, v_ref = optimal_temperature(x, y)
-        >>> abs(v - v_ref) < 1e-6 and abs(u - math.log(t_ref)) < 1e-3
-        True
-    """
-    y = check_labels(labels, features.shape[0], device=features.device)
-    curve = _Curve(_distance_matrix(features, distance), y)
-    if curve.size == 0:
-        return math.log(curve.d_hi), 0.0, 0
-    evals = 0
-
-    def grid_start() -> float:
-        nonlocal evals
-        us = torch.arange(curve.u_lo, curve.u_hi + 1.0, 1.0, dtype=torch.float64)
-        vals = curve.values(us)
-        evals += len(us)
-        return float(us[int(torch.argmin(vals))])
-
-    u = grid_start() if start is None or not math.isfinite(start) else start
-    u = min(max(u, curve.u_lo), curve.u_hi)
-    f = math.nan
-    for attempt in range(2):
-        converged = False
-        f, g, h = curve.stats(u)
-        evals += 1
-        for _ in range(max_newton):
-            step = -g / h if h > 0 else (-1.0 if g > 0 else 1.0)
-            step = max(-1.0, min(1.0, step))
-            if h > 0 and abs(step) < accept:
-                u = min(max(u + step, curve.u_lo), curve.u_hi)
-                converged = True
-                break
-            while True:
-                u_new = min(max(u + step, curve.u_lo), curve.u_hi)
-                f_new, g_new, h_new = curve.stats(u_new)
-                evals += 1
-                if f_new <= f + 1e-15 * max(1.0, abs(f)) or abs(step) < tol:
-                    break
-                step *= 0.5
-            moved = abs(u_new - u)
-            u, f, g, h = u_new, f_new, g_new, h_new
-            if moved < tol:
-                converged = True
-                break
-        if converged and start is not None and attempt == 0:
-            # a warm start can settle in a local minimum: check a few points around it
-            # and the large-T end (the indistinguishable-classes value) before trusting it
-            probes = torch.tensor([u - 2.0, u + 2.0, curve.u_hi], dtype=torch.float64).clamp(
-                curve.u_lo, curve.u_hi
-            )
-            evals += len(probes)
-            if float(curve.values(probes).min()) < f - 1e-6 * max(1.0, abs(f)):
-                converged = False
-        if converged or attempt == 1:
-            break
-        u = grid_start()
-    return u, f, evals
 
 
 # ----------------------------------------------------------------------------- entanglement
@@ -725,10 +550,9 @@ class EntanglementRegularizer:
         if mode == "optimal":
             regrid = not self._has_optimum[name] or self._calls % self.regrid_every == 0
             start = None if regrid else float(self._log_t[name])
-            u, _, evals = optimal_log_temperature(
-                feats.detach(), y, distance=self.distance, start=start
-            )
-            self.search_evaluations += evals
+            star = snnl_star(feats.detach(), y, distance=self.distance, start=start)
+            u = star.log_temperature
+            self.search_evaluations += star.evaluations
             if update:
                 self._log_t[name].fill_(u)
                 self._has_optimum[name] = True

@@ -56,7 +56,6 @@ from snnl.regularizers import (
     SNNL_FORMULAS,
     TEMPERATURE_MODES,
     EntanglementRegularizer,
-    optimal_log_temperature,
     regularized_loss,
 )
 from snnl.runs import (
@@ -72,6 +71,7 @@ from snnl.runs import (
     show_progress,
 )
 from snnl.taps import capture, resolve_layers
+from snnl.temperature import snnl_star
 
 __all__ = [
     "TrainConfig",
@@ -236,18 +236,16 @@ def _layer_geometry(acts: Tensor) -> tuple[float, float]:
 def _snnl_star(acts: Tensor, y: Tensor, distance: str) -> tuple[float, float]:
     """(T*, SNNL*) of a layer on the probe subset, whatever the activations' scale.
 
-    The search (:func:`snnl.regularizers.optimal_log_temperature`: a grid over the
-    layer's own distance range, then Newton in log T) agrees with
-    :func:`snnl.loss.optimal_temperature` to about 1e-7 and costs a fraction of it
-    on a few hundred points; non-finite activations give (nan, nan).
+    :func:`snnl.temperature.snnl_star` (the search follows the layer's own distance
+    range); non-finite activations give (nan, nan).
     """
     a = acts.reshape(acts.shape[0], -1)
     if not bool(torch.isfinite(a).all()):
         return math.nan, math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        u, v, _ = optimal_log_temperature(a, y, distance=distance, tol=1e-9, accept=1e-5)
-    return math.exp(u), v
+        star = snnl_star(a, y, distance=distance)
+    return star.temperature, float(star.value)
 
 
 def _profile(

@@ -85,10 +85,10 @@ from snnl.experiments.base import (
 from snnl.experiments.config import ReproduceConfig
 from snnl.experiments.zoo import Kind, RunMismatchError, recipe
 from snnl.lipschitz import layer_bounds
-from snnl.loss import optimal_temperature
 from snnl.measures import layer_snnl_profile
 from snnl.models import AutoencoderClassifier, ReferenceCNN, build_model
 from snnl.taps import capture, eval_mode
+from snnl.temperature import optimal_temperature
 
 __all__ = [
     "NAME",

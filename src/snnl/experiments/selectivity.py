@@ -73,7 +73,12 @@ from snnl.experiments.base import (
 )
 from snnl.experiments.config import ReproduceConfig
 from snnl.experiments.zoo import Kind, RunRef, outcome, recipe
-from snnl.measures import accuracy, layer_selectivity, linear_dimensionality
+from snnl.measures import (
+    accuracy,
+    layer_selectivity,
+    layer_snnl_profile,
+    linear_dimensionality,
+)
 from snnl.taps import capture
 
 NAME = "selectivity"
@@ -200,17 +205,9 @@ def least_squares_slope(x: list[float], y: list[float]) -> float:
 
 
 def snnl_profile(model: nn.Module, x: Tensor, y: Tensor, layers: list[str]) -> dict[str, float]:
-    """SNNL* = min_T SNNL of every layer and the logits on a small set.
-
-    The trainer's exact search on the set's distance matrix
-    (:func:`snnl.regularizers.optimal_log_temperature`), which agrees with
-    :func:`snnl.measures.layer_snnl_profile` to about 1e-6 and is several times faster on a
-    few hundred points.
-    """
-    from snnl.regularizers import optimal_log_temperature
-
-    acts = capture(model, x, [*layers, "logits"])
-    return {n: float(optimal_log_temperature(a, y)[1]) for n, a in acts.items()}
+    """SNNL* = min_T SNNL of every layer and the logits on a small set
+    (:func:`snnl.measures.layer_snnl_profile`)."""
+    return layer_snnl_profile(model, x, y, layers)[0]
 
 
 def _layer_dims(
