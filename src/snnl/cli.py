@@ -517,6 +517,9 @@ def _add_run_folder_arguments(
 
 def build_parser() -> argparse.ArgumentParser:
     from snnl.data import available_datasets
+    from snnl.distances import Distance
+
+    distance_names = [d.value for d in Distance]
 
     parser = argparse.ArgumentParser(
         prog="snnl",
@@ -537,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     ent.add_argument("--dataset", default="digits", choices=datasets, help="when no FILE")
     ent.add_argument("--data-dir", type=Path, default=None, help="folder of users' data files")
     ent.add_argument("--temperature", type=_positive_float, default=None)
-    ent.add_argument("--distance", choices=("euclidean", "cosine"), default="euclidean")
+    ent.add_argument("--distance", choices=distance_names, default=Distance.EUCLIDEAN.value)
     ent.add_argument("--t-min", type=_positive_float, default=1e-4, help="search bound")
     ent.add_argument("--t-max", type=_positive_float, default=1e4, help="search bound")
     ent.add_argument(
@@ -568,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from snnl.experiments import registry
     from snnl.models import available_models
-    from snnl.regularizers import SNNL_FORMULAS, TEMPERATURE_MODES
+    from snnl.regularizers import DEFAULT_TEMPERATURE_MODE, SNNL_FORMULAS, TEMPERATURE_MODES
 
     threads_help = (
         "torch threads (default: 1 for small models, where a busy core costs more than a "
@@ -593,7 +596,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--temperature-mode",
         choices=TEMPERATURE_MODES,
-        default="optimal",
+        default=DEFAULT_TEMPERATURE_MODE.value,
         help="how T of each layer is chosen: optimal (T* of every batch, the default), "
         "learned (Adam on log T), reference (the authors' T = T0 / t), fixed",
     )
@@ -619,7 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="reference CNN: the authors' initialisation (He-normal, zero biases, raw inputs)",
     )
-    tr.add_argument("--distance", choices=("euclidean", "cosine"), default="euclidean")
+    tr.add_argument("--distance", choices=distance_names, default=Distance.EUCLIDEAN.value)
     tr.add_argument("--layers", nargs="+", default=None, help="layer names (default: hidden)")
     _add_run_folder_arguments(tr, 0, threads_help)
     tr.set_defaults(func=_train)

@@ -51,6 +51,7 @@ import torch
 from torch import Tensor, nn
 
 from snnl import _checks
+from snnl.distances import check_distance
 from snnl.taps import Layers, capture, split_logits
 
 __all__ = [
@@ -62,7 +63,6 @@ __all__ = [
     "neighbour_counts",
 ]
 
-_METRICS = _checks.DISTANCES  # ("euclidean", "cosine")
 _BACKENDS = ("faiss", "torch")
 _STORE_DTYPES = (torch.float32, torch.float16)
 
@@ -312,7 +312,7 @@ class DkNN:
         batch_size: int = 512,
     ) -> None:
         k = _checks.check_int("k", k, low=1)
-        metric = _checks.check_choice("metric", metric, _METRICS)
+        metric = check_distance(metric, "metric").value
         backend = _checks.check_choice("backend", backend, _BACKENDS)
         if store_dtype not in _STORE_DTYPES:
             raise ValueError(

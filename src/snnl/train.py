@@ -47,15 +47,17 @@ import torch
 from torch import Tensor, nn
 
 from snnl import distributed
-from snnl._checks import DISTANCES, check_choice, check_int, check_positive, check_real
+from snnl._checks import check_choice, check_int, check_positive, check_real
 from snnl.data import DataSplits, load_dataset
+from snnl.distances import check_distance
 from snnl.loss import SNNLWarning
 from snnl.measures import accuracy
 from snnl.models import build_model
 from snnl.regularizers import (
+    DEFAULT_TEMPERATURE_MODE,
     SNNL_FORMULAS,
-    TEMPERATURE_MODES,
     EntanglementRegularizer,
+    check_temperature_mode,
     regularized_loss,
 )
 from snnl.runs import (
@@ -107,7 +109,7 @@ class TrainConfig:
     alpha: float = 0.0  # eq. 3: loss = CE - alpha * sum_l SNNL_l; > 0 entangles
     # how T_l is chosen: "optimal" (T* of each batch, exact), "learned" (Adam on log T),
     # "reference" (the authors' T = T0 / t with one step on t per batch), "fixed"
-    temperature_mode: str = "optimal"
+    temperature_mode: str = DEFAULT_TEMPERATURE_MODE.value
     snnl_formula: str = "exact"  # "reference": the authors' exp-then-log with eps 1e-5
     # initial / fixed T (T0 of the reference mode); None: each layer's optimal T on the
     # probe subset at initialisation. Not used by the "optimal" mode.
@@ -135,12 +137,12 @@ class TrainConfig:
         check_positive("lr", self.lr)
         check_real("alpha", self.alpha)
         check_real("selectivity_alpha", self.selectivity_alpha)
-        check_choice("temperature_mode", self.temperature_mode, TEMPERATURE_MODES)
+        check_temperature_mode(self.temperature_mode)
         check_choice("snnl_formula", self.snnl_formula, SNNL_FORMULAS)
         if self.temperature is not None:
             check_positive("temperature", self.temperature)
         check_positive("temperature_lr", self.temperature_lr)
-        check_choice("distance", self.distance, DISTANCES)
+        check_distance(self.distance)
         check_int("probe_size", self.probe_size, low=2)
         check_int("seed", self.seed)
         if isinstance(self.layers, tuple):

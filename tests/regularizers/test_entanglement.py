@@ -11,29 +11,16 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-import snnl.regularizers as regmod
-from reference import snnl_reference_mean
-from snnl.loss import SNNLWarning, optimal_temperature
+import snnl.regularizers.entanglement as regmod
+from reference import dense_snnl, snnl_reference_mean
+from snnl.loss import SNNLWarning
 from snnl.models import MLP, ReferenceCNN
 from snnl.regularizers import EntanglementRegularizer
 from snnl.taps import capture
+from snnl.temperature import optimal_temperature
 
 # tiny problems: one torch thread (see conftest.py)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _dense_snnl(x: torch.Tensor, y: torch.Tensor, t: float) -> torch.Tensor:
-    """Plain dense differentiable SNNL (squared Euclidean), anchors without positive dropped."""
-    x = x.reshape(x.shape[0], -1)
-    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-    n = x.shape[0]
-    eye = torch.eye(n, dtype=torch.bool)
-    logits = (-d / t).masked_fill(eye, -math.inf)
-    same = (y[:, None] == y[None, :]) & ~eye
-    num = torch.logsumexp(logits.masked_fill(~same, -math.inf), 1)
-    den = torch.logsumexp(logits, 1)
-    valid = same.any(1)
-    return (den - num)[valid].mean()
 
 
 def _mlp_hidden(model: MLP, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -84,7 +71,7 @@ def test_total_and_gradient_match_float64_reference_mlp(learn: bool) -> None:
     assert out.temperatures == pytest.approx(temps, rel=1e-12)
     assert out.left_out == 1
 
-    ref_total = ce - alpha * sum(_dense_snnl(h, y, temps[n]) for n, h in pairs)
+    ref_total = ce - alpha * sum(dense_snnl(h, y, temps[n]) for n, h in pairs)
     ref_total.backward()
     for (name, p), (_, q) in zip(
         model.named_parameters(), ref_model.named_parameters(), strict=True

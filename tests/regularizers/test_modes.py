@@ -11,12 +11,11 @@ import copy
 import math
 import warnings
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy.optimize import minimize_scalar
 
+from reference import dense_snnl, snnl_star_reference
 from snnl.loss import SNNLWarning
 from snnl.models import MLP
 from snnl.regularizers import (
@@ -30,31 +29,10 @@ from snnl.regularizers import (
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _dense_snnl64(x: torch.Tensor, y: torch.Tensor, t: float) -> torch.Tensor:
-    """Plain dense float64 SNNL (squared euclidean), anchors without positive dropped."""
-    x = x.reshape(x.shape[0], -1).double()
-    d = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
-    eye = torch.eye(x.shape[0], dtype=torch.bool)
-    logits = (-d / t).masked_fill(eye, -math.inf)
-    same = (y[:, None] == y[None, :]) & ~eye
-    num = torch.logsumexp(logits.masked_fill(~same, -math.inf), 1)
-    den = torch.logsumexp(logits, 1)
-    valid = same.any(1)
-    return (den - num)[valid].mean()
-
-
 def _min_snnl64(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(log T*, SNNL*) by a dense log-T scan then scipy's bounded Brent, all float64."""
-    us = np.linspace(-15, 15, 301)
-    vals = [float(_dense_snnl64(x, y, math.exp(u))) for u in us]
-    k = int(np.argmin(vals))
-    res = minimize_scalar(
-        lambda u: float(_dense_snnl64(x, y, math.exp(u))),
-        bounds=(us[max(k - 1, 0)], us[min(k + 1, len(us) - 1)]),
-        method="bounded",
-        options={"xatol": 1e-9},
-    )
-    return float(res.x), float(res.fun)
+    """(log T*, SNNL*) by the float64 dense scan + Brent of tests/reference.py."""
+    t, v = snnl_star_reference(x.double().numpy(), y.numpy())
+    return math.log(t), v
 
 
 def _batch(n: int = 60, d: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +50,7 @@ def test_optimal_log_temperature_finds_the_minimum(scale: float) -> None:
     for start in (None, u_ref + 0.7, u_ref - 2.0):
         u, v, _ = optimal_log_temperature(x, y, start=start)
         assert abs(v - v_ref) <= 1e-7 * max(1.0, v_ref), (start, v, v_ref)
-        assert float(_dense_snnl64(x, y, math.exp(u))) - v_ref <= 1e-9
+        assert float(dense_snnl(x.double(), y, math.exp(u))) - v_ref <= 1e-9
 
 
 def test_optimal_mode_value_and_gradient_equal_float64_snnl_at_t_star() -> None:
@@ -95,7 +73,7 @@ def test_optimal_mode_value_and_gradient_equal_float64_snnl_at_t_star() -> None:
         _, v_ref = _min_snnl64(h.detach(), y)
         assert out.snnl[name].item() == pytest.approx(v_ref, rel=2e-6, abs=1e-7), name
         # the gradient is that of SNNL at T* with T held fixed (envelope theorem)
-        total = total - alpha * _dense_snnl64(h, y, out.temperatures[name])
+        total = total - alpha * dense_snnl(h, y, out.temperatures[name])
     total.backward()
     for (n, p), (_, q) in zip(model.named_parameters(), ref.named_parameters(), strict=True):
         torch.testing.assert_close(p.grad.double(), q.grad, rtol=1e-4, atol=1e-6, msg=n)
@@ -186,12 +164,12 @@ def test_reference_mode_takes_the_authors_step_on_t() -> None:
     reg = EntanglementRegularizer(model, alpha=1.0, temperature=t0, temperature_mode="reference")
     h = torch.relu(model.fc1(model.flatten(model.normalize(x)))).detach().double()
     t = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
-    (g,) = torch.autograd.grad(_dense_snnl64(h, y, t0 / t), t)
+    (g,) = torch.autograd.grad(dense_snnl(h, y, t0 / t), t)
     expected_t = 1.0 - 0.1 * float(g)
     out = reg(x, y)
     assert out.temperatures["relu1"] == pytest.approx(t0 / expected_t, rel=1e-5)
     assert out.snnl["relu1"].item() == pytest.approx(
-        float(_dense_snnl64(h, y, t0 / expected_t)), rel=1e-5
+        float(dense_snnl(h, y, t0 / expected_t)), rel=1e-5
     )
 
 
@@ -200,7 +178,7 @@ def test_reference_mode_refuses_a_step_to_non_positive_t() -> None:
     model = MLP((6,), 4, widths=(10,))
     x, y = _batch()
     reg = EntanglementRegularizer(model, alpha=1.0, temperature=1e-5, temperature_mode="reference")
-    reg._t["relu1"].fill_(1e-3)  # T = 0.01: a step of 0.1 * dSNNL/dt would cross zero
+    reg._state.t["relu1"].fill_(1e-3)  # T = 0.01: a step of 0.1 * dSNNL/dt would cross zero
     with pytest.warns(RuntimeWarning, match="refused"):
         reg(x, y)
     assert reg.refused_steps >= 1

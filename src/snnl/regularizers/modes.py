@@ -1,0 +1,258 @@
+"""How an entanglement regulariser chooses each layer's temperature: one strategy per
+:class:`TemperatureMode`.
+
+- ``optimal`` (the default): T_l = argmin_T SNNL(h_l, y, T) of this batch
+  (:func:`snnl.temperature.snnl_star`, warm-started from the previous batch's T*, with
+  the grid on the first call and every ``regrid_every`` calls), held fixed for the
+  network's gradient: by the envelope theorem the exact gradient of SNNL*(h_l).
+- ``learned``: one Adam step per call on log T_l that minimises that layer's SNNL (its
+  gradient does not reach the network); the SNNL uses the T before the step.
+- ``reference``: the authors' scheme, T = T0 / t with t starting at 1; each call takes
+  one plain step t <- t - 0.1 dSNNL/dt and uses the new T. A step that would make t <= 0
+  or non-finite (the authors' code lets it) is refused and counted.
+- ``fixed``: T_l never changes.
+
+To add a mode: a member of :class:`TemperatureMode` and a :class:`TemperatureStrategy`
+subclass registered in ``STRATEGIES``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from snnl.distances import Distance
+from snnl.temperature import snnl_star
+
+__all__ = [
+    "DEFAULT_TEMPERATURE_MODE",
+    "LOG_T_BOUNDS",
+    "REFERENCE_T_STEP",
+    "STRATEGIES",
+    "TEMPERATURE_MODES",
+    "TemperatureMode",
+    "TemperatureState",
+    "TemperatureStrategy",
+    "check_temperature_mode",
+]
+
+#: The authors' step on t (T = T0 / t) per evaluation.
+REFERENCE_T_STEP = 0.1
+#: Learned log-temperatures are clamped to this range (T in about [2e-9, 5e8]).
+LOG_T_BOUNDS = (-20.0, 20.0)
+
+#: SNNL of (features, labels) at a temperature (float or tensor), with autograd.
+SNNLFunction = Callable[[Tensor, Tensor, "float | Tensor"], Tensor]
+
+
+class TemperatureMode(StrEnum):
+    """How the temperature of each regularised layer is chosen (see the module doc).
+
+    >>> TemperatureMode("learned") is TemperatureMode.LEARNED
+    True
+    """
+
+    OPTIMAL = "optimal"
+    LEARNED = "learned"
+    REFERENCE = "reference"
+    FIXED = "fixed"
+
+
+#: The one default, used by the regulariser, ``TrainConfig`` and the command line.
+DEFAULT_TEMPERATURE_MODE = TemperatureMode.OPTIMAL
+#: The modes' strings, in the order of :class:`TemperatureMode`.
+TEMPERATURE_MODES: tuple[str, ...] = tuple(m.value for m in TemperatureMode)
+
+
+def check_temperature_mode(value: Any) -> TemperatureMode:
+    """``value`` (a :class:`TemperatureMode` or its string) as the enum; the one check.
+
+    >>> check_temperature_mode("fixed")
+    <TemperatureMode.FIXED: 'fixed'>
+    >>> check_temperature_mode("best")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown temperature_mode 'best'; expected one of: optimal, learned, reference, fixed
+    """
+    if isinstance(value, str) and value in TEMPERATURE_MODES:
+        return TemperatureMode(value)
+    raise ValueError(
+        f"unknown temperature_mode {value!r}; expected one of: {', '.join(TEMPERATURE_MODES)}"
+    )
+
+
+@dataclass
+class TemperatureState:
+    """Per-layer temperature state (float64 CPU scalars), saved in checkpoints.
+
+    ``t0``: the initial (or fixed) T; ``log_t``: log T (learned, and the optimal mode's
+    warm start); ``t``: the reference mode's t (T = T0 / t); ``has_optimum``: whether
+    the optimal mode has found a T* to warm-start from; counters of calls, refused
+    steps and the optimal search's curve evaluations.
+    """
+
+    t0: dict[str, float]
+    log_t: dict[str, Tensor] = field(default_factory=dict)
+    t: dict[str, Tensor] = field(default_factory=dict)
+    has_optimum: dict[str, bool] = field(default_factory=dict)
+    calls: int = 0
+    refused_steps: int = 0
+    search_evaluations: int = 0
+
+    def __post_init__(self) -> None:
+        for name, value in self.t0.items():
+            self.log_t.setdefault(name, torch.tensor(math.log(value), dtype=torch.float64))
+            self.t.setdefault(name, torch.tensor(1.0, dtype=torch.float64))
+            self.has_optimum.setdefault(name, False)
+
+
+class TemperatureStrategy:
+    """One mode's rule: the temperature a layer's SNNL is computed at on a batch.
+
+    Subclasses set ``mode`` and implement :meth:`current` and :meth:`choose`;
+    ``updates`` is False where nothing is ever updated (``update_temperature=True``
+    is then an error).
+    """
+
+    mode: TemperatureMode
+    updates = True
+
+    def __init__(
+        self, state: TemperatureState, *, distance: Distance, lr: float, regrid_every: int
+    ) -> None:
+        self.state = state
+        self.distance = distance
+        self.lr = lr
+        self.regrid_every = regrid_every
+
+    def current(self, name: str) -> float:
+        """The temperature of layer ``name`` now."""
+        raise NotImplementedError
+
+    def choose(
+        self, name: str, feats: Tensor, y: Tensor, update: bool, snnl: SNNLFunction
+    ) -> float:
+        """The temperature of this batch's SNNL of layer ``name`` (``feats`` (N, D)
+        detached or not; ``snnl`` the regulariser's formula), updating the state when
+        ``update``."""
+        raise NotImplementedError
+
+    def optimizer_state(self) -> dict[str, Any] | None:
+        return None
+
+    def load_optimizer_state(self, state: dict[str, Any] | None) -> None:
+        del state
+
+
+class FixedTemperature(TemperatureStrategy):
+    mode = TemperatureMode.FIXED
+    updates = False
+
+    def current(self, name: str) -> float:
+        return self.state.t0[name]
+
+    def choose(self, name, feats, y, update, snnl) -> float:
+        return self.state.t0[name]
+
+
+class OptimalTemperature(TemperatureStrategy):
+    mode = TemperatureMode.OPTIMAL
+
+    def current(self, name: str) -> float:
+        return math.exp(float(self.state.log_t[name]))
+
+    def choose(self, name, feats, y, update, snnl) -> float:
+        s = self.state
+        regrid = not s.has_optimum[name] or s.calls % self.regrid_every == 0
+        start = None if regrid else float(s.log_t[name])
+        star = snnl_star(feats.detach(), y, distance=self.distance, start=start)
+        s.search_evaluations += star.evaluations
+        if update:
+            s.log_t[name].fill_(star.log_temperature)
+            s.has_optimum[name] = True
+        return star.temperature
+
+
+class LearnedTemperature(TemperatureStrategy):
+    mode = TemperatureMode.LEARNED
+
+    def __init__(self, state: TemperatureState, **kwargs: Any) -> None:
+        super().__init__(state, **kwargs)
+        for p in state.log_t.values():
+            p.requires_grad_(True)
+        self.optimizer = torch.optim.Adam(list(state.log_t.values()), lr=self.lr)
+
+    def current(self, name: str) -> float:
+        return math.exp(float(self.state.log_t[name].detach()))
+
+    def choose(self, name, feats, y, update, snnl) -> float:
+        t_now = self.current(name)
+        if not update:
+            return t_now
+        detached = feats.detach()
+        leaf = torch.tensor(t_now, dtype=detached.dtype, requires_grad=True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(snnl(detached, y, leaf), leaf, allow_unused=True)
+        g_log = float(grad) * t_now if grad is not None else 0.0  # dT/dlogT = T
+        log_t = self.state.log_t[name]
+        log_t.grad = torch.tensor(g_log if math.isfinite(g_log) else 0.0, dtype=torch.float64)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            log_t.clamp_(*LOG_T_BOUNDS)
+        return t_now  # the network's SNNL uses the T before this step
+
+    def optimizer_state(self) -> dict[str, Any] | None:
+        return self.optimizer.state_dict()
+
+    def load_optimizer_state(self, state: dict[str, Any] | None) -> None:
+        self.optimizer.load_state_dict(state)
+
+
+class ReferenceTemperature(TemperatureStrategy):
+    mode = TemperatureMode.REFERENCE
+
+    def __init__(self, state: TemperatureState, **kwargs: Any) -> None:
+        super().__init__(state, **kwargs)
+        self._warned = False
+
+    def current(self, name: str) -> float:
+        return self.state.t0[name] / float(self.state.t[name])
+
+    def choose(self, name, feats, y, update, snnl) -> float:
+        if not update:
+            return self.current(name)
+        detached = feats.detach()
+        t0, t_var = self.state.t0[name], float(self.state.t[name])
+        leaf = torch.tensor(t_var, dtype=torch.float64, requires_grad=True)
+        with torch.enable_grad():
+            value = snnl(detached, y, (t0 / leaf).to(detached.dtype))
+            (grad,) = torch.autograd.grad(value, leaf, allow_unused=True)
+        new_t = t_var - REFERENCE_T_STEP * (float(grad) if grad is not None else 0.0)
+        if math.isfinite(new_t) and new_t > 0:
+            self.state.t[name].fill_(new_t)
+        else:
+            self.state.refused_steps += 1
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"reference temperature step on layer {name!r} would set t = {new_t:.4g} "
+                    f"(T = {t0:g} / t): refused, t stays {t_var:.4g} (counted in refused_steps)",
+                    RuntimeWarning,
+                    stacklevel=5,
+                )
+        return self.current(name)
+
+
+#: Mode -> its strategy class.
+STRATEGIES: dict[TemperatureMode, type[TemperatureStrategy]] = {
+    cls.mode: cls
+    for cls in (OptimalTemperature, LearnedTemperature, ReferenceTemperature, FixedTemperature)
+}
