@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.decomposition import PCA
-from sklearn.metrics import silhouette_score
+from sklearn.metrics import roc_auc_score, silhouette_score
 
 from reference import snnl_reference_mean
 from snnl.measures import (
@@ -161,6 +161,21 @@ def test_auroc_is_the_pair_probability() -> None:
     assert auroc(np.array([0.9, 0.8]), np.array([0.1, 0.2])) == 1.0
     with pytest.raises(ValueError, match="at least one"):
         auroc(np.array([]), odd)
+
+
+def test_auroc_ranks_the_scores_themselves() -> None:
+    """Issue 18: ranking 1 - s rounded 1e-17 away (0.5 instead of 1)."""
+    assert auroc(np.array([1e-17]), np.array([0.0])) == 1.0
+    assert auroc(np.array([0.0]), np.array([1e-17])) == 0.0
+    assert auroc(np.array([1.0 + 2**-52]), np.array([1.0])) == 1.0
+    assert auroc(np.array([5e-300, 7e-300]), np.array([1e-300, 0.0])) == 1.0
+    g = np.random.default_rng(0)
+    for scale in (1e-12, 1.0, 1e12):
+        clean, odd = g.random(200) * scale, g.random(150) * scale * 0.8
+        labels = np.r_[np.zeros(200), np.ones(150)]
+        expected = roc_auc_score(labels, -np.r_[clean, odd])
+        assert auroc(clean, odd) == pytest.approx(expected, rel=1e-15)
+
 
 
 def test_class_clustering_matches_loop_silhouette_and_snnl() -> None:

@@ -18,8 +18,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from reference import snnl_reference_mean
-from snnl.loss import SNNLWarning, optimal_temperature, soft_nearest_neighbor_loss
+from snnl.loss import SNNLWarning, soft_nearest_neighbor_loss
 from snnl.metrics import SoftNearestNeighborMetric
+from snnl.temperature import optimal_temperature
 
 
 def _batches(sizes=(17, 30, 9), d=4, classes=3, seed=0, dtype=torch.float32):
@@ -73,6 +74,21 @@ def test_optimal_temperature_of_the_union():
     assert value == pytest.approx(at_t, rel=1e-5)
     for other in (metric.last_temperature / 1.3, metric.last_temperature * 1.3):
         assert value <= snnl_reference_mean(x.double().numpy(), y.numpy(), other) + 1e-7
+
+
+def test_optimal_temperature_follows_the_feature_scale():
+    """Issue 18: the search range follows the data, so features x 1e4 (T* near 1e6,
+    beyond the old fixed bound 1e4) give the same SNNL*, at T* scaled by 1e8."""
+    batches = _batches(seed=2)
+    values = []
+    for c in (1.0, 1e4):
+        metric = SoftNearestNeighborMetric()
+        for x, y in batches:
+            metric.update(x.double() * c, y)
+        values.append((metric.compute().item(), metric.last_temperature))
+    assert values[1][0] == pytest.approx(values[0][0], rel=1e-9)
+    assert values[1][1] == pytest.approx(values[0][1] * 1e8, rel=1e-6)
+    assert values[1][1] > 1e4
 
 
 def test_reset_forgets_and_compute_again():
