@@ -252,9 +252,15 @@ class Curve:
     """
 
     def __init__(
-        self, points: KernelPoints, labels: Tensor, anchors: Tensor, first_u: float | None = None
+        self,
+        points: KernelPoints,
+        labels: Tensor,
+        anchors: Tensor,
+        first_u: float | None = None,
+        progress: bool = False,
     ) -> None:
         self.points = points
+        self.progress = progress
         self.dtype, self.device = points.dtype, points.device
         self.log_scale = points.log_scale
         self.floor = math.log(torch.finfo(self.dtype).tiny) + 0.01
@@ -366,7 +372,7 @@ class Curve:
         # the upper ones (the distances are symmetric; the rows' order is the columns')
         symmetric = self.store and len(self.chunks) == 1 and self.v == self.points.n
         offset = 0
-        for block, size in zip(self.blocks, sizes, strict=True):
+        for block, size in self._blocks(zip(self.blocks, sizes, strict=True), "distances"):
             if symmetric:
                 d = self._upper_rows(block, flat.view(self.v, self.v))
             else:
@@ -446,6 +452,17 @@ class Curve:
 
     # ------------------------------------------------------------------ sums
 
+    def _blocks(self, blocks, desc: str):
+        """``blocks`` with a progress bar on stderr while distances are recomputed (or
+        built) and ``progress`` is set: each pass over a large dataset shows its advance."""
+        if not self.progress or (self.store and desc != "distances"):
+            yield from blocks
+            return
+        with _stream.progress_bar(len(self.blocks), desc, True) as bar:
+            for item in blocks:
+                yield item
+                bar.update(1)
+
     def _buffer(self, numel: int) -> Tensor:
         if self._buf is None or self._buf.numel() < numel:
             like = torch.empty(0, dtype=self.dtype, device=self.device)
@@ -458,7 +475,7 @@ class Curve:
         out = torch.zeros(3 if moments else len(cs), 2, self.v, dtype=torch.float64,
                           device=self.device)  # fmt: skip
         largest = max((b.a1 - b.a0) * len(b.chunk.cols) for b in self.blocks)
-        for block in self.blocks:
+        for block in self._blocks(self.blocks, "SNNL* search"):
             if block.dd is not None:
                 dd = block.dd
             else:  # the recomputed distances sit after the sums' working space

@@ -106,6 +106,7 @@ def _find(
     start: float | None = None,
     sample: bool = True,
     level: int = 3,
+    progress: bool = False,
 ) -> tuple[float, float, int]:
     """(T*, SNNL*, evaluations) of ``anchors`` against every point; see the module doc.
 
@@ -125,7 +126,7 @@ def _find(
             lo, hi = _range(few, bounds, scale)
             u_start, third = _search.grid_start(few, lo, hi, refine=True)
             evals += few.evaluations
-    curve = _search.Curve(points, labels, anchors, first_u=u_start)
+    curve = _search.Curve(points, labels, anchors, first_u=u_start, progress=progress)
     lo, hi = _range(curve, bounds, scale)
     if curve.constant is not None:
         u = lo if (bounds is not None or curve.has_scale) else -scale  # no scale: T = 1
@@ -274,6 +275,7 @@ def optimal_temperature(
     *,
     distance: Distance | str = Distance.EUCLIDEAN,
     bounds: tuple[float, float] | None = None,
+    progress: bool = False,
 ) -> tuple[float, float]:
     """The temperature that minimises SNNL, and the SNNL there (eq. 2): (T*, SNNL*).
 
@@ -284,6 +286,7 @@ def optimal_temperature(
 
     Args:
         features, labels, distance, bounds: as in :func:`snnl_star`.
+        progress: a tqdm bar on stderr for each pass over rows read by blocks.
 
     Returns:
         (temperature, value) as Python floats. Where SNNL does not depend on T (a single
@@ -311,7 +314,7 @@ def optimal_temperature(
     bounds = check_bounds(bounds, source.dtype)
     warn_left_out(int(valid.sum()), source.n, stacklevel=3)
     anchors = torch.nonzero(valid).squeeze(1)
-    t, value, _ = _find(source, y, anchors, dist, bounds, level=3)
+    t, value, _ = _find(source, y, anchors, dist, bounds, level=3, progress=progress)
     return t, value
 
 
@@ -367,13 +370,12 @@ def estimate_optimal_temperature(
         >>> abs(math.log(t / t_all)) < 1e-6 and abs(v - v_all) < 1e-9
         True
     """
-    del progress  # each evaluation is one pass of M x N; kept for the callers' signature
     dist = check_distance(distance)
     source, y, valid = _search.stream_inputs(features, labels, dist.euclidean)
     bounds = check_bounds(bounds, source.dtype)
     m = check_int("anchors", anchors, low=2)
     idx = _search.sample_anchors(valid, m, generator)
-    t, value, _ = _find(source, y, idx, dist, bounds, sample=False, level=3)
+    t, value, _ = _find(source, y, idx, dist, bounds, sample=False, level=3, progress=progress)
     return t, value
 
 
