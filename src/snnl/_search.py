@@ -50,6 +50,7 @@ __all__ = [
     "sample_anchors",
     "spot_check",
     "stream_inputs",
+    "distances",
     "unit_vectors",
 ]
 
@@ -57,6 +58,8 @@ __all__ = [
 STORE_BYTES = 2**28
 #: Pairs per block of the class-block layout (a few MiB: passes stay in cache).
 BLOCK_PAIRS = 2**20
+#: Blocks of several classes up to this many pairs use 0/1 masks (mini-batches).
+MASKED_PAIRS = 2**16
 #: Columns per chunk when the distances are recomputed (whole datasets).
 CHUNK_COLUMNS = 8192
 #: Grid elements per vectorised grid pass.
@@ -159,9 +162,12 @@ class KernelPoints:
         lo, hi = torch.aminmax(x)
         top = max(-float(lo), float(hi))
         k = math.frexp(top)[1] if top > 0 else 0
-        scaled = _blocked.scale_pow2(x, k)
-        centre = scaled.double().mean(0).to(self.dtype)  # representable: x - centre exact in f64
-        return scaled - centre, k
+        # the centre in kernel units, representable in the dtype: x - centre exact in float64
+        centre = _blocked.scale_pow2(x.mean(0, dtype=torch.float64), k).to(self.dtype)
+        self._centre64 = centre.double()
+        if abs(k) <= 100:  # one rounding: -c + 2**-k x
+            return torch.add(-centre, x, alpha=2.0 ** (-k)), k
+        return _blocked.scale_pow2(x, k) - centre, k
 
     def rows(self, index: Tensor) -> Tensor:
         """Kernel points of the rows at ``index`` (original order), (len, D)."""
@@ -180,31 +186,35 @@ class KernelPoints:
         return self._prep.points(self._source.rows(r0, r1), self.dtype)
 
     def exact_rows(self, index: Tensor | None = None, r0: int = 0, r1: int = 0) -> Tensor:
-        """float64 rows from the caller's features, scaled but not centred (euclidean; unit
-        vectors for cosine): for direct differences, which carry no expansion error."""
+        """Kernel points computed in float64 from the caller's features (scaled and
+        centred; unit vectors for cosine), for the float64 reference of a spot check:
+        the expansion's error there is about 1e-9 of a float32 pass's."""
         if self._source is None:
             x = self._x[index.to(self.device)] if index is not None else self._x[r0:r1]
-            x = x.double()
-            return _blocked.scale_pow2(x, self._k) if self.euclidean else unit_vectors(x)
+            if not self.euclidean:
+                return unit_vectors(x.double())
+            if abs(self._k) <= 100:
+                return torch.add(-self._centre64, x.double(), alpha=2.0 ** (-self._k))
+            return _blocked.scale_pow2(x.double(), self._k) - self._centre64
         raw = self._source.take(index) if index is not None else self._source.rows(r0, r1)
-        return self._prep.points(raw.double(), torch.float64, centred=False)
+        return self._prep.points(raw.double(), torch.float64)
 
 
-def _operands(x: Tensor, euclidean: bool) -> tuple[Tensor, Tensor]:
-    """(A, B) with <A_i, B_j> = d_ij: [x, |x|^2, 1] . [-2 x, 1, |x|^2] or [x, 1] . [-x, 1]."""
-    n, d = x.shape
-    a = x.new_empty(n, d + 2)
-    b = x.new_empty(n, d + 2)
-    a[:, :d] = x
-    torch.mul(x, -2.0 if euclidean else -1.0, out=b[:, :d])
+def _operand(x: Tensor, euclidean: bool) -> tuple[Tensor, Tensor]:
+    """(points, offsets) with d_ij = off_i + off_j - k <x_i, x_j>: k = 2 and off = |x|^2
+    (euclidean), k = 1 and off = 1/2 (cosine: 1 - cos)."""
     if euclidean:
-        sq = (x * x).sum(1)
-        a[:, d], a[:, d + 1] = sq, 1.0
-        b[:, d], b[:, d + 1] = 1.0, sq
-    else:
-        a[:, d], a[:, d + 1] = 1.0, 0.0
-        b[:, d], b[:, d + 1] = 1.0, 0.0
-    return a, b
+        return x, torch.linalg.vector_norm(x, dim=1).square_()
+    return x, torch.full((x.shape[0],), 0.5, dtype=x.dtype, device=x.device)
+
+
+def distances(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor], euclidean: bool,
+              out: Tensor) -> Tensor:  # fmt: skip
+    """d (A, B) = off_a + off_b - k a b^T (see :func:`_operand`), clamped at 0, in ``out``."""
+    (xa, off_a), (xb, off_b) = a, b
+    d = out[: xa.shape[0] * xb.shape[0]].view(xa.shape[0], xb.shape[0])
+    torch.addmm(off_b.unsqueeze(0), xa, xb.T, alpha=-2.0 if euclidean else -1.0, out=d)
+    return d.add_(off_a.unsqueeze(1)).clamp_min_(0.0)
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -226,7 +236,9 @@ class _Chunk:
 class _Block:
     """Sorted anchors a0..a1-1 against one chunk. ``segments``: (r0, r1, p0, p1), rows
     r0..r1-1 of the block (one class) and that class's columns; ``dd``: kept distances
-    (shifted, see :meth:`Curve._shift`) or None (recomputed)."""
+    (shifted, see :meth:`Curve._shift`) or None (recomputed). A small block of several
+    classes (a mini-batch) uses ``masks`` instead (positives, negatives as 0/1, self
+    excluded): a few operations on the whole block instead of a few per class."""
 
     a0: int
     a1: int
@@ -234,6 +246,7 @@ class _Block:
     segments: list[tuple[int, int, int, int]]
     self_rc: tuple[Tensor, Tensor] | None
     dd: Tensor | None = None
+    masks: tuple[Tensor, Tensor] | None = None
 
 
 class Curve:
@@ -275,6 +288,7 @@ class Curve:
         self.store = self.v * n * _itemsize(self.dtype) <= STORE_BYTES
         in_memory = points._all is not None and n <= 4 * CHUNK_COLUMNS
         self.chunks = self._make_chunks(n, n if (self.store or in_memory) else CHUNK_COLUMNS)
+        self.same_order = len(self.chunks) == 1 and torch.equal(self.anchors, self.chunks[0].cols)
         self.blocks = self._make_blocks()
         self._anchor_cache: dict[tuple[int, int], Tensor] = {}
         self._last_chunk: tuple[_Chunk, Tensor] | None = None
@@ -317,21 +331,32 @@ class Curve:
                 col = where[self.anchors[a0:a1]]
                 inside = torch.nonzero(col >= 0).squeeze(1)
                 rc = (inside.to(self.device), col[inside].to(self.device)) if len(inside) else None
-                blocks.append(_Block(a0, a1, chunk, segments, rc))
+                block = _Block(a0, a1, chunk, segments, rc)
+                if len(segments) > 2 and (a1 - a0) * len(chunk.cols) <= MASKED_PAIRS:
+                    same = self.labels[self.anchors[a0:a1]][:, None] == self.labels[chunk.cols]
+                    pos = same.to(device=self.device, dtype=self.dtype)
+                    if rc is not None:
+                        pos[rc] = 0.0
+                    neg = (~same).to(device=self.device, dtype=self.dtype)
+                    block.masks = (pos, neg)
+                blocks.append(block)
         return blocks
 
     # ------------------------------------------------------------------ distances
 
-    def _anchor_operand(self, block: _Block) -> Tensor:
+    def _anchor_operand(self, block: _Block) -> tuple[Tensor, Tensor]:
+        if self.same_order:  # the anchors are the chunk's points, in its order
+            x, off = self._chunk_operand(block.chunk)
+            return x[block.a0 : block.a1], off[block.a0 : block.a1]
         key = (block.a0, block.a1)
         if key in self._anchor_cache:
             return self._anchor_cache[key]
-        a, _ = _operands(self.points.rows(self.anchors[block.a0 : block.a1]), self.points.euclidean)
+        a = _operand(self.points.rows(self.anchors[block.a0 : block.a1]), self.points.euclidean)
         if self.v * self.points.d <= 2**24:  # the anchors' operands stay (sampled anchors)
             self._anchor_cache[key] = a
         return a
 
-    def _chunk_operand(self, chunk: _Chunk) -> Tensor:
+    def _chunk_operand(self, chunk: _Chunk) -> tuple[Tensor, Tensor]:
         if chunk.operand is not None:
             return chunk.operand
         if self._last_chunk is not None and self._last_chunk[0] is chunk:
@@ -340,7 +365,7 @@ class Curve:
             x = self.points.rows(chunk.cols)
         else:
             x = self.points.range_rows(chunk.r0, chunk.r1)[chunk.order.to(self.device)]
-        _, b = _operands(x, self.points.euclidean)
+        b = _operand(x, self.points.euclidean)
         if len(self.chunks) == 1:
             chunk.operand = b
         self._last_chunk = (chunk, b)
@@ -348,10 +373,8 @@ class Curve:
 
     def _distances(self, block: _Block, out: Tensor) -> Tensor:
         """Raw distances (B, W) of a block (clamped at 0), written into ``out``."""
-        a = self._anchor_operand(block)
         b = self._chunk_operand(block.chunk)
-        d = torch.mm(a, b.T, out=out[: a.shape[0] * b.shape[0]].view(a.shape[0], b.shape[0]))
-        return d.clamp_min_(0.0)
+        return distances(self._anchor_operand(block), b, self.points.euclidean, out)
 
     def _build(self, first_u: float | None) -> None:
         """One pass: the segment minima, the range, the kept (shifted) distances, and
@@ -370,7 +393,7 @@ class Curve:
             sums = torch.zeros(3, 2, self.v, dtype=torch.float64, device=self.device)
         # every point an anchor: each pair is multiplied once, the lower rows filled from
         # the upper ones (the distances are symmetric; the rows' order is the columns')
-        symmetric = self.store and len(self.chunks) == 1 and self.v == self.points.n
+        symmetric = self.store and self.same_order
         offset = 0
         for block, size in self._blocks(zip(self.blocks, sizes, strict=True), "distances"):
             if symmetric:
@@ -382,7 +405,12 @@ class Curve:
             d_hi = max(d_hi, float(d.amax()))
             if block.self_rc is not None:
                 d[block.self_rc] = math.inf
-            for r0, r1, p0, p1 in block.segments:
+            if block.masks is not None:
+                sl = slice(block.a0, block.a1)
+                pos, neg = block.masks
+                torch.minimum(m_pos[sl], d.masked_fill(pos == 0, math.inf).amin(1), out=m_pos[sl])
+                torch.minimum(m_neg[sl], d.masked_fill(neg == 0, math.inf).amin(1), out=m_neg[sl])
+            for r0, r1, p0, p1 in block.segments if block.masks is None else ():
                 rows = slice(block.a0 + r0, block.a0 + r1)
                 part = d[r0:r1]
                 if p1 > p0:
@@ -402,7 +430,7 @@ class Curve:
         self.has_scale = d_hi > 0.0
         if self.num_classes < 2:
             self.constant = "there is only one class, so SNNL = 0"
-        elif d_hi <= 0.0 or self.points.identical():
+        elif d_hi <= 0.0 or (d_hi < 1e-4 * self.points.d and self.points.identical()):
             self.constant = "all points are identical, so every distance is the same"
         mins = torch.cat([m_pos, m_neg]).double()
         positive = mins[(mins > 0) & torch.isfinite(mins)]
@@ -417,8 +445,9 @@ class Curve:
         """Rows a0..a1-1 of the symmetric (V, V) distances: columns from a0 multiplied now,
         those before a0 written by earlier blocks; columns from a1 copied down too."""
         a0, a1 = block.a0, block.a1
-        b = self._chunk_operand(block.chunk)
-        upper = torch.mm(self._anchor_operand(block), b[a0:].T).clamp_min_(0.0)
+        x, off = self._chunk_operand(block.chunk)
+        buf = self._buffer((a1 - a0) * (len(off) - a0))
+        upper = distances((x[a0:a1], off[a0:a1]), (x[a0:], off[a0:]), self.points.euclidean, buf)
         rows = full[a0:a1]
         rows[:, a0:].copy_(upper)
         full[a1:, a0:a1].copy_(upper[:, a1 - a0 :].T)
@@ -438,7 +467,11 @@ class Curve:
     def _shift(self, block: _Block, d: Tensor) -> Tensor:
         """d - m per segment, in place: positives by m_pos, negatives by m_neg (the
         self entries become 0; their weight is zeroed after the exp)."""
-        for r0, r1, p0, p1 in block.segments:
+        if block.masks is not None:
+            sl = slice(block.a0, block.a1)
+            mn = self.m_neg[sl].nan_to_num(posinf=0.0).unsqueeze(1)
+            d.sub_(torch.where(block.masks[1] > 0, mn, self.m_pos[sl].unsqueeze(1)))
+        for r0, r1, p0, p1 in block.segments if block.masks is None else ():
             rows = slice(block.a0 + r0, block.a0 + r1)
             mp = self.m_pos[rows].unsqueeze(1)
             mn = self.m_neg[rows].nan_to_num(posinf=0.0).unsqueeze(1)
@@ -509,6 +542,11 @@ class Curve:
             if moments:
                 torch.mul(x[0], dd, out=x[1])
                 torch.mul(x[1], dd, out=x[2])
+            if block.masks is not None:
+                pos, neg = block.masks
+                out[g0:g1, 0, block.a0 : block.a1] += (x * pos).sum(-1)
+                out[g0:g1, 1, block.a0 : block.a1] += (x * neg).sum(-1)
+                continue
             for r0, r1, p0, p1 in block.segments:
                 if p1 > p0:
                     rows_out = slice(block.a0 + r0, block.a0 + r1)
@@ -715,14 +753,19 @@ def minimise(
 
 
 def spot_check(curve: Curve, anchors: int = 8) -> bool:
-    """Whether the curve's per-anchor terms at its last evaluation agree with float64 direct
-    differences of the caller's features on ``anchors`` spread-out anchors, to 2e-6
-    relative plus the float rounding of their log-sum-exps (the check ``snnl._blocked``
-    makes of the loss). Float64 curves pass without a check."""
+    """Whether the curve's per-anchor terms at its last evaluation agree with a float64
+    reference (points prepared in float64 from the caller's features) on ``anchors``
+    anchors, half spread out, half those whose nearest distance is largest relative to
+    their term (where float32 loses the most digits), to 2e-6 relative plus the float
+    rounding of their log-sum-exps (as ``snnl._blocked`` checks the loss). Float64 curves
+    pass without a check."""
     if curve.dtype == torch.float64:
         return True
     points, u = curve.points, curve.last_u
-    pick = torch.linspace(0, curve.v - 1, min(anchors, curve.v)).round().long().unique()
+    pick = torch.linspace(0, curve.v - 1, min(anchors, curve.v)).round().long()
+    terms = curve.last_terms.cpu()
+    risk = (curve.m_pos.double().cpu() + 1e-30) / terms.clamp(min=1e-3)  # digits lost
+    pick = torch.unique(torch.cat([pick[: anchors // 2], torch.topk(risk, len(pick) // 2).indices]))
     idx = curve.anchors[pick]
     x = points.exact_rows(idx)
     c = math.exp(-u)
@@ -732,10 +775,8 @@ def spot_check(curve: Curve, anchors: int = 8) -> bool:
     for r0 in range(0, points.n, CHUNK_COLUMNS):
         r1 = min(points.n, r0 + CHUNK_COLUMNS)
         cols = points.exact_rows(None, r0, r1)
-        if points.euclidean:
-            d = torch.cdist(x, cols, compute_mode="donot_use_mm_for_euclid_dist").square_()
-        else:
-            d = 1.0 - x @ cols.T
+        d = distances(_operand(x, points.euclidean), _operand(cols, points.euclidean),
+                      points.euclidean, x.new_empty(len(x) * len(cols)))  # fmt: skip
         s = d.mul_(-c)
         same = mine == labels[r0:r1].unsqueeze(0)
         itself = idx.to(x.device).unsqueeze(1) == torch.arange(r0, r1, device=x.device)

@@ -107,6 +107,7 @@ def _find(
     sample: bool = True,
     level: int = 3,
     progress: bool = False,
+    check: bool = True,
 ) -> tuple[float, float, int]:
     """(T*, SNNL*, evaluations) of ``anchors`` against every point; see the module doc.
 
@@ -143,7 +144,7 @@ def _find(
         curve, lo, hi, start=u_start, third=third, check_start=start is not None
     )
     evals += curve.evaluations
-    if not _search.spot_check(curve):  # float32 lost digits: the same search in float64
+    if check and not _search.spot_check(curve):  # float32 lost digits: again in float64
         points = _search.KernelPoints(features, distance.euclidean, torch.float64)
         curve = _search.Curve(points, labels, anchors, first_u=result.u)
         result = _search.minimise(curve, lo, hi, start=result.u)
@@ -209,6 +210,7 @@ def snnl_star(
     distance: Distance | str = Distance.EUCLIDEAN,
     bounds: tuple[float, float] | None = None,
     start: float | None = None,
+    check: bool = True,
 ) -> SNNLStar:
     r"""SNNL at the optimal temperature (eq. 2): :math:`\min_T \mathrm{SNNL}(x, y, T)`.
 
@@ -225,6 +227,9 @@ def snnl_star(
         bounds: (T_low, T_high) to search within; None (default): the data's range.
         start: a previous log T* to warm-start Newton from (no grid; a check at
             log T* -+ 2 and the large-T end falls back to the grid).
+        check: spot-check a float32 search against float64 and redo it in float64 where
+            it lost digits (default); False when only T* matters to float32 precision
+            (the regulariser, whose value with gradient is the loss's, checked there).
 
     Returns:
         :class:`SNNLStar` (value, temperature, evaluations). Anchors without another
@@ -243,10 +248,10 @@ def snnl_star(
         >>> abs(big.temperature / (1e6 * star.temperature) - 1) < 1e-4
         True
     """
-    return _star(features, labels, distance, bounds, start, level=3)
+    return _star(features, labels, distance, bounds, start, level=3, check=check)
 
 
-def _star(features, labels, distance, bounds, start, level: int) -> SNNLStar:
+def _star(features, labels, distance, bounds, start, level: int, check: bool = True) -> SNNLStar:
     """:func:`snnl_star`; ``level``: the caller's caller is the user (warnings point there)."""
     x, y = check_features_labels(features, labels)
     dist = check_distance(distance)
@@ -258,7 +263,9 @@ def _star(features, labels, distance, bounds, start, level: int) -> SNNLStar:
         t = bounds[0] if bounds is not None else 1.0
         return SNNLStar(torch.zeros((), dtype=torch.float64, device=x.device), t, 0)
     anchors = torch.nonzero(valid.cpu()).squeeze(1)
-    t, value, evals = _find(x.detach(), y, anchors, dist, bounds, start=start, level=level + 1)
+    t, value, evals = _find(
+        x.detach(), y, anchors, dist, bounds, start=start, level=level + 1, check=check
+    )
     if torch.is_grad_enabled() and x.requires_grad:
         feats = x if torch.finfo(x.dtype).tiny <= t <= torch.finfo(x.dtype).max else x.double()
         with warnings.catch_warnings():
