@@ -40,6 +40,7 @@ from snnl.regularizers import (
     EntanglementRegularizer,
     RegularizedOutput,
     SelectivityRegularizer,
+    TemperatureMode,
     regularized_loss,
 )
 from snnl.runs import DamagedRunError, RunExistsError, RunMismatchError
@@ -67,6 +68,7 @@ __all__ = [
     "RunExistsError",
     "RunMismatchError",
     "SelectivityRegularizer",
+    "TemperatureMode",
     "regularized_loss",
     "GANConfig",
     "LBFGSResult",
