@@ -177,7 +177,6 @@ def test_auroc_ranks_the_scores_themselves() -> None:
         assert auroc(clean, odd) == pytest.approx(expected, rel=1e-15)
 
 
-
 def test_class_clustering_matches_loop_silhouette_and_snnl() -> None:
     g = torch.Generator().manual_seed(0)
     y = torch.arange(21) % 3
