@@ -161,10 +161,12 @@ def _swapping_shuffle(img, d, iterations, offsets, take) -> np.ndarray:
 
 
 def test_glass_blur_follows_the_published_loop(digits28):
-    """Default ("published"): the shuffle of make_cifar_c.py / mnist-c as NumPy runs it."""
+    """Default ("published"): the shuffle of make_cifar_c.py / mnist-c as NumPy runs it.
+    Blurred along H and W (the published blur of grey images, along H only, is tested in
+    test_corruption_mnist_c.py)."""
     for x in (digits28[:2], smooth_colour(2)):
         for severity in (1, 4):
-            out, p, draws = recorded("glass_blur", severity, x)
+            out, p, draws = recorded("glass_blur", severity, x, blur_axes="both")
             assert p["swap"] == "published"
             offsets, take = draws[0], draws[1] < p["swap_probability"]
             img = _published_shuffle(
@@ -178,7 +180,7 @@ def test_glass_blur_matches_sequential_swaps(digits28):
     """``swap="swap"``: every pair exchanged, in the sources' order."""
     for x in (digits28[:2], smooth_colour(2)):
         for severity in (1, 4):
-            out, p, draws = recorded("glass_blur", severity, x, swap="swap")
+            out, p, draws = recorded("glass_blur", severity, x, swap="swap", blur_axes="both")
             offsets, take = draws[0], draws[1] < p["swap_probability"]
             d = p["max_delta"]
             img = _swapping_shuffle(_blurred_8bit(x, p["sigma"]), d, p["iterations"], offsets, take)
@@ -205,7 +207,8 @@ def test_glass_blur_copies_colour_pixels_by_hand():
     """A white pixel at (5, 5) "swapped" with black (5, 4): the published loop copies the
     black pixel over it in colour (the white one is gone) and swaps it in grey; the true
     swap moves it to (5, 4). sigma 0.05: a 1-tap filter, no blur."""
-    p = {"sigma": 0.05, "max_delta": 1, "iterations": 1, "swap_probability": 1.0}
+    p = {"sigma": 0.05, "max_delta": 1, "iterations": 1, "swap_probability": 1.0,
+         "blur_axes": "published"}  # fmt: skip
     moved = torch.zeros(8, 8, dtype=torch.float64)
     moved[5, 4] = 1.0
     for c in (1, 3):

@@ -77,9 +77,10 @@ SPECS: dict[str, Spec] = {
          (0.4, 1, 2, 1.0)),
         ((0.7, 1, 2, 0.5), (0.9, 2, 1, 0.5), (1, 2, 3, 0.5), (1.1, 3, 2, 0.5), (1.5, 4, 2, 0.5)),
         spatial=("sigma", "max_delta"), integer=("max_delta",), groups=_HM, mnist_c_severity=1,
-        note="blur, 8-bit truncation, sequential local pixel swaps (as published: colour "
-             "pixels copied), blur",
-        cifar_fixed=(("swap", "published"),), mnist_fixed=(("swap", "published"),),
+        note="blur, 8-bit truncation, sequential local pixel swaps, blur (as published: "
+             "colour pixels copied, grey images blurred along H only)",
+        cifar_fixed=(("swap", "published"), ("blur_axes", "published")),
+        mnist_fixed=(("swap", "published"), ("blur_axes", "published")),
     ),
     "motion_blur": Spec(
         hendrycks.motion_blur, ("radius", "sigma"),
@@ -335,6 +336,7 @@ def corrupt(
     generator: torch.Generator | None = None,
     preset: str | None = None,
     glass_swap: str | None = None,
+    glass_blur_axes: str | None = None,
 ) -> Tensor:
     """Apply corruption ``name`` at ``severity`` (1..5) to a batch of images.
 
@@ -352,6 +354,11 @@ def corrupt(
             ImageNet-C and MNIST-C code does, which copies the partner pixel over a colour
             pixel (NumPy views; see ``hendrycks.glass_blur``) and swaps grey ones; "swap"
             exchanges every pair.
+        glass_blur_axes: along which axes glass_blur's Gaussian blurs run (other
+            corruptions ignore it): None or "published" (the table's) as the published code
+            does, along H only for grey images (scikit-image's ``gaussian(...,
+            multichannel=True)`` takes a grey image's W as channels; MNIST-C's digits) and
+            along H and W for colour ones; "both" along H and W.
 
     Returns:
         (N, C, H, W) tensor on ``x.device`` with ``x.dtype``, clamped to [0, 1]
@@ -374,6 +381,10 @@ def corrupt(
         check_choice("glass_swap", glass_swap, hendrycks.GLASS_SWAPS)
         if name == "glass_blur":
             params["swap"] = glass_swap
+    if glass_blur_axes is not None:
+        check_choice("glass_blur_axes", glass_blur_axes, hendrycks.GLASS_BLUR_AXES)
+        if name == "glass_blur":
+            params["blur_axes"] = glass_blur_axes
     if x.shape[0] == 0:
         return x.clone()
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
