@@ -30,7 +30,6 @@ from snnl.gan import (
     noise_seed,
     train_gan,
 )
-from snnl.loss import entanglement_between, snnl_temperature_curve
 from snnl.models import (
     DCGANDiscriminator,
     DCGANGenerator,
@@ -40,6 +39,7 @@ from snnl.models import (
 )
 from snnl.runs import DamagedRunError, RunExistsError, RunMismatchError
 from snnl.taps import LayerTap, capture
+from snnl.temperature import entanglement_between, snnl_temperature_curve
 from snnl.train import TrainConfig, load_run, train
 
 

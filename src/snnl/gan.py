@@ -7,7 +7,7 @@ generator's samples become harder to tell from real data by their neighbours.
 every epoch, on FRESH samples of the current generator (seeded per epoch; never
 samples stored earlier) and held-out real images:
 
-- SNNL*(real, generated) (:func:`snnl.loss.entanglement_between` at the optimal
+- SNNL*(real, generated) (:func:`snnl.temperature.entanglement_between` at the optimal
   temperature, :func:`entanglement_star`) in input space and in every hidden
   layer of the discriminator and of a separately trained classifier;
 - mode coverage: the classifier's histogram of generated samples and the classes

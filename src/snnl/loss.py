@@ -49,27 +49,6 @@ __all__ = [
 
 Reduction = Literal["mean", "sum", "none"]
 REDUCTIONS = ("mean", "sum", "none")
-#: Eq. 2 lives in :mod:`snnl.temperature`; these names stay importable from here.
-_MOVED_TO_TEMPERATURE = frozenset(
-    {
-        "optimal_temperature",
-        "snnl_temperature_curve",
-        "estimate_optimal_temperature",
-        "estimate_temperature_curve",
-        "entanglement_between",
-        "entanglement",
-    }
-)
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_TEMPERATURE:  # eq. 2 imports eq. 1: looked up when asked for
-        from snnl import temperature
-
-        return getattr(temperature, name)
-    raise AttributeError(f"module 'snnl.loss' has no attribute {name!r}")
-
-
 class SNNLWarning(UserWarning):
     """The SNNL is partly or wholly undefined, or does not depend on the temperature."""
 

@@ -16,8 +16,8 @@ from sklearn.decomposition import PCA
 from snnl.experiments import selectivity as sel
 from snnl.experiments.config import ReproduceConfig
 from snnl.experiments.zoo import Zoo
-from snnl.loss import optimal_temperature
 from snnl.models import MLP
+from snnl.temperature import optimal_temperature
 
 # tiny problems: one torch thread (see conftest.py)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
