@@ -87,13 +87,14 @@ def test_bullet_lists_are_lists(report):
 
 
 def test_only_intended_italics(report):
-    """Italics: the verdict words of the rule and the figure captions, nothing else;
-    ``SNNL*`` and ``T*(c x)`` show as written."""
+    """Italics: the verdict words of the rule (and its word *fragile*) and the figure
+    captions, nothing else; ``SNNL*`` and ``T*(c x)`` show as written."""
     md, page = report
     captions = {f"SNNL* of {n} per layer (T* at each layer's minimum)" for n in "ab"}
     ems = [e["text"] for e in page.all("em")]
-    assert set(ems) == fake.VERDICT_WORDS | captions
-    assert len(ems) == len(fake.VERDICT_WORDS) + len(captions)
+    rule_words = fake.VERDICT_WORDS | {"fragile"}
+    assert set(ems) == rule_words | captions
+    assert len(ems) == len(rule_words) + len(captions)
     text = " ".join(p["text"] for p in page.all("p"))
     assert "SNNL* is scale-invariant, T*(c x) = c^2 T*(x)." in text
     assert "\\*" not in "".join(e["text"] for e in page.elements)  # no escape shows
@@ -113,10 +114,15 @@ def test_tables_scroll_in_boxes_and_keep_their_cells(report):
     rows = [e for e in page.elements if e["tag"] == "tr" and "Paper 2019" in e["text"]]
     assert len(rows) == 2 and claims
     start = page.elements.index(rows[0])
-    cells = [e for e in page.elements[start + 1 : start + 6]]
-    assert [c["tag"] for c in cells] == ["td"] * 5  # a "|" in the claim split no cell
-    assert cells[0]["text"] == "a: SNNL* rises | falls"
-    assert cells[4]["text"] == "inconclusive (fewer than two seeds * here)"
+    after = page.elements[start + 1 :]
+    end = next((i for i, e in enumerate(after) if e["tag"] == "tr"), len(after))
+    cells = [e for e in after[:end] if e["tag"] == "td"]
+    assert len(cells) == 8  # a "|" in the claim split no cell
+    assert cells[0]["text"] == "1"
+    assert cells[1]["text"] == "a: SNNL* rises | falls"
+    assert cells[5]["text"] == "-"  # no comparison recorded: no interval
+    assert cells[6]["text"] == "inconclusive (fewer than two seeds * here)"
+    assert cells[7]["text"] == "inconclusive (p 1)"
 
 
 def test_figures_are_embedded_with_their_alt_text(report):
@@ -157,9 +163,9 @@ def test_escaped_text_renders_as_written(text):
 def test_claims_table_cells_are_escaped():
     claim = Claim("SNNL* of x_1 | y", "P 2019", "digits", "0.5 vs 0.4", "holds", "T* at bound")
     row = claims_table([claim]).splitlines()[-1]
-    assert (
-        row
-        == "| SNNL\\* of x\\_1 \\| y | P 2019 | digits | 0.5 vs 0.4 | **holds** (T\\* at bound) |"
+    assert row == (
+        "| 1 | SNNL\\* of x\\_1 \\| y | P 2019 | digits | 0.5 vs 0.4 | - "
+        "| **holds** (T\\* at bound) | holds (not adjusted) |"
     )
 
 

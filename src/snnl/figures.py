@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import io
 import os
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -23,8 +26,10 @@ from snnl._io import write_bytes  # noqa: E402
 
 __all__ = [
     "FIGURE_FORMATS",
+    "ForestRow",
     "check_figure_path",
     "figure_format",
+    "forest_plot",
     "plt",
     "save_figure",
     "temperature_curve_figure",
@@ -139,4 +144,78 @@ def temperature_curve_figure(
     ax.set_ylabel("SNNL")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
+    return fig
+
+
+@dataclass(frozen=True)
+class ForestRow:
+    """One row of :func:`forest_plot`: an effect with its interval, in its own units.
+
+    ``expect``: the claimed direction ("greater" or "less"); ``margin``: the no-effect
+    margin (0: none); ``verdict``: colours the row; ``flag``: a short mark after the
+    numbers (e.g. "fragile").
+    """
+
+    label: str
+    estimate: float
+    low: float
+    high: float
+    margin: float
+    expect: str
+    verdict: str
+    flag: str = ""
+
+
+_VERDICT_COLOURS = {"holds": "#1a7f37", "does not hold": "#c62828", "inconclusive": "#757575"}
+
+
+def forest_plot(rows: Sequence[ForestRow], *, title: str = "") -> Figure:
+    """Every effect with its 95% interval and no-effect margin, one row each.
+
+    Effects have different units, so each row is drawn in its own units rescaled to
+    its extent: ``x = sign * value / max(|low|, |high|, margin)``, with ``sign`` = -1
+    where the claim expects a decrease, so the claimed side is always right of 0 and
+    every row spans [-1, 1]. The row's numbers in its own units are written at the right;
+    the grey band is the no-effect margin.
+
+    >>> fig = forest_plot([ForestRow("A beats B", 0.02, 0.01, 0.03, 0.005, "greater", "holds")])
+    >>> len(fig.axes[0].lines) >= 2
+    True
+    """
+    if not rows:
+        raise ValueError("forest_plot needs at least one row")
+    n = len(rows)
+    fig, ax = plt.subplots(figsize=(11, 0.9 + 0.34 * n))
+    ax.axvline(0.0, color="black", lw=0.8)
+    for i, r in enumerate(rows):
+        y = n - 1 - i
+        if r.expect not in ("greater", "less"):
+            raise ValueError(f"row {r.label!r}: expect must be 'greater' or 'less'")
+        sign = 1.0 if r.expect == "greater" else -1.0
+        scale = max(abs(r.low), abs(r.high), r.margin)
+        scale = scale if scale > 0 else 1.0
+        lo, hi = sorted((sign * r.low / scale, sign * r.high / scale))
+        colour = _VERDICT_COLOURS.get(r.verdict, "#757575")
+        if r.margin > 0:
+            m = r.margin / scale
+            ax.fill_betweenx([y - 0.38, y + 0.38], -m, m, color="#d0d0d0", lw=0)
+        ax.plot([lo, hi], [y, y], color=colour, lw=2.2, solid_capstyle="butt")
+        ax.plot([sign * r.estimate / scale], [y], "o", color=colour, ms=5)
+        numbers = f"{r.estimate:+.3g} [{r.low:+.3g}, {r.high:+.3g}]"
+        numbers += f", margin {r.margin:.3g}" if r.margin > 0 else ""
+        numbers += f"  {r.flag}" if r.flag else ""
+        ax.text(1.08, y, numbers, va="center", fontsize=7.5, color=colour)
+    labels = [textwrap.shorten(r.label, 78, placeholder="...") for r in rows]
+    ax.set_yticks(range(n - 1, -1, -1), labels, fontsize=7.5)
+    ax.set_xlim(-1.08, 1.08)
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xticks([-1, -0.5, 0, 0.5, 1], ["-1", "-0.5", "0", "0.5", "1"])
+    ax.set_xlabel(
+        "effect / max(|CI end|, margin), claimed direction to the right "
+        "(green: holds, red: does not hold, grey: inconclusive; band: no-effect margin)",
+        fontsize=8,
+    )
+    ax.grid(axis="x", alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
     return fig

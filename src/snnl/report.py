@@ -44,14 +44,18 @@ from typing import Any
 
 from snnl import _io
 from snnl.experiments import Claim, Section, registry
-from snnl.experiments.base import VERDICT_RULE
+from snnl.experiments.base import VERDICT_RULE, Comparison
 from snnl.experiments.config import ReproduceConfig
+from snnl.stats import holm
 
 __all__ = [
+    "ALPHA",
     "FORMAT",
     "RESULTS",
     "REPORT_FILES",
+    "adjusted_verdicts",
     "claims_table",
+    "forest_figure",
     "escape_markdown",
     "read_results",
     "render_html",
@@ -131,28 +135,103 @@ def escape_markdown(text: str) -> str:
     return _MARKUP.sub(r"\\\1", str(text))
 
 
+ALPHA = 0.05  # the family-wise error rate of the Holm-adjusted verdicts
+FOREST = "claims_forest.png"
+
+
+def adjusted_verdicts(claims: list[Claim]) -> list[tuple[float | None, str]]:
+    """Each claim's Holm-adjusted decision p-value and adjusted verdict.
+
+    The family is every claim with a decision p-value (:attr:`Claim.p_value`; an
+    inconclusive claim counts with p = 1); :func:`snnl.stats.holm` adjusts them; the
+    adjusted verdict is the raw one where the adjusted p-value is <= :data:`ALPHA`,
+    else inconclusive. A decided claim with no recorded comparison has no p-value:
+    ``(None, raw verdict + " (not adjusted)")``.
+
+    >>> from snnl.experiments import Claim, compare_paired
+    >>> c = compare_paired([1.0, 2.0, 3.0], [0.5, 1.4, 2.6], expect="greater")
+    >>> claim = Claim("a > b", "P", "s", "m", c.verdict, c.note, comparisons=(c,))
+    >>> [(round(p, 4), v) for p, v in adjusted_verdicts([claim, claim])]
+    [(0.0261, 'holds'), (0.0261, 'holds')]
+    """
+    ps = [c.p_value for c in claims]
+    family = [p for p in ps if p is not None]
+    adjusted = iter(holm(family))
+    out: list[tuple[float | None, str]] = []
+    for claim, p in zip(claims, ps, strict=True):
+        if p is None:
+            out.append((None, f"{claim.verdict} (not adjusted)"))
+            continue
+        q = next(adjusted)
+        out.append((q, claim.verdict if q <= ALPHA else "inconclusive"))
+    return out
+
+
+def _effect_text(c: Comparison) -> str:
+    if c.interval is None:
+        return "no interval (fewer than two values per arm)"
+    iv = c.interval
+    text = f"{iv.estimate:+.4g} [{iv.low:+.4g}, {iv.high:+.4g}] ({iv.method}"
+    text += f", n {'/'.join(map(str, iv.n))})" + (f", margin {c.margin:g}" if c.margin else "")
+    if c.healthy is not None and c.healthy.interval is not None:
+        h = c.healthy.interval
+        text += f"; healthy runs only {h.estimate:+.4g} [{h.low:+.4g}, {h.high:+.4g}]"
+    if c.failures:
+        text += "; failures " + " vs ".join(f.text() for f in c.failures)
+    return (f"{c.label}: " if c.label else "") + text
+
+
 def claims_table(claims: list[Claim]) -> str:
-    """The claims table (markdown) with the verdict rule above it; cells are plain text
-    (escaped with :func:`escape_markdown`), the verdict bold.
+    """The claims table (markdown) with the verdict rule above it: each claim's effect
+    with its 95% interval and margin, the raw verdict (bold, with its note) and the
+    Holm-adjusted one (:func:`adjusted_verdicts`). Cells are plain text (escaped with
+    :func:`escape_markdown`).
 
     >>> from snnl.experiments import Claim
     >>> print(claims_table([Claim("A beats B", "Paper 2019", "digits, MLP", "0.9 vs 0.8",
-    ...                           "holds", "diff +0.1")]).splitlines()[-1])
-    | A beats B | Paper 2019 | digits, MLP | 0.9 vs 0.8 | **holds** (diff +0.1) |
+    ...                           "holds", "diff +0.1")]).splitlines()[-1].split(" | "))
+    ['| 1', 'A beats B', 'Paper 2019', 'digits, MLP', '0.9 vs 0.8', '-', \
+'**holds** (diff +0.1)', 'holds (not adjusted) |']
     """
     lines = [
         f"Verdict rule: {VERDICT_RULE}",
         "",
-        "| claim | source | measured on | measured | verdict |",
-        "|---|---|---|---|---|",
+        "| # | claim | source | measured on | measured | effect, 95% CI (margin) | verdict "
+        "| Holm-adjusted |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for c in claims:
+    for i, (c, (q, adjusted)) in enumerate(zip(claims, adjusted_verdicts(claims), strict=True)):
         note = f" ({escape_markdown(c.note)})" if c.note else ""
-        cells = [escape_markdown(x) for x in (c.claim, c.source, c.setting, c.measured)]
-        lines.append("| " + " | ".join([*cells, f"**{c.verdict}**{note}"]) + " |")
+        fragile = ", *fragile*" if c.fragile else ""
+        effect = "; ".join(_effect_text(x) for x in c.comparisons) or "-"
+        cells = [escape_markdown(x) for x in (c.claim, c.source, c.setting, c.measured, effect)]
+        holm_cell = adjusted if q is None else f"{adjusted} (p {q:.3g})"
+        row = [str(i + 1), *cells, f"**{c.verdict}**{fragile}{note}", holm_cell]
+        lines.append("| " + " | ".join(row) + " |")
     if not claims:
-        lines.append("| (no experiment tested a claim) | | | | |")
+        lines.append("| | (no experiment tested a claim) | | | | | | |")
     return "\n".join(lines)
+
+
+def forest_figure(claims: list[Claim], path: Path) -> bool:
+    """Write the claims' forest plot (:func:`snnl.figures.forest_plot`, one row per
+    comparison with an interval) to ``path``; False (nothing written) when no claim has one."""
+    from snnl.figures import ForestRow, forest_plot, save_figure
+
+    rows = []
+    for i, claim in enumerate(claims, 1):
+        for c in claim.comparisons:
+            if c.interval is None:
+                continue
+            iv = c.interval
+            label = f"{i}. {claim.claim}" + (f" [{c.label}]" if c.label else "")
+            flag = "fragile" if c.fragile else ""
+            rows.append(ForestRow(label, iv.estimate, iv.low, iv.high, c.margin, c.expect,
+                                  c.verdict, flag))  # fmt: skip
+    if not rows:
+        return False
+    save_figure(forest_plot(rows, title="Every claim's effect, 95% CI and margin"), path)
+    return True
 
 
 def _options(config: Mapping[str, Any]) -> str:
@@ -245,7 +324,17 @@ def render_markdown(
         sections.append(modules[name].section(res, fig_dir))
         claims += modules[name].claims(res)
     md = "\n".join(_header(data)) + "\n"
-    md += "\n## What the papers claim, and what we saw\n\n" + claims_table(claims) + "\n"
+    md += "\n## What the papers claim, and what we saw\n\n"
+    if forest_figure(claims, fig_dir / FOREST):
+        caption = escape_markdown(
+            "Every claim's effect (dot) with its 95% interval (bar) and no-effect margin "
+            "(grey band), one row per comparison, numbered as the claims table below. Each "
+            "row is in its own units, rescaled to its extent (the numbers at the right are "
+            "in the measure's units) and oriented so that the claimed direction is to the "
+            "right of 0: green holds, red does not hold, grey inconclusive (raw verdicts)."
+        )
+        md += f"![{caption}]({FIGURES}/{FOREST})\n\n*{caption}*\n\n"
+    md += claims_table(claims) + "\n"
     for s in sections:
         md += f"\n## {s.title}\n\n{s.markdown}\n"
         for fname, caption in s.figures:

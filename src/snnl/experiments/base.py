@@ -25,12 +25,23 @@ Adding an experiment: write the module, then add it to ``REGISTRY`` in
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import numpy as np
+from scipy.stats import binomtest
+
 from snnl.experiments.config import ReproduceConfig
+from snnl.stats import (
+    Interval,
+    bootstrap_interval,
+    decision_p_value,
+    paired_interval,
+    welch_interval,
+)
+from snnl.stats import verdict as stats_verdict
 
 if TYPE_CHECKING:  # pragma: no cover
     from snnl.experiments.zoo import Zoo
@@ -38,27 +49,38 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "Section",
     "Claim",
+    "Comparison",
+    "FailureRate",
     "Context",
     "Experiment",
     "VERDICT_RULE",
     "mean_std",
     "compare_groups",
     "compare_paired",
+    "compare_bootstrap",
+    "failure_rate",
     "format_mean_std",
     "unhealthy_lines",
 ]
 
 Verdict = Literal["holds", "does not hold", "inconclusive"]
 
+Direction = Literal["greater", "less"]
+
 #: The rule every verdict of the claims table follows (stated in the report).
 VERDICT_RULE = (
-    "A claim *holds* when the measured difference points the claimed way and is larger "
-    "than twice its standard error (over seeds; Welch's standard error for two groups, "
-    "the standard error of the per-seed differences for paired runs); it *does not hold* "
-    "when the difference is larger than twice its standard error the other way, or when "
-    "the claimed effect is absent (|difference| below twice its standard error) although "
-    "the standard error is small enough to have seen the claimed effect size; otherwise it "
-    "is *inconclusive* (including: fewer than two seeds, or runs that were not healthy)."
+    "Each claim's effect (a difference between its arms, in the units of the measure) is "
+    "given with a 95% confidence interval over seeds: Student t with Welch-Satterthwaite "
+    "degrees of freedom for two independent groups, a paired t over the per-seed "
+    "differences where runs pair by seed, a percentile bootstrap for a measure that is not "
+    "a mean. Each claim states in advance a no-effect margin (0: any effect counts). A claim "
+    "*holds* when the interval lies on the claimed side of zero; it *does not hold* when "
+    "it lies on the other side, or inside the no-effect margin; otherwise it is "
+    "*inconclusive* (so is a claim with fewer than two values per arm). The adjusted verdict "
+    "keeps the raw one only where the decision's p-value, Holm-adjusted over every claim of "
+    "the table, is at most 0.05. A verdict is marked *fragile* when leaving out one seed "
+    "(value, or pair) changes it. Collapsed or diverged runs count at their measured values "
+    "where a claim says so (the healthy-only result beside it, with each arm's failure rate)."
 )
 
 
@@ -82,6 +104,9 @@ class Claim:
         measured: the measured values, e.g. "0.962 +- 0.003 vs 0.958 +- 0.004 (3 seeds)".
         verdict: "holds", "does not hold" or "inconclusive".
         note: why, in a few words (the rule's numbers, or what made it inconclusive).
+        comparisons: the tests behind the verdict (:func:`compare_groups`,
+            :func:`compare_paired`, :func:`compare_bootstrap`); several when the claim
+            holds only if all of them hold. Empty: no test recorded.
     """
 
     claim: str
@@ -90,13 +115,37 @@ class Claim:
     measured: str
     verdict: Verdict
     note: str = ""
+    comparisons: tuple[Comparison, ...] = ()
 
     def __post_init__(self) -> None:
         if self.verdict not in ("holds", "does not hold", "inconclusive"):
             raise ValueError(f"unknown verdict {self.verdict!r}")
+        if not all(isinstance(c, Comparison) for c in self.comparisons):
+            raise TypeError("Claim.comparisons must hold Comparison objects")
 
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
+    @property
+    def p_value(self) -> float | None:
+        """The p-value of the verdict's decision (for Holm across the table): 1 when
+        inconclusive; when it holds, the largest of its comparisons' (all must be decided:
+        an intersection-union test); when it does not hold, the smallest of its decided
+        comparisons'; None when the verdict is decided but no comparison was recorded."""
+        if self.verdict == "inconclusive":
+            return 1.0
+        if not self.comparisons:
+            return None
+        if self.verdict == "holds":
+            return max(c.p_value for c in self.comparisons)
+        return min((c.p_value for c in self.comparisons), default=1.0)
+
+    @property
+    def fragile(self) -> bool:
+        """Whether leaving out one seed changes any of its comparisons' verdicts."""
+        return any(c.fragile for c in self.comparisons)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["comparisons"] = [c.to_dict() for c in self.comparisons]
+        return out
 
 
 @dataclass
@@ -172,55 +221,260 @@ def unhealthy_lines(runs: Sequence[dict[str, Any]], left_out_of: str) -> list[st
     ]
 
 
-def _verdict(diff: float, se: float, n_min: int, expect: str, min_effect: float) -> tuple[str, str]:
+@dataclass(frozen=True)
+class FailureRate:
+    """The share of an arm's runs that collapsed or diverged, with its exact
+    (Clopper-Pearson) 95% interval (``scipy.stats.binomtest(...).proportion_ci``)."""
+
+    failed: int
+    runs: int
+    low: float
+    high: float
+
+    @property
+    def rate(self) -> float:
+        return self.failed / self.runs
+
+    def text(self) -> str:
+        return f"{self.failed}/{self.runs} failed [95% CI {self.low:.2f}, {self.high:.2f}]"
+
+
+def failure_rate(failed: int, runs: int) -> FailureRate:
+    """``failed`` of ``runs`` runs, with the Clopper-Pearson 95% interval of the rate.
+
+    >>> failure_rate(0, 3).text()
+    '0/3 failed [95% CI 0.00, 0.71]'
+    """
+    if runs < 1 or not 0 <= failed <= runs:
+        raise ValueError(f"need 0 <= failed <= runs and runs >= 1, got {failed} of {runs}")
+    ci = binomtest(failed, runs).proportion_ci(confidence_level=0.95, method="exact")
+    return FailureRate(failed, runs, float(ci.low), float(ci.high))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The test behind a claim's verdict: the effect (difference of the arms) with its
+    95% interval (:mod:`snnl.stats`), the no-effect margin stated in advance, the verdict
+    from the interval (:func:`snnl.stats.verdict`), its decision p-value (for Holm) and
+    whether leaving one seed (value, or pair) out changes the verdict (``fragile``).
+
+    Unpacks (and indexes) as ``verdict, note``, what ``compare_groups`` returned before.
+    ``healthy``: where failed runs count in ``interval`` (at their measured values), the
+    same comparison over the healthy runs only; ``failures``: each arm's failure rate.
+    """
+
+    verdict: Verdict
+    note: str
+    expect: Direction
+    margin: float
+    interval: Interval | None
+    p_value: float
+    fragile: bool
+    label: str = ""
+    healthy: Comparison | None = None
+    failures: tuple[FailureRate, ...] = ()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.verdict, self.note))
+
+    def __getitem__(self, index: int) -> str:
+        return (self.verdict, self.note)[index]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["interval"] = None if self.interval is None else self.interval.to_dict()
+        out["healthy"] = None if self.healthy is None else self.healthy.to_dict()
+        return out
+
+
+def _interval(a: np.ndarray, b: np.ndarray, paired: bool) -> Interval | None:
+    if paired:
+        return paired_interval(a, b) if a.size >= 2 else None
+    return welch_interval(a, b) if min(a.size, b.size) >= 2 else None
+
+
+def _judge(iv: Interval | None, expect: Direction, margin: float) -> tuple[Verdict, float]:
+    if iv is None:
+        return "inconclusive", 1.0
+    v = stats_verdict(iv, expect=expect, margin=margin)
+    return v, decision_p_value(iv, expect=expect, margin=margin)  # type: ignore[return-value]
+
+
+def _is_fragile(a: np.ndarray, b: np.ndarray, paired: bool, expect: Direction,
+                margin: float, verdict: str) -> bool:  # fmt: skip
+    """Does leaving out one value (one pair, for paired values) change the verdict?"""
+    if paired:
+        drops = [(np.delete(a, i), np.delete(b, i)) for i in range(a.size)]
+    else:
+        drops = [(np.delete(a, i), b) for i in range(a.size)]
+        drops += [(a, np.delete(b, j)) for j in range(b.size)]
+    return any(_judge(_interval(x, y, paired), expect, margin)[0] != verdict for x, y in drops)
+
+
+def _note(iv: Interval | None, margin: float, n: str) -> str:
+    if iv is None:
+        return f"fewer than two values per arm ({n}): no interval"
+    df = "" if iv.df is None else f", df {iv.df:.3g}"
+    return (
+        f"difference {iv.estimate:+.4g}, 95% CI [{iv.low:+.4g}, {iv.high:+.4g}] "
+        f"({iv.method}{df}), margin {margin:g}"
+    )
+
+
+def _compare(a: Sequence[float], b: Sequence[float], paired: bool, expect: str,
+             margin: float, label: str) -> Comparison:  # fmt: skip
     if expect not in ("greater", "less"):
         raise ValueError(f"expect must be 'greater' or 'less', got {expect!r}")
-    if n_min < 2:
-        return "inconclusive", "fewer than two seeds: no standard error"
-    signed = diff if expect == "greater" else -diff
-    note = f"difference {diff:+.4g}, standard error {se:.3g}"
-    if se == 0.0:
-        se = 1e-12
-    if signed > 2 * se:
-        return "holds", note
-    if signed < -2 * se:
-        return "does not hold", note + " (the other way)"
-    if min_effect > 0 and 2 * se < min_effect:
-        return "does not hold", note + f" (no effect of the claimed size {min_effect:g})"
-    return "inconclusive", note
+    if not margin >= 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    x, y = np.asarray(a, dtype=np.float64).ravel(), np.asarray(b, dtype=np.float64).ravel()
+    if paired and x.size != y.size:
+        raise ValueError(f"paired values need equal lengths, got {x.size} and {y.size}")
+    iv = _interval(x, y, paired)
+    verdict, p = _judge(iv, expect, margin)  # type: ignore[arg-type]
+    fragile = _is_fragile(x, y, paired, expect, margin, verdict)  # type: ignore[arg-type]
+    n = f"{x.size} pairs" if paired else f"{x.size} and {y.size}"
+    note = _note(iv, margin, n) + ("; FRAGILE: one seed left out changes it" if fragile else "")
+    return Comparison(verdict, note, expect, margin, iv, p, fragile, label)  # type: ignore[arg-type]
+
+
+def _with_failures(a: Sequence[float | None], b: Sequence[float | None],
+                   a_ok: Sequence[bool] | None, b_ok: Sequence[bool] | None, paired: bool,
+                   expect: str, margin: float, label: str) -> Comparison:  # fmt: skip
+    """Failed runs count: the comparison over every run with a measured value, the
+    healthy-only one beside it, and each arm's failure rate."""
+    oks = [[True] * len(a) if a_ok is None else list(a_ok),
+           [True] * len(b) if b_ok is None else list(b_ok)]  # fmt: skip
+    for vals, ok, arm in ((a, oks[0], "a"), (b, oks[1], "b")):
+        if len(ok) != len(vals):
+            raise ValueError(f"{arm}_ok has {len(ok)} flags for {len(vals)} values")
+        if any(v is None and k for v, k in zip(vals, ok, strict=True)):
+            raise ValueError(f"{arm} has a healthy run without a value")
+    if paired:
+        if len(a) != len(b):
+            raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
+        idx = range(len(a))
+        every = [i for i in idx if a[i] is not None and b[i] is not None]
+        good = [i for i in every if oks[0][i] and oks[1][i]]
+        pick = [([a[i] for i in s], [b[i] for i in s]) for s in (every, good)]
+    else:
+        pick = [
+            ([v for v in a if v is not None], [v for v in b if v is not None]),
+            ([v for v, k in zip(a, oks[0], strict=True) if k],
+             [v for v, k in zip(b, oks[1], strict=True) if k]),
+        ]  # fmt: skip
+    failed = [ok.count(False) for ok in oks]
+    if failed == [0, 0]:
+        return _compare(*pick[1], paired, expect, margin, label)  # type: ignore[arg-type]
+    healthy = _compare(*pick[1], paired, expect, margin, label)  # type: ignore[arg-type]
+    every_run = _compare(*pick[0], paired, expect, margin, label)  # type: ignore[arg-type]
+    rates = tuple(failure_rate(f, len(ok)) for f, ok in zip(failed, oks, strict=True))
+    unmeasured = sum(v is None for v in (*a, *b))
+    note = (
+        f"all runs (failed ones at their measured value): {every_run.note}; healthy runs "
+        f"only: {healthy.verdict}, {healthy.note}; failure rates: a {rates[0].text()}, "
+        f"b {rates[1].text()}"
+        + (f"; {unmeasured} failed run(s) without a measured value left out" if unmeasured else "")
+    )
+    return replace(every_run, note=note, healthy=healthy, failures=rates)
 
 
 def compare_groups(
-    a: Sequence[float], b: Sequence[float], *, expect: str, min_effect: float = 0.0
-) -> tuple[Verdict, str]:
-    """Verdict on "mean(a) is greater (or less) than mean(b)" for independent groups.
+    a: Sequence[float | None],
+    b: Sequence[float | None],
+    *,
+    expect: str,
+    margin: float = 0.0,
+    min_effect: float | None = None,
+    label: str = "",
+    a_ok: Sequence[bool] | None = None,
+    b_ok: Sequence[bool] | None = None,
+) -> Comparison:
+    """Is ``mean(a) - mean(b)`` greater (or less) than 0, for two independent groups?
 
-    Welch's standard error ``sqrt(s_a^2/n_a + s_b^2/n_b)``; see :data:`VERDICT_RULE`.
-    ``min_effect``: the smallest difference the claim means (0: any difference);
-    with it, a precise null result is "does not hold" rather than "inconclusive".
+    The difference with its Welch t 95% interval (:func:`snnl.stats.welch_interval`,
+    Welch-Satterthwaite df) and the verdict of :data:`VERDICT_RULE`:
+    ``margin`` (stated in advance, in the values' units) is the no-effect margin, an
+    interval inside ``(-margin, margin)`` does not hold; ``min_effect`` is its old name.
+    Fewer than two values in an arm: inconclusive. ``fragile``: leaving out any one value
+    changes the verdict. With health flags ``a_ok`` / ``b_ok`` (False: the run collapsed
+    or diverged; its value may then be None), failed runs count at their measured values
+    and ``healthy`` holds the comparison without them, ``failures`` each arm's rate.
 
-    >>> compare_groups([0.9, 0.91, 0.92], [0.80, 0.81, 0.82], expect="greater")[0]
+    Unpacks as ``verdict, note``.
+
+    >>> compare_groups([0.9, 0.91, 0.92], [0.80, 0.81, 0.82], expect="greater").verdict
     'holds'
-    >>> compare_groups([0.9, 0.95], [0.91, 0.93], expect="greater")[0]
+    >>> verdict, note = compare_groups([0.9, 0.95], [0.91, 0.93], expect="greater")
+    >>> verdict
     'inconclusive'
     """
-    sa, sb = mean_std(a), mean_std(b)
-    se = math.sqrt(sa["std"] ** 2 / sa["n"] + sb["std"] ** 2 / sb["n"])
-    return _verdict(sa["mean"] - sb["mean"], se, min(sa["n"], sb["n"]), expect, min_effect)  # type: ignore[return-value]
+    margin = margin if min_effect is None else max(margin, min_effect)
+    return _with_failures(a, b, a_ok, b_ok, False, expect, margin, label)
 
 
 def compare_paired(
-    a: Sequence[float], b: Sequence[float], *, expect: str, min_effect: float = 0.0
-) -> tuple[Verdict, str]:
-    """Verdict on "a is greater (or less) than b" for paired values (same seed).
+    a: Sequence[float | None],
+    b: Sequence[float | None],
+    *,
+    expect: str,
+    margin: float = 0.0,
+    min_effect: float | None = None,
+    label: str = "",
+    a_ok: Sequence[bool] | None = None,
+    b_ok: Sequence[bool] | None = None,
+) -> Comparison:
+    """Is ``a - b`` greater (or less) than 0, for values paired by seed (same init, data)?
 
-    Standard error of the differences ``s_d / sqrt(n)``; see :data:`VERDICT_RULE`.
+    The mean of the per-pair differences with its paired t 95% interval (``n - 1`` df,
+    :func:`snnl.stats.paired_interval`); otherwise as :func:`compare_groups` (a pair
+    counts as healthy when both runs are; ``fragile`` leaves out one pair at a time).
 
-    >>> compare_paired([1.0, 2.0, 3.0], [0.5, 1.4, 2.6], expect="greater")[0]
-    'holds'
+    >>> c = compare_paired([1.0, 2.0, 3.0], [0.5, 1.4, 2.6], expect="greater")
+    >>> c.verdict, round(c.interval.low, 3), round(c.interval.high, 3)
+    ('holds', 0.252, 0.748)
     """
-    if len(a) != len(b):
-        raise ValueError(f"paired values need equal lengths, got {len(a)} and {len(b)}")
-    d = mean_std([x - y for x, y in zip(a, b, strict=True)])
-    se = d["std"] / math.sqrt(d["n"])
-    return _verdict(d["mean"], se, d["n"], expect, min_effect)  # type: ignore[return-value]
+    margin = margin if min_effect is None else max(margin, min_effect)
+    return _with_failures(a, b, a_ok, b_ok, True, expect, margin, label)
+
+
+def compare_bootstrap(
+    statistic: Callable[[np.ndarray], float],
+    data: Sequence[Sequence[float]] | np.ndarray,
+    *,
+    expect: str,
+    margin: float = 0.0,
+    label: str = "",
+    resamples: int = 2000,
+    seed: int = 0,
+) -> Comparison:
+    """A claim on a measure that is not a mean of independent values: ``statistic(rows)``
+    (an effect, 0 = none) with a seeded percentile bootstrap over the rows of ``data``
+    (:func:`snnl.stats.bootstrap_interval`; rows = the independent units, e.g. seeds).
+    ``fragile``: leaving out one row changes the verdict (each refit with
+    ``resamples // 4`` resamples).
+
+    >>> rows = [[1.0], [2.0], [3.0], [4.0], [5.0]]
+    >>> c = compare_bootstrap(lambda r: float(np.median(r)), rows, expect="greater")
+    >>> c.verdict, c.interval.method
+    ('holds', 'percentile bootstrap')
+    """
+    if expect not in ("greater", "less"):
+        raise ValueError(f"expect must be 'greater' or 'less', got {expect!r}")
+    rows = np.asarray(data, dtype=np.float64)
+    if rows.shape[0] < 2:
+        iv: Interval | None = None
+    else:
+        iv = bootstrap_interval(statistic, rows, resamples=resamples, seed=seed)
+    verdict, p = _judge(iv, expect, margin)  # type: ignore[arg-type]
+    fragile = rows.shape[0] >= 2 and any(
+        _judge(
+            bootstrap_interval(statistic, np.delete(rows, i, axis=0), resamples=resamples // 4,
+                               seed=seed) if rows.shape[0] >= 3 else None,
+            expect, margin,  # type: ignore[arg-type]
+        )[0] != verdict
+        for i in range(rows.shape[0])
+    )  # fmt: skip
+    note = _note(iv, margin, f"{rows.shape[0]} rows")
+    note += "; FRAGILE: one row left out changes it" if fragile else ""
+    return Comparison(verdict, note, expect, margin, iv, p, fragile, label)  # type: ignore[arg-type]

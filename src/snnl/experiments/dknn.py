@@ -657,13 +657,12 @@ def _kinds_claim(
     ent = [measure(r) for r in _healthy(results, "entangled")]
     nor = [measure(r) for r in _healthy(results, "normal")]
     measured = f"{label}: entangled {_values_text(ent)} vs normal {_values_text(nor)}"
+    cmp = compare_groups(ent, nor, expect=expect, label=f"{label}, entangled - normal")
+    verdict, note = cmp
     if len(ent) < 2 or len(nor) < 2:
-        verdict = "inconclusive"
         note = f"fewer than two healthy seeds of a kind ({len(ent)} entangled, {len(nor)} normal)"
-    else:
-        verdict, note = compare_groups(ent, nor, expect=expect)
     note += _unhealthy_note(results, KINDS)
-    return Claim(text, SOURCE, setting, measured, verdict, note)  # type: ignore[arg-type]
+    return Claim(text, SOURCE, setting, measured, verdict, note, (cmp,))  # type: ignore[arg-type]
 
 
 def _paired_claim(
@@ -676,12 +675,12 @@ def _paired_claim(
     measured: str,
 ) -> Claim:
     """``a < b`` paired by seed (the same normal model)."""
+    cmp = compare_paired(a, b, expect="less")
+    verdict, note = cmp
     if len(a) < 2:
-        verdict, note = "inconclusive", f"fewer than two healthy seeds ({len(a)})"
-    else:
-        verdict, note = compare_paired(a, b, expect="less")
+        note = f"fewer than two healthy seeds ({len(a)})"
     note += _unhealthy_note(results, ("normal",))
-    return Claim(text, source, setting, measured, verdict, note)  # type: ignore[arg-type]
+    return Claim(text, source, setting, measured, verdict, note, (cmp,))  # type: ignore[arg-type]
 
 
 def claims(results: dict[str, Any]) -> list[Claim]:

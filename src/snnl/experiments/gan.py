@@ -423,14 +423,15 @@ def _paired_claim(
         measured = f"{len(pairs)} seed(s) measured"
         return Claim(text, source, setting, measured, "inconclusive", note)
     xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
-    verdict, note = compare_paired(xs, ys, expect=expect)
+    cmp = compare_paired(xs, ys, expect=expect, label=f"{labels[0]} - {labels[1]}")
+    verdict, note = cmp
     if unhealthy:
         note += f"; {unhealthy} unhealthy run(s) left out"
     measured = (
         f"{labels[0]} {format_mean_std(mean_std(xs), 3)} vs {labels[1]} "
         f"{format_mean_std(mean_std(ys), 3)}"
     )
-    return Claim(text, source, setting, measured, verdict, note)
+    return Claim(text, source, setting, measured, verdict, note, (cmp,))  # type: ignore[arg-type]
 
 
 def _by_seed(results: dict[str, Any], variant: str) -> dict[int, dict[str, Any]]:

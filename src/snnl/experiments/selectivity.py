@@ -485,7 +485,8 @@ def _slope_claim(
         return Claim(
             claim, SOURCE, setting, measured, "inconclusive", note or "fewer than two seeds"
         )
-    verdict, rule_note = compare_paired(slopes, [0.0] * len(slopes), expect=expect)
+    cmp = compare_paired(slopes, [0.0] * len(slopes), expect=expect, label=f"slope of {what}")
+    verdict, rule_note = cmp
     measured = (
         f"slope of {what} against mean selectivity {format_mean_std(mean_std(slopes), 3)} "
         f"over seeds; {span}"
@@ -496,7 +497,8 @@ def _slope_claim(
             measured += (
                 f"; the same divided by clean accuracy: slope {format_mean_std(mean_std(rel), 3)}"
             )
-    return Claim(claim, SOURCE, setting, measured, verdict, rule_note + _unhealthy_note(results))
+    note = rule_note + _unhealthy_note(results)
+    return Claim(claim, SOURCE, setting, measured, verdict, note, (cmp,))  # type: ignore[arg-type]
 
 
 def _alphas(results: dict[str, Any]) -> list[float]:
@@ -527,8 +529,9 @@ def _dimension_increase_claim(results: dict[str, Any]) -> Claim:
     )
     if len(adv) < 2:
         return Claim(claim, SOURCE, setting, measured, "inconclusive", "fewer than two seeds")
-    verdict, note = compare_paired(adv, cor, expect="greater")
-    return Claim(claim, SOURCE, setting, measured, verdict, note + _unhealthy_note(results))
+    cmp = compare_paired(adv, cor, expect="greater", label="dimension increase, adv - cor")
+    note = cmp.note + _unhealthy_note(results)
+    return Claim(claim, SOURCE, setting, measured, cmp.verdict, note, (cmp,))
 
 
 def claims(results: dict[str, Any]) -> list[Claim]:

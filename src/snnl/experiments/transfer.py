@@ -430,11 +430,12 @@ def claims(results: dict[str, Any]) -> list[Claim]:
         f"entangled {_values_text(ent)} vs normal -> normal {_values_text(nor)} (n = ordered "
         "pairs of different seeds)"
     )
+    cmp = compare_groups(ent, nor, expect="less", label="transfer error, entangled - normal")
+    verdict, note = cmp
     if len(ent) < 2 or len(nor) < 2:
-        verdict, note = "inconclusive", "needs two healthy models of each kind (two seeds)"
+        note = "needs two healthy models of each kind (two seeds)"
     else:
-        verdict, note = compare_groups(ent, nor, expect="less")
-        note += "; pairs share models, so the standard error is optimistic"
+        note += "; pairs share models, so the interval is optimistic"
     out = [
         Claim(
             "FGSM examples transfer less between entangled models",
@@ -443,6 +444,7 @@ def claims(results: dict[str, Any]) -> list[Claim]:
             measured,
             verdict,  # type: ignore[arg-type]
             note + left_out,
+            (cmp,),
         )
     ]
     d = results["directions"]
@@ -459,10 +461,12 @@ def claims(results: dict[str, Any]) -> list[Claim]:
         f"vs normal {_values_text(values['normal'])}; silhouette: entangled "
         f"{_values_text(sil['entangled'])} vs normal {_values_text(sil['normal'])}"
     )
+    cmp = compare_groups(
+        values["entangled"], values["normal"], expect="greater", label="SNNL*, entangled - normal"
+    )
+    verdict, note = cmp
     if len(values["entangled"]) < 2 or len(values["normal"]) < 2:
-        verdict, note = "inconclusive", "fewer than two healthy seeds of a kind"
-    else:
-        verdict, note = compare_groups(values["entangled"], values["normal"], expect="greater")
+        note = "fewer than two healthy seeds of a kind"
     out.append(
         Claim(
             "The FGSM gradient directions of normal models form class clusters and those of "
@@ -472,6 +476,7 @@ def claims(results: dict[str, Any]) -> list[Claim]:
             measured,
             verdict,  # type: ignore[arg-type]
             note + left_out,
+            (cmp,),
         )
     )
     return out
