@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import fake_experiments as fake
-from snnl.experiments.base import Claim
+from snnl.experiments.base import Claim, Section
 from snnl.experiments.config import ReproduceConfig
 from snnl.report import claims_table, escape_markdown, render_html
 from snnl.runner import reproduce
@@ -172,3 +172,59 @@ def test_claims_table_cells_are_escaped():
 def test_a_missing_figure_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="report figure .*gone.png not found"):
         render_html("![x](figures/gone.png)\n", tmp_path)
+
+
+def _claims_with_tests() -> list[Claim]:
+    from snnl.experiments.base import compare_groups, compare_paired
+
+    tests = [
+        compare_groups([0.9, 0.91, 0.92, 0.9], [0.80, 0.81, 0.82, 0.8], expect="greater"),
+        compare_paired([1.0, 2.0, 3.0], [0.5, 1.4, 2.6], expect="greater", label="gain"),
+        compare_paired([0.2, 0.1, 0.3], [0.21, 0.3, 0.1], expect="less", margin=0.05),
+        compare_groups([0.5], [0.4, 0.45], expect="greater"),  # no interval
+    ]
+    return [Claim(f"claim {i}", "P", "s", "m", c.verdict, c.note, (c,)) for i, c in
+            enumerate(tests)] + [Claim("untested", "P", "s", "m", "holds")]  # fmt: skip
+
+
+def test_holm_adjusted_verdicts_against_a_hand_loop():
+    from snnl.report import ALPHA, adjusted_verdicts
+
+    claims = _claims_with_tests()
+    raw = [c.p_value for c in claims]
+    assert raw[2] == raw[3] == 1.0 and raw[4] is None  # inconclusive ones count with p = 1
+    family = [p for p in raw if p is not None]
+    order = sorted(range(len(family)), key=lambda i: family[i])
+    expected, running = [0.0] * len(family), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(family) - rank) * family[i]))
+        expected[i] = running
+    got = adjusted_verdicts(claims)
+    assert [q for q, _ in got[:4]] == pytest.approx(expected)
+    for (q, verdict), claim in zip(got[:4], claims[:4], strict=True):
+        assert verdict == (claim.verdict if q <= ALPHA else "inconclusive")
+    assert got[1] == (pytest.approx(3 * raw[1]), "holds")  # second smallest: times 3
+    # five claims at p = 0.013: 5 x 0.013 > 0.05, each raw "holds" becomes inconclusive
+    five = adjusted_verdicts([claims[1]] * 5)
+    assert five == [(pytest.approx(5 * raw[1]), "inconclusive")] * 5
+    assert got[4] == (None, "holds (not adjusted)")
+    table = claims_table(claims)
+    assert "| **holds** (" in table and "| inconclusive (p " in table
+    assert "| gain: +0.5 \\[+0.2516, +0.7484\\] (paired t, n 3) | **holds**, *fragile* (" in table
+    assert "margin 0.05" in table and "no interval (fewer than two values per arm)" in table
+
+
+def test_forest_plot_above_the_claims_table(tmp_path):
+    from snnl.report import FOREST, forest_figure, render_markdown
+
+    claims = _claims_with_tests()
+    assert forest_figure(claims, tmp_path / "forest.png")
+    assert (tmp_path / "forest.png").read_bytes()[:4] == b"\x89PNG"
+    assert not forest_figure(claims[3:], tmp_path / "none.png")  # no interval: no figure
+    assert not (tmp_path / "none.png").exists()
+    module = type("M", (), {"NAME": "m", "section": staticmethod(lambda r, d: Section("S", "x")),
+                            "claims": staticmethod(lambda r: claims)})  # fmt: skip
+    data = {"experiments": {"m": {}}, "provenance": {"m": {}}}
+    md = render_markdown(data, tmp_path, experiments={"m": module})
+    assert (tmp_path / FOREST).is_file()
+    assert md.index(f"figures/{FOREST}") < md.index("Verdict rule:")
