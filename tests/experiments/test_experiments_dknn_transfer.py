@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import stats as scipy_stats
 from sklearn.metrics import silhouette_score
 from sklearn.neighbors import NearestNeighbors
 
@@ -96,19 +97,22 @@ def _mean_sd(values):
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
+def _side(low, high):
+    """The verdict rule (margin 0) on a 95% interval of "the claimed difference"."""
+    return "holds" if low > 0 else "does not hold" if high < 0 else "inconclusive"
+
+
 def _groups_rule(a, b, expect):
-    """The verdict rule for two groups, by hand (Welch's standard error)."""
-    (ma, sa), (mb, sb) = _mean_sd(a), _mean_sd(b)
-    diff = ma - mb if expect == "greater" else mb - ma
-    se = math.sqrt(sa**2 / len(a) + sb**2 / len(b))
-    return "holds" if diff > 2 * se else "does not hold" if diff < -2 * se else "inconclusive"
+    """The verdict rule for two groups: scipy's Welch t interval (issue 20)."""
+    x, y = (a, b) if expect == "greater" else (b, a)
+    ci = scipy_stats.ttest_ind(x, y, equal_var=False).confidence_interval(0.95)
+    return _side(ci.low, ci.high)
 
 
 def _paired_rule(a, b):
-    """The verdict rule for "a < b" paired by seed, by hand (standard error of differences)."""
-    md, sd = _mean_sd([x - y for x, y in zip(a, b, strict=True)])
-    se = sd / math.sqrt(len(a))
-    return "holds" if -md > 2 * se else "does not hold" if md > 2 * se else "inconclusive"
+    """The verdict rule for "a < b" paired by seed: scipy's paired t interval (issue 20)."""
+    ci = scipy_stats.ttest_rel(b, a).confidence_interval(0.95)
+    return _side(ci.low, ci.high)
 
 
 def _record(res, kind, seed):
@@ -416,16 +420,17 @@ def test_report_rebuilt_from_saved_results(tiny):
     shutil.rmtree(out / "figures")
     html = write_report(out).read_text()
     md = (out / "report.md").read_text()
-    assert html.count("data:image/png;base64,") == 5
+    assert html.count("data:image/png;base64,") == 6  # the sections' 5 and the forest plot
     for module, res in ((dknn, res_dknn), (transfer, res_transfer)):
         assert f"## {module.TITLE}" in md
         for c in module.claims(res):
             cells = [escape_markdown(x) for x in (c.claim, c.source, c.setting, c.measured)]
-            assert "| " + " | ".join(cells) + f" | **{c.verdict}**" in md
+            assert " | " + " | ".join(cells) + " | " in md and f" | **{c.verdict}**" in md
     figures = sorted(p.name for p in (out / "figures").iterdir())
     assert figures == sorted(
         [f"dknn_{n}.png" for n in ("reliability", "histograms", "neighbours")]
         + [f"transfer_{n}.png" for n in ("matrix", "directions")]
+        + ["claims_forest.png"]
     )
     assert all(f"figures/{name}" in md for name in figures)
     assert "`notmnist` not used: no --data-dir given" in md
@@ -563,7 +568,10 @@ def test_report_html_of_real_sections(tiny):
         for module, res in ((dknn, res_dknn), (transfer, res_transfer))
         for _, caption in module.section(res, out / "figures").figures
     }
-    assert set(page.ems) == {"holds", "does not hold", "inconclusive"} | captions
+    forest = {e for e in page.ems if e.startswith("Every claim's effect (dot)")}
+    assert len(forest) == 1  # the forest plot's caption, above the claims table
+    rule = {"holds", "does not hold", "inconclusive", "fragile"}
+    assert set(page.ems) == rule | captions | forest
     bullets = [line for line in (out / "report.md").read_text().splitlines() if line[:2] == "- "]
     assert page.tags.count("ul") >= 1 and page.tags.count("li") == len(bullets) >= 5
     assert page.tags.count("table") == page.tags.count("div") >= 3
