@@ -189,7 +189,7 @@ def test_failed_runs_count_at_their_measured_value():
     assert c.healthy.verdict == "holds" and c.verdict == "inconclusive"
     assert [(f.failed, f.runs) for f in c.failures] == [(1, 4), (0, 4)]
     assert (c.failures[0].low, c.failures[0].high) == pytest.approx(_clopper_pearson(1, 4))
-    assert "healthy runs only: holds" in c.note and "1/4 failed" in c.note
+    assert "healthy runs only: holds" in c.note and "failure rates: a 1/4 failed" in c.note
 
 
 def test_a_failed_run_without_a_value_is_left_out_and_said_so():
@@ -205,11 +205,15 @@ def test_a_failed_run_without_a_value_is_left_out_and_said_so():
         compare_groups([0.9, 0.8], [0.8, 0.7], expect="greater", a_ok=[True])
 
 
-def test_no_failures_flagged_is_the_plain_comparison():
+def test_no_failure_is_the_plain_comparison_with_its_failure_rates():
     a, b = [0.9, 0.91, 0.93], [0.8, 0.82, 0.81]
+    plain = compare_paired(a, b, expect="greater")
+    assert plain.healthy is None and plain.failures == ()
     flagged = compare_paired(a, b, expect="greater", a_ok=[True] * 3, b_ok=[True] * 3)
-    assert flagged == compare_paired(a, b, expect="greater")
-    assert flagged.healthy is None and flagged.failures == ()
+    assert flagged.healthy is None and flagged.interval == plain.interval
+    assert flagged.verdict == plain.verdict and flagged.fragile == plain.fragile
+    # none of 3 failed, and up to 71% could have: the interval says so
+    assert [f.text() for f in flagged.failures] == ["0/3 failed [95% CI 0.00, 0.71]"] * 2
 
 
 def test_bootstrap_comparison_of_a_median():
@@ -279,3 +283,4 @@ def test_entangle_headline_is_paired_counts_failures_and_states_its_margin():
     assert c.healthy.verdict == "holds"  # over the three healthy seeds only
     assert [(f.failed, f.runs) for f in c.failures] == [(1, 4), (0, 4)]
     assert "paired by seed" in claim.setting
+    assert "failure rates: entangled 1/4 failed [95% CI 0.01, 0.81], normal 0/4" in claim.note

@@ -340,7 +340,8 @@ def _compare(a: Sequence[float], b: Sequence[float], paired: bool, expect: str,
 
 def _with_failures(a: Sequence[float | None], b: Sequence[float | None],
                    a_ok: Sequence[bool] | None, b_ok: Sequence[bool] | None, paired: bool,
-                   expect: str, margin: float, label: str) -> Comparison:  # fmt: skip
+                   expect: str, margin: float, label: str,
+                   arms: tuple[str, str]) -> Comparison:  # fmt: skip
     """Failed runs count: the comparison over every run with a measured value, the
     healthy-only one beside it, and each arm's failure rate."""
     oks = [[True] * len(a) if a_ok is None else list(a_ok),
@@ -364,16 +365,23 @@ def _with_failures(a: Sequence[float | None], b: Sequence[float | None],
              [v for v, k in zip(b, oks[1], strict=True) if k]),
         ]  # fmt: skip
     failed = [ok.count(False) for ok in oks]
-    if failed == [0, 0]:
-        return _compare(*pick[1], paired, expect, margin, label)  # type: ignore[arg-type]
+    flagged = a_ok is not None or b_ok is not None
+    rates: tuple[FailureRate, ...] = ()
+    if oks[0] and oks[1]:  # an arm without runs has no rate
+        rates = tuple(failure_rate(f, len(ok)) for f, ok in zip(failed, oks, strict=True))
+    rates_text = (
+        f"failure rates: {arms[0]} {rates[0].text()}, {arms[1]} {rates[1].text()}" if rates else ""
+    )
     healthy = _compare(*pick[1], paired, expect, margin, label)  # type: ignore[arg-type]
+    if failed == [0, 0]:
+        if not flagged or not rates:
+            return healthy
+        return replace(healthy, note=f"{healthy.note}; {rates_text}", failures=rates)
     every_run = _compare(*pick[0], paired, expect, margin, label)  # type: ignore[arg-type]
-    rates = tuple(failure_rate(f, len(ok)) for f, ok in zip(failed, oks, strict=True))
     unmeasured = sum(v is None for v in (*a, *b))
     note = (
         f"all runs (failed ones at their measured value): {every_run.note}; healthy runs "
-        f"only: {healthy.verdict}, {healthy.note}; failure rates: a {rates[0].text()}, "
-        f"b {rates[1].text()}"
+        f"only: {healthy.verdict}, {healthy.note}; {rates_text}"
         + (f"; {unmeasured} failed run(s) without a measured value left out" if unmeasured else "")
     )
     return replace(every_run, note=note, healthy=healthy, failures=rates)
@@ -389,6 +397,7 @@ def compare_groups(
     label: str = "",
     a_ok: Sequence[bool] | None = None,
     b_ok: Sequence[bool] | None = None,
+    arms: tuple[str, str] = ("a", "b"),
 ) -> Comparison:
     """Is ``mean(a) - mean(b)`` greater (or less) than 0, for two independent groups?
 
@@ -399,7 +408,8 @@ def compare_groups(
     Fewer than two values in an arm: inconclusive. ``fragile``: leaving out any one value
     changes the verdict. With health flags ``a_ok`` / ``b_ok`` (False: the run collapsed
     or diverged; its value may then be None), failed runs count at their measured values
-    and ``healthy`` holds the comparison without them, ``failures`` each arm's rate.
+    and ``healthy`` holds the comparison without them, ``failures`` each arm's rate
+    (named ``arms`` in the note).
 
     Unpacks as ``verdict, note``.
 
@@ -410,7 +420,7 @@ def compare_groups(
     'inconclusive'
     """
     margin = margin if min_effect is None else max(margin, min_effect)
-    return _with_failures(a, b, a_ok, b_ok, False, expect, margin, label)
+    return _with_failures(a, b, a_ok, b_ok, False, expect, margin, label, arms)
 
 
 def compare_paired(
@@ -423,6 +433,7 @@ def compare_paired(
     label: str = "",
     a_ok: Sequence[bool] | None = None,
     b_ok: Sequence[bool] | None = None,
+    arms: tuple[str, str] = ("a", "b"),
 ) -> Comparison:
     """Is ``a - b`` greater (or less) than 0, for values paired by seed (same init, data)?
 
@@ -435,7 +446,7 @@ def compare_paired(
     ('holds', 0.252, 0.748)
     """
     margin = margin if min_effect is None else max(margin, min_effect)
-    return _with_failures(a, b, a_ok, b_ok, True, expect, margin, label)
+    return _with_failures(a, b, a_ok, b_ok, True, expect, margin, label, arms)
 
 
 def compare_bootstrap(

@@ -33,6 +33,7 @@ from snnl.experiments.base import (
     Context,
     Section,
     compare_paired,
+    failure_rate,
     format_mean_std,
     mean_std,
     unhealthy_lines,
@@ -380,7 +381,8 @@ def section(results: dict[str, Any], fig_dir: Path) -> Section:
         "inflating the layer. Authors' setting: alpha = 10, T fixed at 100, with the exact "
         "formula and with the authors' exp-then-log formula (saturating at 11.51).",
         "",
-        "| setting | health (ok / collapsed / diverged) | test accuracy (healthy runs) | "
+        "| setting | health (ok / collapsed / diverged; failure rate, 95% CI) | "
+        "test accuracy (healthy runs) | "
         "per seed | mean hidden SNNL* (healthy) | upper bound |",
         "|---|---|---|---|---|---|",
     ]
@@ -388,9 +390,10 @@ def section(results: dict[str, Any], fig_dir: Path) -> Section:
         h = sm["health"]
         per_seed = ", ".join(f"{v:.4f}" if v is not None else "-" for v in sm["accuracy_all"])
         snnl = format_mean_std(sm["snnl_healthy"], 3) if sm["snnl_healthy"] else "-"
+        rate = failure_rate(h["collapsed"] + h["diverged"], sum(h.values())).text()
         lines.append(
-            f"| {label} | {h['ok']} / {h['collapsed']} / {h['diverged']} | {_acc_text(sm)} | "
-            f"{per_seed} | {snnl} | {sm['bound']:.3f} |"
+            f"| {label} | {h['ok']} / {h['collapsed']} / {h['diverged']}; {rate} "
+            f"| {_acc_text(sm)} | {per_seed} | {snnl} | {sm['bound']:.3f} |"
         )
     lines += unhealthy_lines(results["runs"], "every mean above")
     ent = results["summary"].get(results["entangled_setting"])
@@ -451,6 +454,7 @@ def _accuracy_claim(results: dict[str, Any], label: str, what: str) -> Claim:
         label="test accuracy, entangled - normal",
         a_ok=[other[s]["health"] == "ok" for s in seeds],
         b_ok=[normal[s]["health"] == "ok" for s in seeds],
+        arms=("entangled", "normal"),
     )
     measured = f"{_acc_text(summary[label])} vs normal {_acc_text(summary['normal'])}"
     return Claim(text, f"{SOURCE}, Table 1", setting, measured, cmp.verdict, cmp.note, (cmp,))
