@@ -205,7 +205,7 @@ def forest_plot(rows: Sequence[ForestRow], *, title: str = "") -> Figure:
         numbers += f", margin {r.margin:.3g}" if r.margin > 0 else ""
         numbers += f"  {r.flag}" if r.flag else ""
         ax.text(1.08, y, numbers, va="center", fontsize=7.5, color=colour)
-    labels = [textwrap.shorten(r.label, 78, placeholder="...") for r in rows]
+    labels = [textwrap.shorten(r.label, 96, placeholder="...") for r in rows]
     ax.set_yticks(range(n - 1, -1, -1), labels, fontsize=7.5)
     ax.set_xlim(-1.08, 1.08)
     ax.set_ylim(-0.7, n - 0.3)

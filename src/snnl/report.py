@@ -36,6 +36,7 @@ import os
 import re
 import shutil
 import tempfile
+import textwrap
 from collections.abc import Mapping
 from dataclasses import fields
 from pathlib import Path
@@ -224,7 +225,9 @@ def forest_figure(claims: list[Claim], path: Path) -> bool:
             if c.interval is None:
                 continue
             iv = c.interval
-            label = f"{i}. {claim.claim}" + (f" [{c.label}]" if c.label else "")
+            width = 48 if c.label else 88
+            label = f"{i}. " + textwrap.shorten(claim.claim, width, placeholder="..")
+            label += f" [{textwrap.shorten(c.label, 40, placeholder='..')}]" if c.label else ""
             flag = "fragile" if c.fragile else ""
             rows.append(ForestRow(label, iv.estimate, iv.low, iv.high, c.margin, c.expect,
                                   c.verdict, flag))  # fmt: skip

@@ -451,7 +451,7 @@ def _accuracy_claim(results: dict[str, Any], label: str, what: str) -> Claim:
         [normal[s]["test_accuracy"] for s in seeds],
         expect="greater",
         margin=MARGIN,
-        label="test accuracy, entangled - normal",
+        label=f"test accuracy, {what} - normal",
         a_ok=[other[s]["health"] == "ok" for s in seeds],
         b_ok=[normal[s]["health"] == "ok" for s in seeds],
         arms=("entangled", "normal"),
