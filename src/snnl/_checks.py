@@ -177,11 +177,14 @@ def check_labels(
 # ----------------------------------------------------------------------------- SNNL inputs
 
 
-def check_features_labels(features: Any, labels: Any) -> tuple[Tensor, Tensor]:
+def check_features_labels(
+    features: Any, labels: Any, *, check_values: bool = True
+) -> tuple[Tensor, Tensor]:
     """(features as (N, D) float32/float64, labels as (N,) int64) for the SNNL.
 
     float16/bfloat16 features become float32; NaN or Inf is a ValueError counting the
-    points that hold one.
+    points that hold one (``check_values=False`` skips that check, which reads the values
+    on the host: under ``torch.compile`` and torch.func transforms).
 
     >>> x, y = check_features_labels(torch.zeros(3, 2, 2, dtype=torch.half), torch.arange(3))
     >>> tuple(x.shape), x.dtype, y.dtype
@@ -201,6 +204,8 @@ def check_features_labels(features: Any, labels: Any) -> tuple[Tensor, Tensor]:
         raise ValueError(f"features have no dimensions per point: shape {tuple(features.shape)}")
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()  # float16 / bfloat16: computed in float32
+    if not check_values:
+        return x, y
     lo, hi = torch.aminmax(x.detach())  # one read; NaN and +-Inf show here (isfinite: 10x slower)
     if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
         bad = int((~torch.isfinite(x)).any(1).sum())
@@ -233,9 +238,11 @@ def check_temperature_range(name: str, value: float, dtype: torch.dtype) -> None
     )
 
 
-def check_temperature(temperature: Any, dtype: torch.dtype) -> float:
+def check_temperature(temperature: Any, dtype: torch.dtype, *, check_value: bool = True) -> float:
     """A positive, finite temperature (Python number or one-element tensor) that ``dtype``
-    represents as a normal number, as a Python float.
+    represents as a normal number, as a Python float (``check_value=False``: a tensor's
+    shape and dtype only, its value not read, returned as NaN; under ``torch.compile`` and
+    torch.func transforms).
 
     >>> check_temperature(torch.tensor(2.0), torch.float32)
     2.0
@@ -248,6 +255,8 @@ def check_temperature(temperature: Any, dtype: torch.dtype) -> float:
             )
         if temperature.dtype == torch.bool or temperature.is_complex():
             raise TypeError(f"temperature must be a real number, got dtype {temperature.dtype}")
+        if not check_value:
+            return math.nan
         value = float(temperature.detach())
     else:
         value = temperature

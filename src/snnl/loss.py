@@ -17,6 +17,7 @@ temperature and SNNL*) is :mod:`snnl.temperature`.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ __all__ = [
 
 Reduction = Literal["mean", "sum", "none"]
 REDUCTIONS = ("mean", "sum", "none")
+
+
 class SNNLWarning(UserWarning):
     """The SNNL is partly or wholly undefined, or does not depend on the temperature."""
 
@@ -95,6 +98,11 @@ class _SNNLFunction(torch.autograd.Function):
     gradient is computed in the same pass as the value.
     mode "none": returns the per-anchor losses (N,); backward recomputes the
     pass with the incoming gradient as weights.
+
+    A backward in grad mode (``create_graph=True``: gradient penalties, double backprop)
+    differentiates the dense formula :func:`dense_snnl_terms` of the saved inputs instead,
+    so the gradient it returns is itself differentiable (exactly, never detached).
+    Backward runs with autocast off (the forward's caller turned it off too).
     """
 
     @staticmethod
@@ -102,7 +110,8 @@ class _SNNLFunction(torch.autograd.Function):
         t = float(temperature)
         prep = _blocked.prepare_points(points.detach(), batch, euclidean, t)
         ctx.prep, ctx.batch, ctx.t, ctx.block_rows = prep, batch, t, block_rows
-        ctx.dtype = points.dtype
+        ctx.dtype, ctx.euclidean, ctx.weights = points.dtype, euclidean, weights
+        ctx.save_for_backward(points, temperature)
         if weights is None:  # reduction "none"
             res = _blocked.exact_pass(prep, batch, t, points.dtype, None, block_rows)
             out = torch.empty_like(res.loss)
@@ -118,14 +127,22 @@ class _SNNLFunction(torch.autograd.Function):
         if needs_grad:
             grad_x = torch.empty_like(res.grad_x)
             grad_x[batch.perm] = res.grad_x
-            ctx.save_for_backward(grad_x, _scalar_like(res.grad_t, temperature))
+            ctx.grads = grad_x, _scalar_like(res.grad_t, temperature)
         ctx.mode = "sum"
         return total
 
     @staticmethod
     def backward(ctx, grad_out):
+        points, temperature = ctx.saved_tensors
+        with autocast_off(points.device.type):
+            if torch.is_grad_enabled():
+                return _SNNLFunction.graph_backward(ctx, points, temperature, grad_out)
+            return _SNNLFunction.fused_backward(ctx, grad_out)
+
+    @staticmethod
+    def fused_backward(ctx, grad_out):
         if ctx.mode == "sum":
-            grad_x, grad_t = ctx.saved_tensors
+            grad_x, grad_t = ctx.grads
             gx = grad_x * grad_out if ctx.needs_input_grad[0] else None
             gt = grad_t * grad_out.to(grad_t.dtype) if ctx.needs_input_grad[1] else None
             return gx, gt, None, None, None, None, None
@@ -138,6 +155,105 @@ class _SNNLFunction(torch.autograd.Function):
         gx = grad_x if ctx.needs_input_grad[0] else None
         gt = _scalar_like(res.grad_t, grad_out) if ctx.needs_input_grad[1] else None
         return gx, gt, None, None, None, None, None
+
+    @staticmethod
+    def graph_backward(ctx, points, temperature, grad_out):
+        """The gradient as a differentiable function of the inputs and ``grad_out``."""
+        batch = ctx.batch
+        classes = torch.empty_like(batch.group)
+        classes[batch.perm] = batch.group
+        per, valid = dense_snnl_terms(points, temperature, classes, ctx.euclidean)
+        if ctx.mode == "sum":
+            w = ctx.weights * grad_out
+        else:
+            w = torch.where(valid, torch.nan_to_num(grad_out, nan=0.0, posinf=0.0, neginf=0.0), 0)
+        total = (torch.where(valid, per, 0) * w).sum()
+        need_x, need_t = ctx.needs_input_grad[:2]
+        inputs = [points] * need_x + [temperature] * need_t
+        grads = list(torch.autograd.grad(total, inputs, create_graph=True, allow_unused=True))
+        gx = (grads.pop(0) if need_x else None, points)
+        gt = (grads.pop(0) if need_t else None, temperature)
+        out = [torch.zeros_like(v) if g is None and need else g
+               for (g, v), need in ((gx, need_x), (gt, need_t))]  # fmt: skip
+        return (*out, None, None, None, None, None)
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def dense_snnl_terms(
+    points: Tensor, temperature: Tensor, labels: Tensor, euclidean: bool
+) -> tuple[Tensor, Tensor]:
+    r"""Per-anchor SNNL terms by the dense formula in plain (differentiable) torch ops.
+
+    :math:`\ell_i = \log \sum_{k \ne i} e^{-d_{ik}/T} - \log \sum_{j \ne i, y_j = y_i}
+    e^{-d_{ij}/T}` with d the squared Euclidean distance (centred, |a|^2 + |b|^2 - 2ab) or,
+    for unit vectors, 1 - cos. Memory O(N^2); the precision of ``points``' dtype (no
+    float64 spot check). This is the path of higher-order gradients, torch.func
+    transforms (grad, vmap, jacrev) and ``torch.compile``: every op composes with them.
+
+    Args:
+        points: (N, D) float32/float64 (unit vectors for cosine).
+        temperature: 0-dim tensor of ``points``' dtype.
+        labels: (N,) integer classes.
+        euclidean: squared Euclidean (True) or cosine on unit vectors (False).
+
+    Returns:
+        (terms (N,), valid (N,) bool): anchors without a positive have ``valid`` False and
+        a finite placeholder term (its gradient is finite, so masking it keeps NaN away).
+
+    Example:
+        >>> x = torch.tensor([[0.0], [0.1], [5.0], [5.2]], dtype=torch.float64)
+        >>> terms, valid = dense_snnl_terms(x, torch.tensor(1.0, dtype=torch.float64),
+        ...                                 torch.tensor([0, 0, 1, 2]), True)
+        >>> valid.tolist(), round(float(terms[0]), 6)
+        ([True, True, False, False], 0.0)
+    """
+    n = points.shape[0]
+    if euclidean:
+        xc = points - points.detach().mean(0)  # d is translation-invariant: exact gradient
+        sq = (xc * xc).sum(1)
+        d = (sq[:, None] + sq[None, :] - 2.0 * (xc @ xc.T)).clamp_min(0.0)
+    else:
+        d = 1.0 - points @ points.T
+    eye = torch.eye(n, dtype=torch.bool, device=points.device)
+    pos = (labels[:, None] == labels[None, :]) & ~eye
+    valid = pos.any(1)
+    pos = pos | (~valid[:, None] & ~eye)  # rows without a positive: a finite placeholder
+    logits = -d / temperature
+    ninf = torch.full((), -math.inf, dtype=logits.dtype, device=logits.device)
+    den = torch.logsumexp(torch.where(eye, ninf, logits), 1)
+    num = torch.logsumexp(torch.where(pos, logits, ninf), 1)
+    return den - num, valid
+
+
+def _reduce(terms: Tensor, valid: Tensor, reduction: str) -> Tensor:
+    if reduction == "none":
+        return torch.where(valid, terms, math.nan)
+    total = torch.where(valid, terms, 0).sum()
+    if reduction == "mean":
+        total = total / valid.sum().clamp_min(1)
+    return total
+
+
+def transformed(*values) -> bool:
+    """Whether the call is being traced by ``torch.compile`` or any value is a torch.func
+    (grad, vmap, jacrev, ...) wrapper: such calls take the dense differentiable formula
+    and skip checks that read values on the host."""
+    if torch.compiler.is_compiling():
+        return True
+    wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+    return any(isinstance(v, Tensor) and wrapped(v) for v in values)
+
+
+def autocast_off(device_type: str):
+    """A region with autocast off on ``device_type`` when it is on (else a no-op): the SNNL
+    computes in float32/float64 whatever the caller's autocast says."""
+    try:
+        enabled = torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know
+        enabled = False
+    return torch.autocast(device_type, enabled=False) if enabled else contextlib.nullcontext()
 
 
 def _scalar_like(value: float, like: Tensor) -> Tensor:
@@ -208,6 +324,15 @@ def soft_nearest_neighbor_loss(
     relative plus the float32 rounding of its logits, redone in float64 from the
     original features (slower, exact). On ordinary data the check costs a few percent.
 
+    Training loops (see docs/own_loop.md): under ``torch.autocast`` the SNNL is computed
+    in float32 (autocast off inside), returned as float32, and each input's gradient comes
+    back in its own dtype. ``create_graph=True`` gives an exactly differentiable gradient
+    (the backward then differentiates :func:`dense_snnl_terms`, O(N^2) memory). Under
+    ``torch.compile`` and torch.func transforms (``grad``, ``vmap``, ``jacrev``) the dense
+    formula runs in plain torch ops (no graph break; the checks that read values on the
+    host, NaN/Inf features and the temperature's value, and the left-out warning are
+    skipped there). Otherwise the fused blocked kernel runs, deterministic on CPU.
+
     Example:
         >>> x = torch.tensor([[0.0], [0.1], [5.0], [5.2]])
         >>> y = torch.tensor([0, 0, 1, 1])
@@ -216,16 +341,25 @@ def soft_nearest_neighbor_loss(
         >>> float(soft_nearest_neighbor_loss(x, torch.tensor([0, 1, 0, 1]), 10.0)) > 1
         True
     """
-    x, y = check_features_labels(features, labels)
+    traced = transformed(features, labels, temperature)
+    x, y = check_features_labels(features, labels, check_values=not traced)
     distance = check_distance(distance)
     check_choice("reduction", reduction, REDUCTIONS)
-    check_temperature(temperature, x.dtype)
+    check_temperature(temperature, x.dtype, check_value=not traced)
     _check_block_size(block_size)
-    n = x.shape[0]
-    batch = _blocked.sort_by_class(y)
-    warn_left_out(batch.num_valid, n)
+    with autocast_off(x.device.type):
+        return _loss(x, y, temperature, distance, reduction, block_size, traced)
+
+
+def _loss(x, y, temperature, distance, reduction, block_size, traced) -> Tensor:
     t = _temperature_tensor(temperature, x)
     euclidean = distance.euclidean
+    if traced:
+        points = x if euclidean else unit_vectors(x)
+        return _reduce(*dense_snnl_terms(points, t, y, euclidean), reduction)
+    n = x.shape[0]
+    batch = _blocked.sort_by_class(y)
+    warn_left_out(batch.num_valid, n, stacklevel=4)
     points = x if euclidean else unit_vectors(x)
     needs_grad = torch.is_grad_enabled() and (points.requires_grad or t.requires_grad)
     if reduction == "none":
