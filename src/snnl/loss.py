@@ -41,6 +41,7 @@ __all__ = [
     "SNNLWarning",
     "soft_nearest_neighbor_loss",
     "SoftNearestNeighborLoss",
+    "dense_snnl_terms",
     "SNNLEstimate",
     "open_npy",
     "snnl_streamed",
