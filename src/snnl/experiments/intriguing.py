@@ -56,22 +56,19 @@ saved config is retrained with ``--force`` and is otherwise an error.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import Tensor, nn
 
-from snnl import _io
 from snnl.attacks import lbfgs_search
 from snnl.data import DataSplits, load_dataset
 from snnl.experiments.base import (
@@ -82,12 +79,36 @@ from snnl.experiments.base import (
     compare_groups,
     compare_paired,
 )
-from snnl.experiments.config import ReproduceConfig
-from snnl.experiments.zoo import Kind, RunMismatchError, recipe
+from snnl.experiments.szegedy import (
+    HALF_MODELS,
+    MODELS,
+    PAPER_TABLE1,
+    PAPER_TABLE2,
+    UNIT_LAYERS,
+    ModelSpec,
+    Settings,
+    class_purity,
+    data_fingerprint,
+    distortion,
+    error_table,
+    gaussian_noise,
+    linear_cka,
+    predict,
+    pretrain_autoencoder,
+    reconstruction_error,
+    same_norm_noise,
+    settings,
+    slug,
+    top_activating,
+    train_classifier,
+    trained_model,
+    training_halves,
+)
+from snnl.experiments.zoo import Kind, recipe
 from snnl.lipschitz import layer_bounds
-from snnl.measures import layer_snnl_profile
-from snnl.models import AutoencoderClassifier, ReferenceCNN, build_model
-from snnl.taps import capture, eval_mode
+from snnl.measures import accuracy, layer_snnl_profile
+from snnl.models import ReferenceCNN
+from snnl.taps import capture
 from snnl.temperature import optimal_temperature
 
 __all__ = [
@@ -117,518 +138,6 @@ __all__ = [
 NAME = "intriguing"
 TITLE = "Szegedy et al. (2013) on MNIST: adversarial examples, transfer, units, layer bounds"
 SOURCE = "Szegedy et al. 2013 (arXiv:1312.6199)"
-
-# ----------------------------------------------------------------------------- the paper
-
-#: Szegedy et al. 2013, Table 1 (MNIST): (train error, test error, mean minimal distortion),
-#: errors as fractions. Source: FIELD_NOTES sections 3 and 7 (secondary sources that agree).
-PAPER_TABLE1: dict[str, tuple[float, float, float]] = {
-    "FC10(1e-4)": (0.067, 0.074, 0.062),
-    "FC10(1e-2)": (0.10, 0.094, 0.10),
-    "FC10(1)": (0.212, 0.20, 0.14),
-    "FC100-100-10": (0.0, 0.0164, 0.058),
-    "FC200-200-10": (0.0, 0.0154, 0.065),
-    "AE400-10": (0.0057, 0.019, 0.086),
-}
-#: Szegedy et al. 2013, Table 2: the entries FIELD_NOTES gives (error of the column model
-#: on the row model's examples, fractions); the rest were not retrievable.
-PAPER_TABLE2: dict[str, dict[str, float]] = {
-    "FC10(1e-4)": {"FC100-100-10": 0.02, "AE400-10": 0.027},
-    "FC100-100-10": {
-        "FC10(1e-4)": 0.289,
-        "FC10(1e-2)": 0.137,
-        "FC10(1)": 0.211,
-        "FC100-100-10": 1.0,
-        "FC200-200-10": 0.066,
-        "AE400-10": 0.02,
-    },
-    "gaussian 0.3": {"FC10(1e-4)": 0.156, "FC100-100-10": 0.05, "AE400-10": 0.031},
-}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One of Szegedy et al.'s MNIST models.
-
-    ``weight_decay``: the lambda of each weight matrix in forward order (FC) or, for the
-    autoencoder model, of its softmax layer (the autoencoder's own is in Settings).
-    ``subset``: the training data, ``"all"`` or one of the disjoint halves ``"P1"``/``"P2"``.
-    """
-
-    name: str
-    model: str  # "mlp" or "autoencoder" (snnl.models.build_model)
-    kwargs: tuple[tuple[str, Any], ...]
-    weight_decay: tuple[float, ...]
-    subset: str = "all"
-
-
-MODELS: tuple[ModelSpec, ...] = (
-    ModelSpec("FC10(1e-4)", "mlp", (("widths", ()),), (1e-4,)),
-    ModelSpec("FC10(1e-2)", "mlp", (("widths", ()),), (1e-2,)),
-    ModelSpec("FC10(1)", "mlp", (("widths", ()),), (1.0,)),
-    ModelSpec("FC100-100-10", "mlp", (("widths", (100, 100)),), (1e-5, 1e-5, 1e-6)),
-    ModelSpec("FC200-200-10", "mlp", (("widths", (200, 200)),), (1e-5, 1e-5, 1e-6)),
-    ModelSpec("AE400-10", "autoencoder", (("code_size", 400),), (1e-4,)),
-)
-#: Table 3: the same architecture on two disjoint halves of the training set.
-HALF_MODELS: tuple[ModelSpec, ...] = (
-    replace(MODELS[3], name="FC100-100-10 (P1)", subset="P1"),
-    replace(MODELS[3], name="FC100-100-10 (P2)", subset="P2"),
-)
-#: Hidden layers whose units are compared with random directions.
-UNIT_LAYERS: dict[str, str] = {"FC100-100-10": "relu2", "AE400-10": "code"}
-RUNS_DIR = ("runs", "intriguing")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Everything that determines the experiment (saved with its results)."""
-
-    seed: int = 0  # model initialisation, batch order, image subsets, targets, noise
-    epochs: int = 20  # supervised epochs of every model (the AE: of its softmax)
-    ae_pretrain_epochs: int = 10  # reconstruction epochs of the autoencoder
-    batch_size: int = 128
-    lr: float = 1e-3  # Adam, FC models
-    # Adam, the autoencoder and its softmax: at 1e-3 the softmax on the sigmoid code
-    # underfit (16.5% train error after 30 epochs, measured)
-    ae_lr: float = 1e-2
-    ae_weight_decay: float = 3e-3  # lambda of the sparse autoencoder (UFLDL's MNIST value)
-    ae_sparsity_weight: float = 3.0  # beta
-    ae_sparsity_target: float = 0.1  # rho
-    attack_images: int = 50  # seeded test images attacked on every model
-    c_init: float = 0.1  # first c of the search (1.0 left 8% of the AE's images unsolved)
-    c_steps: int = 8  # L-BFGS solves per image in the search over c
-    max_iter: int = 30  # L-BFGS-B iterations per solve (40: distortions within 2%, 1.3x the time)
-    attack_batch: int = 50  # images optimised together in one L-BFGS-B solve
-    noise_sigmas: tuple[float, ...] = (0.1, 0.3)  # Gaussian-noise rows of Table 2
-    top_k: int = 16  # images per unit / direction for the class-purity measure
-    shown_directions: int = 3  # units and random directions drawn per model kind
-    shown_images: int = 8  # images per drawn unit / direction
-    example_images: int = 4  # attacked images drawn with their adversarial versions
-    probe_size: int = 300  # test images for SNNL* and CKA
-
-
-def settings(config: ReproduceConfig) -> Settings:
-    """Default: 20 epochs (10 of AE pre-training), 50 attacked images, 30 L-BFGS-B
-    iterations per solve; ``--full``: 60 epochs (30), 300 images, 100 iterations.
-
-    ``--epochs`` overrides the supervised and the pre-training epochs.
-    """
-    full = Settings(epochs=60, ae_pretrain_epochs=30, attack_images=300, max_iter=100)
-    base = full if config.full else Settings()
-    if config.epochs is not None:
-        base = replace(base, epochs=config.epochs, ae_pretrain_epochs=config.epochs)
-    return base
-
-
-# ----------------------------------------------------------------------------- measures
-
-
-def distortion(x: Tensor, x_adv: Tensor) -> Tensor:
-    """Szegedy et al.'s distortion ``sqrt(sum_j (x'_j - x_j)^2 / n)`` per example.
-
-    ``n`` is the number of features of one example (784 for MNIST); pixels in [0, 1].
-
-    Shapes: x, x_adv (N, ...) -> (N,) float64.
-
-    Example:
-        >>> x = torch.zeros(2, 1, 2, 2)
-        >>> x_adv = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]], [[[0.5, 0.5], [0.5, 0.5]]]])
-        >>> distortion(x, x_adv)  # sqrt(1 / 4), sqrt(4 * 0.25 / 4)
-        tensor([0.5000, 0.5000], dtype=torch.float64)
-    """
-    if x.shape != x_adv.shape:
-        raise ValueError(f"x and x_adv must have one shape, got {tuple(x.shape)} and "
-                         f"{tuple(x_adv.shape)}")  # fmt: skip
-    if x.ndim < 2:
-        raise ValueError(f"x must be a batch (N, ...), got shape {tuple(x.shape)}")
-    diff = (x_adv.double() - x.double()).flatten(1)
-    return diff.pow(2).mean(dim=1).sqrt()
-
-
-def _predict(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
-    """argmax of the logits (eval mode, mode restored)."""
-    with eval_mode(model), torch.no_grad():
-        return torch.cat([model(x[i : i + batch_size]).argmax(1) for i in
-                          range(0, x.shape[0], batch_size)])  # fmt: skip
-
-
-def error_table(
-    models: Mapping[str, nn.Module], inputs: Mapping[str, Tensor], y: Tensor
-) -> dict[str, dict[str, float]]:
-    """``table[row][col]`` = error rate of model ``col`` on the inputs of ``row`` (vs ``y``).
-
-    ``error = mean_i [argmax f_col(inputs[row])_i != y_i]`` (Szegedy et al.'s Table 2:
-    rows are the examples made for a model, or noisy inputs; columns the models).
-
-    Example:
-        >>> net = nn.Linear(2, 2, bias=False)
-        >>> _ = net.weight.data.copy_(torch.eye(2))  # predicts the larger coordinate
-        >>> x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-        >>> error_table({"id": net}, {"clean": x, "swapped": x.flip(1)}, torch.tensor([0, 1]))
-        {'clean': {'id': 0.0}, 'swapped': {'id': 1.0}}
-    """
-    table: dict[str, dict[str, float]] = {}
-    for row, x in inputs.items():
-        if x.shape[0] != y.shape[0]:
-            raise ValueError(f"inputs {row!r} hold {x.shape[0]} examples, y holds {y.shape[0]}")
-        table[row] = {
-            col: float((_predict(model, x) != y).double().mean()) for col, model in models.items()
-        }
-    return table
-
-
-def gaussian_noise(x: Tensor, sigma: float, generator: torch.Generator) -> Tensor:
-    """``clip(x + sigma * z, 0, 1)`` with ``z ~ N(0, I)`` (Table 2's Gaussian rows).
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> x_noisy = gaussian_noise(torch.full((3, 4), 0.5), 0.1, g)
-        >>> bool(((x_noisy >= 0) & (x_noisy <= 1)).all()), x_noisy.shape
-        (True, torch.Size([3, 4]))
-    """
-    z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-    return (x + sigma * z.to(x.device)).clamp(0.0, 1.0)
-
-
-def same_norm_noise(x: Tensor, x_adv: Tensor, generator: torch.Generator) -> Tensor:
-    """Noise of the adversarial perturbation's L2 size in a random direction, clipped.
-
-    ``x + ||x_adv - x||_2 * z / ||z||_2`` per example, ``z ~ N(0, I)``, then clipped to
-    [0, 1] (clipping can only shorten the perturbation; an example with no perturbation
-    stays unchanged).
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> x = torch.full((2, 100), 0.5)
-        >>> x_adv = x.clone(); x_adv[0, 0] = 0.8  # norm 0.3 for the first example, 0 for the second
-        >>> r = same_norm_noise(x, x_adv, g) - x
-        >>> [round(float(v), 4) for v in r.norm(dim=1)]
-        [0.3, 0.0]
-    """
-    r = (x_adv - x).flatten(1)
-    z = torch.randn(r.shape, generator=generator, dtype=x.dtype).to(x.device)
-    z = z / z.norm(dim=1, keepdim=True)
-    return (x + (z * r.norm(dim=1, keepdim=True)).view_as(x)).clamp(0.0, 1.0)
-
-
-def top_activating(activations: Tensor, directions: Tensor, k: int) -> Tensor:
-    """Indices of the ``k`` inputs with the largest projection on each direction.
-
-    ``argtop_k_i <phi(x_i), v>`` for each direction v (Szegedy et al. eq. 1 and 2: a unit
-    is ``v = e_j``). Shapes: activations (N, D), directions (K, D) -> (K, k) int64, best
-    first (ties: the lower index first).
-
-    Example:
-        >>> acts = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 1.0]])
-        >>> top_activating(acts, torch.eye(2), 2).tolist()
-        [[2, 0], [1, 2]]
-    """
-    if activations.ndim != 2 or directions.ndim != 2 or activations.shape[1] != directions.shape[1]:
-        raise ValueError(f"activations (N, D) and directions (K, D) needed, got "
-                         f"{tuple(activations.shape)} and {tuple(directions.shape)}")  # fmt: skip
-    scores = directions.double() @ activations.double().T  # (K, N)
-    order = torch.argsort(-scores, dim=1, stable=True)
-    return order[:, :k]
-
-
-def class_purity(labels: Tensor, num_classes: int) -> Tensor:
-    """Share of the most common class in each row: ``max_c #{j : labels[i, j] = c} / k``.
-
-    Shapes: labels (K, k) int -> (K,) float64.
-
-    Example:
-        >>> class_purity(torch.tensor([[3, 3, 1, 3], [0, 1, 2, 3]]), 10).tolist()
-        [0.75, 0.25]
-    """
-    counts = F.one_hot(labels.long(), num_classes).sum(dim=1)  # (K, C)
-    return counts.max(dim=1).values.double() / labels.shape[1]
-
-
-def linear_cka(a: Tensor, b: Tensor) -> float:
-    """Linear centred kernel alignment (Kornblith et al. 2019) of two representations.
-
-    ``CKA = ||B^T A||_F^2 / (||A^T A||_F ||B^T B||_F)`` with A (N, D_a), B (N, D_b) the
-    column-centred representations of the same N inputs (float64). 1 for
-    representations equal up to rotation and scale, 0 for unrelated ones.
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> a = torch.randn(50, 3, generator=g)
-        >>> q, _ = torch.linalg.qr(torch.randn(3, 3, generator=g))
-        >>> round(linear_cka(a, 2.0 * a @ q), 6)
-        1.0
-    """
-    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
-        raise ValueError(f"a (N, D_a) and b (N, D_b) over the same N inputs needed, got "
-                         f"{tuple(a.shape)} and {tuple(b.shape)}")  # fmt: skip
-    a = a.double() - a.double().mean(0, keepdim=True)
-    b = b.double() - b.double().mean(0, keepdim=True)
-    den = torch.linalg.matrix_norm(a.T @ a) * torch.linalg.matrix_norm(b.T @ b)
-    if float(den) == 0.0:
-        return math.nan
-    return float(torch.linalg.matrix_norm(b.T @ a) ** 2 / den)
-
-
-# ----------------------------------------------------------------------------- training
-
-
-def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[Tensor]:
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
-
-
-def _weight_matrices(model: nn.Module) -> list[Tensor]:
-    """The weights of the linear layers ``forward`` uses, in forward order (no decoder)."""
-    return [m.weight for name, m in model.named_modules()
-            if isinstance(m, nn.Linear) and name != "decoder"]  # fmt: skip
-
-
-def train_classifier(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    weight_decay: Sequence[float],
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-) -> list[float]:
-    """Adam on ``mean CE + sum_k lambda_k / 2 * ||W_k||_F^2``; returns the loss per epoch.
-
-    ``W_k``: the weight matrices of the linear layers that ``forward`` uses (a decoder
-    is left out), in forward order; ``weight_decay`` holds one lambda per matrix. Every
-    parameter is trained. Batches are drawn from a generator seeded with (seed, epoch);
-    the loss per epoch is the mean over its batches, weighted by batch size.
-
-    Example:
-        >>> from snnl.models import MLP
-        >>> _ = torch.manual_seed(0)
-        >>> x, y = torch.rand(40, 1, 2, 2), torch.arange(40) % 2
-        >>> net = MLP((1, 2, 2), 2, widths=())
-        >>> h = train_classifier(net, x, y, weight_decay=[1e-3], epochs=3, batch_size=8,
-        ...                      lr=1e-2, seed=0)
-        >>> len(h), h[-1] < h[0]
-        (3, True)
-    """
-    weights = _weight_matrices(model)
-    if len(weight_decay) != len(weights):
-        raise ValueError(f"weight_decay needs one lambda per weight matrix ({len(weights)}), "
-                         f"got {len(weight_decay)}")  # fmt: skip
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    history = []
-    model.train()
-    for epoch in range(epochs):
-        total = 0.0
-        for idx in _batches(len(y), batch_size, seed, epoch):
-            loss = F.cross_entropy(model(x[idx]), y[idx])
-            for lam, w in zip(weight_decay, weights, strict=True):
-                loss = loss + 0.5 * lam * w.pow(2).sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(idx)
-        history.append(total / len(y))
-    model.eval()
-    return history
-
-
-def reconstruction_error(model: AutoencoderClassifier, x: Tensor, batch_size: int = 1000) -> float:
-    """``mean_i 1/2 ||x_hat_i - x_i||^2`` of the autoencoder (float64, no gradient)."""
-    total = 0.0
-    with eval_mode(model), torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
-            xb = x[i : i + batch_size]
-            total += float(0.5 * (model.reconstruct(xb) - xb).double().pow(2).flatten(1).sum())
-    return total / x.shape[0]
-
-
-def pretrain_autoencoder(
-    model: AutoencoderClassifier,
-    x: Tensor,
-    *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-    weight_decay: float,
-    sparsity_weight: float,
-    sparsity_target: float,
-) -> list[float]:
-    """Adam on the sparse autoencoder objective; returns the reconstruction error per epoch.
-
-    Objective (UFLDL's sparse autoencoder), per batch::
-
-        mean_i 1/2 ||x_hat_i - x_i||^2 + weight_decay / 2 (||W_fc1||^2 + ||W_decoder||^2)
-            + sparsity_weight * sum_j KL(rho || rho_hat_j)
-
-    with ``rho = sparsity_target``, ``rho_hat_j`` the batch mean of code unit j and
-    ``KL(p || q) = p log(p / q) + (1 - p) log((1 - p) / (1 - q))``. Only the encoder
-    (``fc1``) and the decoder are trained. The returned list holds
-    :func:`reconstruction_error` on ``x`` before training and after every epoch
-    (``epochs + 1`` values).
-
-    Example:
-        >>> _ = torch.manual_seed(0)
-        >>> ae = AutoencoderClassifier((1, 3, 3), 2, code_size=4)
-        >>> h = pretrain_autoencoder(ae, torch.rand(30, 1, 3, 3), epochs=5, batch_size=10,
-        ...     lr=1e-2, seed=0, weight_decay=0.0, sparsity_weight=0.0, sparsity_target=0.1)
-        >>> len(h), h[-1] < h[0]
-        (6, True)
-    """
-    params = [*model.fc1.parameters(), *model.decoder.parameters()]
-    optimizer = torch.optim.Adam(params, lr=lr)
-    rho = sparsity_target
-    history = [reconstruction_error(model, x)]
-    model.train()
-    for epoch in range(epochs):
-        for idx in _batches(x.shape[0], batch_size, seed, epoch):
-            xb = x[idx]
-            code = model.encode(xb)
-            x_hat = model.reconstruction(model.decoder(code)).view_as(xb)
-            loss = 0.5 * (x_hat - xb).pow(2).flatten(1).sum(1).mean()
-            loss = loss + 0.5 * weight_decay * (
-                model.fc1.weight.pow(2).sum() + model.decoder.weight.pow(2).sum()
-            )
-            rho_hat = code.mean(0).clamp(1e-6, 1 - 1e-6)
-            kl = rho * torch.log(rho / rho_hat) + (1 - rho) * torch.log((1 - rho) / (1 - rho_hat))
-            loss = loss + sparsity_weight * kl.sum()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        history.append(reconstruction_error(model, x))
-    model.eval()
-    return history
-
-
-def _halves(y: Tensor, seed: int) -> dict[str, Tensor]:
-    """Two disjoint halves of the training indices, stratified by class (seeded)."""
-    g = torch.Generator().manual_seed(seed + 7919)
-    first, second = [], []
-    for c in torch.unique(y).tolist():
-        idx = torch.nonzero(y == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        first.append(idx[: len(idx) // 2])
-        second.append(idx[len(idx) // 2 :])
-    return {"P1": torch.cat(first).sort().values, "P2": torch.cat(second).sort().values}
-
-
-def _data_fingerprint(dataset: DataSplits) -> str:
-    h = hashlib.sha256()
-    for t in (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test):
-        h.update(t.contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _model_config(spec: ModelSpec, s: Settings, dataset: DataSplits, fingerprint: str) -> dict:
-    config: dict[str, Any] = {
-        "name": spec.name,
-        "model": spec.model,
-        "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.kwargs},
-        "weight_decay": list(spec.weight_decay),
-        "subset": spec.subset,
-        "epochs": s.epochs,
-        "batch_size": s.batch_size,
-        "lr": s.lr,
-        "seed": s.seed,
-        "dataset": dataset.name,
-        "data_sha256": fingerprint,
-    }
-    if spec.model == "autoencoder":
-        config.update(
-            ae_pretrain_epochs=s.ae_pretrain_epochs,
-            ae_lr=s.ae_lr,
-            ae_weight_decay=s.ae_weight_decay,
-            ae_sparsity_weight=s.ae_sparsity_weight,
-            ae_sparsity_target=s.ae_sparsity_target,
-        )
-    return config
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-." else "_" for c in name).strip("_")
-
-
-def _build(spec: ModelSpec, dataset: DataSplits, seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    kwargs = {k: v for k, v in spec.kwargs}
-    return build_model(spec.model, dataset.input_shape, dataset.num_classes, **kwargs)
-
-
-def _train_model(
-    spec: ModelSpec, s: Settings, x: Tensor, y: Tensor, dataset: DataSplits
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Train one model from its seed; returns it and its training record."""
-    seed = s.seed * 1000 + [m.name for m in (*MODELS, *HALF_MODELS)].index(spec.name)
-    model = _build(spec, dataset, seed)
-    record: dict[str, Any] = {}
-    if isinstance(model, AutoencoderClassifier):
-        record["reconstruction_error"] = pretrain_autoencoder(
-            model,
-            x,
-            epochs=s.ae_pretrain_epochs,
-            batch_size=s.batch_size,
-            lr=s.ae_lr,
-            seed=seed,
-            weight_decay=s.ae_weight_decay,
-            sparsity_weight=s.ae_sparsity_weight,
-            sparsity_target=s.ae_sparsity_target,
-        )
-        with torch.no_grad():  # the code is not fine-tuned: train the softmax on it alone
-            code = model.encode(x)
-        record["loss"] = train_classifier(
-            model.logits, code, y, weight_decay=spec.weight_decay, epochs=s.epochs,
-            batch_size=s.batch_size, lr=s.ae_lr, seed=seed,
-        )  # fmt: skip
-    else:
-        record["loss"] = train_classifier(
-            model, x, y, weight_decay=spec.weight_decay, epochs=s.epochs,
-            batch_size=s.batch_size, lr=s.lr, seed=seed,
-        )  # fmt: skip
-    return model, record
-
-
-def _trained_model(
-    spec: ModelSpec,
-    s: Settings,
-    dataset: DataSplits,
-    x: Tensor,
-    y: Tensor,
-    context: Context,
-    fingerprint: str,
-) -> tuple[nn.Module, dict[str, Any], bool]:
-    """The model of ``spec``: reused from its folder when the saved config matches."""
-    folder = context.out.joinpath(*RUNS_DIR)
-    state_path = folder / f"{_slug(spec.name)}.pt"
-    record_path = folder / f"{_slug(spec.name)}.json"
-    config = _model_config(spec, s, dataset, fingerprint)
-    if record_path.exists() and state_path.exists():
-        saved = json.loads(record_path.read_text())
-        if saved.get("config") == config:
-            model = _build(spec, dataset, 0)
-            model.load_state_dict(torch.load(state_path, weights_only=True))
-            model.eval()
-            return model, saved["record"], True
-        if not context.config.force:
-            diff = sorted(
-                k for k in {*config, *saved.get("config", {})}
-                if saved.get("config", {}).get(k) != config.get(k)
-            )  # fmt: skip
-            raise RunMismatchError(
-                f"{record_path} holds a model {spec.name} trained with a different config "
-                f"(differs in {', '.join(diff)}); rerun with --force to retrain it"
-            )
-        context.log(f"retraining {spec.name} (config changed, --force)")
-    else:
-        context.log(f"training {spec.name}")
-    started = time.perf_counter()
-    model, record = _train_model(spec, s, x, y, dataset)
-    record["seconds"] = round(time.perf_counter() - started, 3)
-    _io.save_torch(state_path, model.state_dict())
-    _io.write_json(record_path, {"config": config, "record": record})  # written last
-    return model, record, False
-
 
 # ----------------------------------------------------------------------------- run
 
@@ -666,7 +175,8 @@ def _snnl_profile(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, float | N
 
 
 def _error(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    return float((_predict(model, x) != y).double().mean())
+    """Test or train error: one minus :func:`snnl.measures.accuracy` (the one accuracy)."""
+    return 1.0 - accuracy(model, x, y)
 
 
 def _finite(v: float) -> float | None:
@@ -793,14 +303,14 @@ def run(settings: Settings, context: Context) -> dict[str, Any]:
         clock = now
 
     dataset = _dataset(context)
-    fingerprint = _data_fingerprint(dataset)
-    halves = _halves(dataset.y_train, s.seed)
+    fingerprint = data_fingerprint(dataset)
+    halves = training_halves(dataset.y_train, s.seed)
     models: dict[str, nn.Module] = {}
     records: dict[str, dict[str, Any]] = {}
     for spec in (*MODELS, *HALF_MODELS):
         sel = halves[spec.subset] if spec.subset != "all" else torch.arange(len(dataset.y_train))
         x_tr, y_tr = dataset.x_train[sel], dataset.y_train[sel]
-        model, record, reused = _trained_model(spec, s, dataset, x_tr, y_tr, context, fingerprint)
+        model, record, reused = trained_model(spec, s, dataset, x_tr, y_tr, context, fingerprint)
         models[spec.name] = model
         records[spec.name] = {
             "subset": spec.subset,
@@ -917,7 +427,7 @@ def run(settings: Settings, context: Context) -> dict[str, Any]:
         "targets": targets[shown].tolist(),
         "original": _rounded_images(x_att[shown]),
         "adversarial": {n: _rounded_images(adversarial[n][shown]) for n in table1},
-        "predicted": {n: _predict(models[n], adversarial[n][shown]).tolist() for n in table1},
+        "predicted": {n: predict(models[n], adversarial[n][shown]).tolist() for n in table1},
     }
     now = (time.perf_counter(), time.process_time())
     timings["total"] = {"wall": round(now[0] - started[0], 2), "cpu": round(now[1] - started[1], 2)}
@@ -1068,7 +578,7 @@ def section(results: dict[str, Any], fig_dir: Path) -> Section:
     table1 = results["table1_models"]
     unit_figs = []
     for name, study in results["units"].items():
-        file = f"intriguing_units_{_slug(name).lower()}.png"
+        file = f"intriguing_units_{slug(name).lower()}.png"
         _units_figure(study, name, fig_dir / file)
         unit_figs.append((file, f"{name}, layer {study['layer']}: units vs random directions"))
     _examples_figure(results["examples"], table1, fig_dir / "intriguing_examples.png")

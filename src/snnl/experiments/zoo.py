@@ -42,7 +42,6 @@ from snnl.data import DataSplits
 from snnl.experiments.config import ReproduceConfig
 from snnl.runs import (
     RESULTS,
-    RunMismatchError,  # noqa: F401  (its old home: until callers import snnl.runs)
     read_json,
     reusable,
     train_or_reuse,

@@ -15,9 +15,10 @@ from torch import nn
 from snnl import _io
 from snnl.attacks import lbfgs_search
 from snnl.data import load_dataset
-from snnl.experiments import Context, ReproduceConfig, intriguing
-from snnl.experiments.zoo import RunMismatchError, Zoo
+from snnl.experiments import Context, ReproduceConfig, intriguing, szegedy
+from snnl.experiments.zoo import Zoo
 from snnl.models import MLP, AutoencoderClassifier
+from snnl.runs import RunMismatchError
 
 # tiny problems: one torch thread (see conftest.py)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -318,9 +319,9 @@ def test_second_run_reuses_the_saved_models(tiny, dataset):
     spec = intriguing.MODELS[0]
     forced = _context(out, dataset, replace(CONFIG, force=True))
     x, y = dataset.x_train, dataset.y_train
-    fingerprint = intriguing._data_fingerprint(dataset)
+    fingerprint = szegedy.data_fingerprint(dataset)
     changed = replace(TINY, epochs=3)
-    _, _, reused = intriguing._trained_model(spec, changed, dataset, x, y, forced, fingerprint)
+    _, _, reused = szegedy.trained_model(spec, changed, dataset, x, y, forced, fingerprint)
     assert not reused
     after = _run_files(out)
     assert after["FC10_1e-4.pt"] != before["FC10_1e-4.pt"]
