@@ -197,8 +197,39 @@ def test_json_estimate_with_interval(tmp_path, capsys):
     assert _json(capsys.readouterr().out) == result
 
 
-def test_npy_optimal_temperature_is_searched_on_anchors_and_said_so(tmp_path, capsys):
+def test_npy_and_npz_of_the_same_data_give_the_same_answer(tmp_path, capsys):
+    """Issue 18: the .npy path searched T on 256 anchors and gave another T* than the same
+    data in a .npz; up to EXACT_SEARCH_MAX points both search over every point."""
+    path, _, x, y = _npy_pair(tmp_path, n=400)
+    npz = _npz(tmp_path, x, y, name="same.npz")
+    results = []
+    for file in (path, npz):
+        assert main(["entanglement", str(file), "--json"]) == 0
+        results.append(_json(capsys.readouterr().out))
+    a, b = results
+    assert a["temperature"] == pytest.approx(b["temperature"], rel=1e-9)
+    assert a["value"] == pytest.approx(b["value"], rel=1e-9)
+    assert (
+        a["temperature_choice"]
+        == b["temperature_choice"]
+        == ("optimal within the data's distance range")
+    )
+    assert "search_anchors" not in a and "search_anchors" not in b
+    assert a["value"] == pytest.approx(snnl_reference_mean(x, y, a["temperature"]), rel=1e-5)
+    for other in (a["temperature"] / 1.2, a["temperature"] * 1.2):  # the true minimum
+        assert a["value"] <= snnl_reference_mean(x, y, other) + 1e-7
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_above_the_exact_limit_t_is_searched_on_anchors_and_said_so(
+    tmp_path, capsys, monkeypatch, suffix
+):
+    from snnl import class_entanglement as fe
+
+    monkeypatch.setattr(fe, "EXACT_SEARCH_MAX", 100)  # 200 points count as large
     path, _, x, y = _npy_pair(tmp_path, n=200)
+    if suffix == ".npz":
+        path = _npz(tmp_path, x, y)
     assert main(["entanglement", str(path), "--search-anchors", "200", "--plot",
                  str(tmp_path / "c.png")]) == 0  # fmt: skip
     out = capsys.readouterr().out
@@ -209,6 +240,78 @@ def test_npy_optimal_temperature_is_searched_on_anchors_and_said_so(tmp_path, ca
     assert value == pytest.approx(snnl_reference_mean(x, y, t), rel=1e-5)  # exact at that T
     for other in (t / 1.2, t * 1.2):  # every point an anchor: the true minimum
         assert value <= snnl_reference_mean(x, y, other) + 1e-7
+
+
+def test_one_class_is_undefined_not_zero(tmp_path, capsys):
+    """Issue 18: data with one class printed SNNL 0 and exited 0."""
+    x, _ = _blobs(n=30)
+    path = _npz(tmp_path, x, np.zeros(30, dtype=np.int64))
+    for extra in ([], ["--temperature", "1"], ["--anchors", "10"]):
+        assert main(["entanglement", str(path), *extra]) == 2
+        captured = capsys.readouterr()
+        line = _one_error_line(captured.err)
+        assert "undefined" in line and "second class" in line
+        assert captured.out == ""
+
+
+def test_bounds_that_cut_the_minimum_off_say_so(tmp_path, capsys):
+    x, y = _blobs()
+    path = _npz(tmp_path, x, y)
+    assert main(["entanglement", str(path), "--json"]) == 0
+    t_star = _json(capsys.readouterr().out)["temperature"]
+    low = t_star * 100
+    args = ["entanglement", str(path), "--t-min", str(low), "--t-max", str(low * 10), "--json"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    result = _json(captured.out)
+    assert result["temperature"] == pytest.approx(low)
+    warning = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(warning) == 1, captured.err
+    assert warning[0].startswith("snnl entanglement: warning: the minimum of SNNL over T lies")
+    assert "below the lower bound" in warning[0]
+
+
+def test_t_min_and_t_max_go_together(tmp_path, capsys):
+    x, y = _blobs()
+    path = _npz(tmp_path, x, y)
+    assert main(["entanglement", str(path), "--t-min", "1"]) == 2
+    assert "--t-min and --t-max go together" in _one_error_line(capsys.readouterr().err)
+
+
+def test_the_plot_has_a_log_t_axis_the_minimum_marked_and_an_interesting_y_range(
+    tmp_path, capsys, monkeypatch
+):
+    """Issue 18: the y axis spanned the curve's small-T blow-up and hid the minimum."""
+    import snnl.figures
+
+    figures = []
+    save = snnl.figures.save_figure
+
+    def keep(fig, path):
+        ax = fig.axes[0]
+        figures.append((ax.get_xscale(), ax.get_ylim(), [line.get_xydata() for line in ax.lines]))
+        save(fig, path)
+
+    monkeypatch.setattr(snnl.figures, "save_figure", keep)
+    x, y = _blobs(n=150)
+    path = _npz(tmp_path, x, y)
+    plot = tmp_path / "curve.png"
+    assert main(["entanglement", str(path), "--plot", str(plot), "--json"]) == 0
+    result = _json(capsys.readouterr().out)
+    ((scale, (bottom, top), lines),) = figures
+    assert scale == "log"
+    curve = lines[0]
+    t, v = result["temperature"], result["value"]
+    assert [tuple(p) for p in lines[-1]] == [pytest.approx((t, v))]  # the marked minimum
+    assert bottom < v < top
+    assert curve[:, 1].min() >= v - 1e-6 * abs(v)
+    assert curve[:, 1].max() > 10 * top  # the small-T side is cut, not squashing the minimum
+    assert top < 1.2 * result["upper_bound"]
+    assert curve[0, 0] == pytest.approx(t / 1e3) and curve[-1, 0] == pytest.approx(t * 1e3)
+    # the same curve from the reference, at a few of its temperatures
+    for temp, value in curve[:: len(curve) // 6]:
+        assert value == pytest.approx(snnl_reference_mean(x, y, temp), rel=1e-4, abs=1e-6)
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.mark.parametrize(

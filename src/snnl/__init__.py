@@ -13,6 +13,7 @@ from snnl.attacks import (
     pgd,
     transfer_matrix,
 )
+from snnl.class_entanglement import FeatureEntanglement, feature_entanglement
 from snnl.corruptions import (
     CorruptionAccuracy,
     corrupt,
@@ -64,6 +65,7 @@ __all__ = [
     "DkNNResult",
     "EntanglementOutput",
     "EntanglementRegularizer",
+    "FeatureEntanglement",
     "RegularizedOutput",
     "RunExistsError",
     "RunMismatchError",
@@ -94,6 +96,7 @@ __all__ = [
     "entanglement",
     "empirical_check",
     "entanglement_between",
+    "feature_entanglement",
     "fgsm",
     "frechet_distance",
     "generated_letters",

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+import traceback
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
+
+from snnl.progress import Progress
 
 __all__ = ["main", "build_parser"]
 
@@ -13,197 +19,148 @@ class CommandError(Exception):
     """A user-facing failure: printed as one line, exit status 2."""
 
 
-def _entanglement(args: argparse.Namespace) -> int:
-    import json
-    import math
-    import tempfile
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean a mistake of the user's, printed as one line (exit status 2):
+    bad input (``ValueError``: a value, a file's contents, a config that differs from a
+    run's), files and folders (``OSError``: missing, unwritable, a full disk), a run folder
+    in the way (``RunExistsError``, ``DamagedRunError``, ``RunLockedError``), a machine
+    too small (``MemoryError``, torch's out-of-memory) and :class:`CommandError`.
 
-    import numpy as np
+    Anything else (``TypeError``, ``AttributeError``, a torch ``RuntimeError`` ...) is a
+    bug of snnl's: its traceback is shown. ``--debug`` shows the traceback of every error.
+    """
     import torch
 
-    from snnl.data import load_dataset, load_features
-    from snnl.figures import check_figure_path, figure_format
-    from snnl.loss import (
-        estimate_optimal_temperature,
-        estimate_snnl,
-        estimate_temperature_curve,
-        open_npy,
-        optimal_temperature,
-        snnl_streamed,
-        snnl_temperature_curve,
-        soft_nearest_neighbor_loss,
+    from snnl._io import RunLockedError
+    from snnl.runs import DamagedRunError, RunExistsError
+
+    return (
+        CommandError,
+        ValueError,
+        OSError,
+        RunExistsError,
+        DamagedRunError,
+        RunLockedError,
+        MemoryError,
+        torch.OutOfMemoryError,
     )
 
-    # Up to this many points in memory, the optimal T is searched over every anchor;
-    # beyond (and for .npy files, read block by block), on --search-anchors anchors.
-    exact_search_max = 20_000
+
+@contextlib.contextmanager
+def _warnings_as_lines(command: str) -> Iterator[None]:
+    """SNNL warnings (a bound that cuts the minimum off, anchors left out) as one line each,
+    ``snnl COMMAND: warning: ...``, once per message; other warnings as Python shows them."""
+    from snnl.loss import SNNLWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SNNLWarning)
+        try:
+            yield
+        finally:
+            seen: set[str] = set()
+            for w in caught:
+                text = str(w.message)
+                if not issubclass(w.category, SNNLWarning):
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+                elif text not in seen:
+                    seen.add(text)
+                    print(f"snnl {command}: warning: {text}", file=sys.stderr)
+
+
+def _check_plot_path(path: Path) -> None:
+    """Refuse a figure path before anything is computed or printed: unknown suffix (the
+    message lists the formats), a directory, a missing or unwritable folder."""
+    import tempfile
+
+    from snnl.figures import check_figure_path, figure_format
+
+    check_figure_path(path)
+    figure_format(path)
+    try:  # a real probe: permission bits say nothing to root, read-only mounts neither
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".snnl-probe-"):
+            pass
+    except OSError as err:
+        raise CommandError(
+            f"cannot save a figure to {str(path)!r}: its folder is not writable "
+            f"({err.strerror or err})"
+        ) from None
+
+
+def _entanglement(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from snnl.data import load_dataset
+    from snnl.class_entanglement import feature_entanglement, open_feature_file
+
     for name, count in (("anchors", args.anchors), ("search-anchors", args.search_anchors)):
         if count is not None and count < 2:
             raise CommandError(f"--{name} must be >= 2, got {count}")
     if not 0.0 < args.confidence < 1.0:
         raise CommandError(f"--confidence must be in (0, 1), got {args.confidence}")
-    if not args.t_min < args.t_max:
-        raise CommandError(f"--t-min must be below --t-max, got {args.t_min:g} and {args.t_max:g}")
+    if (args.t_min is None) != (args.t_max is None):
+        raise CommandError(
+            "--t-min and --t-max go together (leave both out to search the range of the "
+            "data's own distances)"
+        )
+    bounds = None if args.t_min is None else (args.t_min, args.t_max)
+    if bounds is not None and not bounds[0] < bounds[1]:
+        raise CommandError(f"--t-min must be below --t-max, got {bounds[0]:g} and {bounds[1]:g}")
     if args.plot is not None:
-        # Refused before anything is computed or printed: unknown suffix (the message
-        # lists the formats), a directory, a missing folder, an unwritable folder.
-        check_figure_path(args.plot)
-        figure_format(args.plot)
-        try:  # a real probe: permission bits say nothing to root, read-only mounts neither
-            with tempfile.NamedTemporaryFile(dir=args.plot.parent, prefix=".snnl-probe-"):
-                pass
-        except OSError as err:
-            raise CommandError(
-                f"cannot save a figure to {str(args.plot)!r}: its folder is not writable "
-                f"({err.strerror or err})"
-            ) from None
-    # .npy features are read block by block (never loaded, never mapped whole); labels
-    # (N integers) are loaded
-    streamed = args.file is not None and args.file.suffix.lower() == ".npy"
-    if streamed:
-        if not args.file.is_file():
-            raise FileNotFoundError(f"features file not found: {args.file}")
-        stem = args.file.with_suffix("")
-        beside = [Path(f"{stem}_labels.npy"), Path(f"{stem}.labels.npy")]
-        labels_path = args.labels or next((p for p in beside if p.is_file()), None)
-        if labels_path is None:
-            raise CommandError(
-                f"{args.file}: a .npy features file needs its labels: --labels LABELS.npy "
-                f"(or {beside[0].name} beside it)"
-            )
-        try:
-            labels_np = np.load(labels_path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise CommandError(f"{labels_path}: not a readable .npy array ({err})") from None
-        if labels_np.ndim != 1 or labels_np.dtype.kind not in "iu":
-            raise CommandError(
-                f"{labels_path}: labels must be a 1-D integer array, got shape "
-                f"{labels_np.shape} and dtype {labels_np.dtype}"
-            )
-        features = open_npy(args.file)
-        labels = torch.from_numpy(labels_np.astype(np.int64))
-        source = str(args.file)
-    elif args.file is not None:
-        features, labels = load_features(args.file, args.labels)
-        features = features.reshape(features.shape[0], -1)
-        source = str(args.file)
-    else:
-        ds = load_dataset(args.dataset, data_dir=args.data_dir)
-        features = torch.cat([ds.x_train, ds.x_test])
-        features = features.reshape(features.shape[0], -1)
-        labels = torch.cat([ds.y_train, ds.y_test])
-        source = f"dataset {ds.name} (inputs, train + test)"
-    try:
-        n, d = features.shape
-        if len(labels) != n:
-            raise CommandError(f"{n} feature rows but {len(labels)} labels")
-        _, counts = torch.unique(labels, return_counts=True)
-        classes = int(counts.numel())
-        population = int(counts[counts >= 2].sum())
-        if population == 0:
-            raise CommandError(
-                f"SNNL is undefined for {source}: no label occurs twice among its {n} points, "
-                "so no point has another point of its class (the SNNL of a point needs one)"
-            )
-        bounds = (args.t_min, args.t_max)
-        distance = args.distance
-        in_memory_search = not streamed and n <= exact_search_max
-        value = None
-        if args.temperature is not None:
-            t, t_note = args.temperature, "given"
-        elif in_memory_search:
-            t, value = optimal_temperature(features, labels, distance=distance, bounds=bounds)
-            t_note = f"optimal within [{bounds[0]:g}, {bounds[1]:g}]"
+        _check_plot_path(args.plot)
+    with contextlib.ExitStack() as stack:
+        if args.file is not None:
+            features, labels = stack.enter_context(open_feature_file(args.file, args.labels))
+            source = str(args.file)
         else:
-            searched = min(args.search_anchors, population)
-            t, _ = estimate_optimal_temperature(
-                features, labels, anchors=searched, bounds=bounds, distance=distance,
-                generator=torch.Generator().manual_seed(args.seed), progress=True,
-            )  # fmt: skip
-            t_note = (
-                f"optimal within [{bounds[0]:g}, {bounds[1]:g}], searched on {searched} "
-                f"anchors (seed {args.seed}) against all {n} points"
-            )
-        estimate = None
-        if args.anchors is not None:
-            estimate = estimate_snnl(
-                features, labels, t, anchors=args.anchors, confidence=args.confidence,
-                generator=torch.Generator().manual_seed(args.seed + 1), distance=distance,
-                progress=True,
-            )  # fmt: skip
-            value = estimate.value
-        elif value is None and (streamed or n > exact_search_max):
-            value = snnl_streamed(features, labels, t, distance=distance, progress=True)
-        elif value is None:
-            with torch.no_grad():
-                value = float(soft_nearest_neighbor_loss(features, labels, t, distance=distance))
-        if not math.isfinite(value) and not streamed and features.dtype != torch.float64:
-            with torch.no_grad():  # beyond float32's range: float64 holds it
-                value = float(
-                    soft_nearest_neighbor_loss(features.double(), labels, t, distance=distance)
-                )
-        if not math.isfinite(value):
-            raise CommandError(f"SNNL at T = {t:g} is {value}, beyond the range of float64")
-        curve_note = None
-        if args.plot is not None:  # saved before anything is printed: an error leaves no output
-            from snnl.figures import save_figure, temperature_curve_figure
+            ds = load_dataset(args.dataset, data_dir=args.data_dir)
+            features = torch.cat([ds.x_train, ds.x_test]).flatten(1)
+            labels = torch.cat([ds.y_train, ds.y_test])
+            source = f"dataset {ds.name} (inputs, train + test)"
+        say = stack.enter_context(Progress("snnl entanglement", bar=False, stage="reading"))
+        stack.enter_context(_warnings_as_lines("entanglement"))
+        res = feature_entanglement(
+            features, labels, temperature=args.temperature, distance=args.distance,
+            bounds=bounds, anchors=args.anchors, confidence=args.confidence,
+            search_anchors=args.search_anchors, seed=args.seed, curve=args.plot is not None,
+            progress=sys.stderr.isatty(), log=say,
+        )  # fmt: skip
+    curve_note = None
+    if res.curve is not None:  # saved before anything is printed: an error leaves no output
+        from snnl.figures import save_figure, temperature_curve_figure
 
-            lo, hi = min(bounds[0], t), max(bounds[1], t)
-            if in_memory_search:
-                grid = np.logspace(np.log10(lo), np.log10(hi), 200)
-                curve = snnl_temperature_curve(features, labels, grid, distance=distance).numpy()
-            else:
-                grid = np.logspace(np.log10(lo), np.log10(hi), 49)
-                curve_anchors = min(args.search_anchors, population)
-                curve = estimate_temperature_curve(
-                    features, labels, grid, anchors=curve_anchors, distance=distance,
-                    generator=torch.Generator().manual_seed(args.seed), progress=True,
-                ).numpy()  # fmt: skip
-                curve_note = f"estimated on {curve_anchors} anchors"
-            name = Path(source).name if args.file is not None else args.dataset
-            title = f"SNNL of {name}" + (f" ({curve_note})" if curve_note else "")
-            fig = temperature_curve_figure(grid, curve, best=(t, value), title=title)
-            save_figure(fig, args.plot)
-    finally:
-        if streamed:
-            features.close()
-    method = "estimate" if estimate is not None else "exact"
+        if res.curve.anchors is not None:
+            curve_note = f"estimated on {res.curve.anchors} anchors"
+        name = Path(source).name if args.file is not None else args.dataset
+        fig = temperature_curve_figure(
+            res.curve.temperatures, res.curve.values, best=(res.temperature, res.value),
+            label="min" if res.optimal else "given", limit=res.upper_bound,
+            title=f"SNNL of {name}" + (f" ({curve_note})" if curve_note else ""),
+        )  # fmt: skip
+        save_figure(fig, args.plot)
     if args.json:
-        result = {
-            "value": value,
-            "temperature": t,
-            "temperature_choice": t_note,
-            "method": method,
-            "n": n,
-            "d": d,
-            "classes": classes,
-            "distance": distance,
-            "source": source,
-        }
-        if estimate is not None:
-            result.update(
-                interval=[estimate.low, estimate.high],
-                confidence=estimate.confidence,
-                anchors=estimate.anchors,
-                population=estimate.population,
-                std_error=estimate.std_error,
-            )
+        result = {**res.to_dict(), "source": source}
         if args.plot is not None:
             result["plot"] = str(args.plot)
         print(json.dumps(result))
         return 0
     print(f"source      : {source}")
-    print(f"points      : {n} x {d} features, {classes} classes")
-    print(f"distance    : {distance}")
-    print(f"temperature : {t:.6g} ({t_note})")
-    print(f"SNNL        : {value:.7g}   (log C = {np.log(max(classes, 1)):.4f})")
-    if estimate is None:
+    print(f"points      : {res.n} x {res.d} features, {res.classes} classes")
+    print(f"distance    : {res.distance}")
+    print(f"temperature : {res.temperature:.6g} ({res.temperature_choice})")
+    print(
+        f"SNNL        : {res.value:.7g}   (indistinguishable classes, T -> infinity: "
+        f"{res.upper_bound:.4f})"
+    )
+    est = res.estimate
+    if est is None:
         print("method      : exact (every point an anchor, against all points)")
     else:
         print(
-            f"method      : estimate from {estimate.anchors} of {estimate.population} anchors "
-            f"(seed {args.seed}) against all points; {estimate.confidence:.0%} interval "
-            f"[{estimate.low:.7g}, {estimate.high:.7g}] (Student t on the mean of the exact "
+            f"method      : estimate from {est.anchors} of {est.population} anchors "
+            f"(seed {args.seed}) against all points; {est.confidence:.0%} interval "
+            f"[{est.low:.7g}, {est.high:.7g}] (Student t on the mean of the exact "
             "per-anchor terms, finite-population corrected)"
         )
     if args.plot is not None:
@@ -214,26 +171,11 @@ def _entanglement(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from snnl.train import TrainConfig, train
 
-    layers = args.layers if args.layers else "hidden"
-    config = TrainConfig(
-        dataset=args.dataset,
-        model=args.model,
-        epochs=_epochs(args, default=20),
-        batch_size=args.batch_size,
-        lr=args.lr,
-        alpha=args.alpha,
-        temperature_mode=args.temperature_mode,
-        snnl_formula=args.snnl_formula,
-        temperature=args.temperature,
-        temperature_lr=args.temperature_lr,
-        selectivity_alpha=args.selectivity_alpha,
+    config = _config(
+        TrainConfig,
+        args,
+        epochs=_epochs(args, default=TrainConfig().epochs),
         model_kwargs={"init": "authors"} if args.authors_init else {},
-        distance=args.distance,
-        layers=layers,
-        seed=args.seed,
-        data_dir=str(args.data_dir) if args.data_dir else None,
-        limit_train=args.limit_train,
-        limit_test=args.limit_test,
     )
     from snnl import distributed
 
@@ -241,7 +183,13 @@ def _train(args: argparse.Namespace) -> int:
     joined = distributed.init_from_environment()  # under torchrun with WORLD_SIZE > 1: DDP
     main_rank = distributed.is_main_process()
     try:
-        res = train(config, args.out, resume=args.resume, force=args.force)
+        with Progress("snnl train", bar=False, stage="preparing", enabled=main_rank) as say:
+            res = train(
+                config, args.out, resume=args.resume, force=args.force,
+                on_step=lambda epoch, step: say(
+                    f"epoch {epoch + 1}/{config.epochs}, step {step}"
+                ),
+            )  # fmt: skip
     finally:
         if joined:
             distributed.shutdown()
@@ -266,22 +214,23 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(cls, args: argparse.Namespace, **given):
+    """``cls(...)``, a config dataclass: each field from the option of its name where the
+    command has one (a path as a string), else the dataclass's default; ``given`` first."""
+    from dataclasses import fields
+
+    values = dict(given)
+    for f in fields(cls):
+        if f.name not in values and hasattr(args, f.name):
+            value = getattr(args, f.name)
+            values[f.name] = str(value) if isinstance(value, Path) else value
+    return cls(**values)
+
+
 def _reproduce_config(args: argparse.Namespace):
     from snnl.experiments import ReproduceConfig
 
-    return ReproduceConfig(
-        dataset=args.dataset,
-        seeds=args.seeds,
-        full=args.full,
-        data_dir=str(args.data_dir) if args.data_dir else None,
-        experiments=list(args.experiments or []),
-        limit_train=args.limit_train,
-        limit_test=args.limit_test,
-        epochs=args.epochs,
-        model=args.model,
-        force=args.force,
-        workers=args.workers,
-    )
+    return _config(ReproduceConfig, args, experiments=list(args.experiments or []))
 
 
 def _threads(args: argparse.Namespace, model: str) -> None:
@@ -329,26 +278,10 @@ def _report(args: argparse.Namespace) -> int:
 def _gan(args: argparse.Namespace) -> int:
     from snnl.gan import GANConfig, train_gan
 
-    config = GANConfig(
-        dataset=args.dataset,
-        arch=args.arch,
-        epochs=_epochs(args, default=GANConfig().epochs),
-        batch_size=args.batch_size,
-        lr=args.lr,
-        latent_dim=args.latent_dim,
-        snnl_alpha=args.snnl_alpha,
-        snnl_target=args.snnl_target,
-        snnl_temperature_mode=args.snnl_temperature_mode,
-        classifier=str(args.classifier) if args.classifier else None,
-        eval_samples=args.eval_samples,
-        entanglement_samples=args.entanglement_samples,
-        seed=args.seed,
-        data_dir=str(args.data_dir) if args.data_dir else None,
-        limit_train=args.limit_train,
-        limit_test=args.limit_test,
-    )
+    config = _config(GANConfig, args, epochs=_epochs(args, default=GANConfig().epochs))
     _threads(args, "mlp" if args.arch == "mlp" else "cnn")
-    res = train_gan(config, args.out, resume=args.resume, force=args.force)
+    with Progress("snnl gan", bar=False, stage="training"):
+        res = train_gan(config, args.out, resume=args.resume, force=args.force)
     print(f"run         : {args.out}")
     print("SNNL*(real, generated) per epoch (input; discriminator layers; classifier layers):")
     for rec in [res["initial"], *res["history"]]:
@@ -453,15 +386,17 @@ def _profile(args: argparse.Namespace) -> int:
         out = args.out if args.out is not None else args.run
         kind = config.model
     _threads(args, kind)
-    prof = profile_model(
-        model,
-        dataset,
-        limit=args.limit,
-        eps=args.eps,
-        steps=args.steps,
-        severity=args.severity,
-        seed=args.seed,
-    )
+    stage = "profiling clean, corrupted and PGD inputs"
+    with Progress("snnl profile", bar=True, stage=stage):
+        prof = profile_model(
+            model,
+            dataset,
+            limit=args.limit,
+            eps=args.eps,
+            steps=args.steps,
+            severity=args.severity,
+            seed=args.seed,
+        )
     prof["model"] = source
     json_path, figure_path = write_profile(prof, out)
     settings = prof["settings"]
@@ -497,14 +432,36 @@ def _epochs(args: argparse.Namespace, default: int) -> int:
     return default
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with ``(default: ...)``, unless its help already says what
+    the default is (options whose default None or False means "not given")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return f"{text} (default: %(default)s)".strip()
+        return text
+
+
+def _signature_defaults(func) -> dict[str, object]:
+    """The keyword defaults of ``func`` (the defaults of a command that wraps it)."""
+    import inspect
+
+    return {
+        name: p.default
+        for name, p in inspect.signature(func).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
 def _add_run_folder_arguments(
     parser: argparse.ArgumentParser, seed: int, threads_help: str
 ) -> None:
     """The options of a command that trains one run into a folder (train, gan)."""
-    parser.add_argument("--seed", type=int, default=seed)
-    parser.add_argument("--limit-train", type=int, default=None)
-    parser.add_argument("--limit-test", type=int, default=None)
-    parser.add_argument("--out", type=Path, required=True, help="run folder")
+    parser.add_argument("--seed", type=int, default=seed, help="initialisation, data order")
+    parser.add_argument("--out", type=Path, required=True, help="run folder (required)")
     parser.add_argument(
         "--resume",
         action="store_true",
@@ -516,68 +473,122 @@ def _add_run_folder_arguments(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from snnl.data import available_datasets
+    """The ``snnl`` parser; each command's defaults come from what it calls (TrainConfig,
+    ReproduceConfig, GANConfig, feature_entanglement, profile_model, load_dataset)."""
+    from snnl import __version__
+    from snnl.data import available_datasets, load_dataset
     from snnl.distances import Distance
+    from snnl.class_entanglement import EXACT_SEARCH_MAX, feature_entanglement
 
     distance_names = [d.value for d in Distance]
-
+    debug_help = (
+        "print the traceback of every error (without: one line for a mistake in the input "
+        "or a file, a traceback for a bug)"
+    )
     parser = argparse.ArgumentParser(
         prog="snnl",
         description="Measure and shape the class geometry of neural-network representations.",
+        formatter_class=_HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"snnl {__version__}")
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    common = argparse.ArgumentParser(add_help=False)  # --debug after the command, too
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     datasets = sorted(available_datasets())
+    default_dataset = _signature_defaults(load_dataset)["name"]
 
-    ent = sub.add_parser(
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], formatter_class=_HelpFormatter, **kwargs)
+
+    def data_options(p, default: str | None, what: str, limits: bool = False) -> None:
+        p.add_argument("--dataset", default=default, choices=datasets, help=what)
+        where = "folder of users' data files (default: none)"
+        p.add_argument("--data-dir", type=Path, default=None, help=where)
+        for split in ("train", "test") if limits else ():
+            p.add_argument(
+                f"--limit-{split}", type=int, default=None, help=f"{split} examples (default: all)"
+            )
+
+    ent_defaults = _signature_defaults(feature_entanglement)
+    ent = command(
         "entanglement",
         help="SNNL of saved features (or a dataset's inputs) at the optimal or a given T",
         description="Print the Soft Nearest Neighbor Loss of features and labels read from "
         "FILE (.npz with 'features' and 'labels', .pt dict, or .npy with a labels .npy), or "
-        "of an embedded dataset's inputs, at the optimal temperature or --temperature.",
+        "of an embedded dataset's inputs, at the optimal temperature or --temperature. Up to "
+        f"{EXACT_SEARCH_MAX:,} points the optimal T is searched over every point, whatever "
+        "the file format; beyond, on --search-anchors sampled anchors (the output says so).",
     )
     ent.add_argument("file", nargs="?", type=Path, help=".npz / .pt / .npy features file")
-    ent.add_argument("--labels", type=Path, default=None, help="labels .npy for a .npy FILE")
-    ent.add_argument("--dataset", default="digits", choices=datasets, help="when no FILE")
-    ent.add_argument("--data-dir", type=Path, default=None, help="folder of users' data files")
-    ent.add_argument("--temperature", type=_positive_float, default=None)
-    ent.add_argument("--distance", choices=distance_names, default=Distance.EUCLIDEAN.value)
-    ent.add_argument("--t-min", type=_positive_float, default=1e-4, help="search bound")
-    ent.add_argument("--t-max", type=_positive_float, default=1e4, help="search bound")
+    ent.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        help="labels .npy (default: for a .npy FILE, STEM_labels.npy beside it; else the "
+        "labels in FILE)",
+    )
+    data_options(ent, default_dataset, "the inputs, when no FILE")
+    ent.add_argument(
+        "--temperature",
+        type=_positive_float,
+        default=ent_defaults["temperature"],
+        help="T (default: the optimal T, which minimises the SNNL)",
+    )
+    ent.add_argument(
+        "--distance",
+        choices=distance_names,
+        default=Distance(ent_defaults["distance"]).value,
+        help="squared euclidean or cosine distance",
+    )
+    bounds_help = "bound of the optimal-T search (default: the range of the data's distances)"
+    ent.add_argument("--t-min", type=_positive_float, default=None, help="lower " + bounds_help)
+    ent.add_argument("--t-max", type=_positive_float, default=None, help="upper " + bounds_help)
     ent.add_argument(
         "--plot",
         type=Path,
         default=None,
-        help="save the SNNL-vs-T curve; the suffix picks the format (.png, .pdf, .svg, .jpg)",
+        help="save the SNNL-vs-T curve; the suffix picks the format (.png, .pdf, .svg, .jpg) "
+        "(default: no plot)",
     )
     ent.add_argument(
         "--anchors",
         type=int,
-        default=None,
+        default=ent_defaults["anchors"],
         metavar="M",
         help="estimate SNNL from M anchors drawn at random (each against all points) with a "
-        "confidence interval, instead of the exact value",
+        "confidence interval (default: the exact value, every point an anchor)",
     )
-    ent.add_argument("--confidence", type=float, default=0.95, help="interval level (--anchors)")
-    ent.add_argument("--seed", type=int, default=0, help="seed of the anchor draws")
+    ent.add_argument(
+        "--confidence",
+        type=float,
+        default=ent_defaults["confidence"],
+        help="interval level (--anchors)",
+    )
+    ent.add_argument(
+        "--seed", type=int, default=ent_defaults["seed"], help="seed of the anchor draws"
+    )
     ent.add_argument(
         "--search-anchors",
         type=int,
-        default=256,
+        default=ent_defaults["search_anchors"],
         metavar="M",
-        help="anchors the optimal-T search uses on a .npy file or above 20,000 points",
+        help=f"anchors the optimal-T search samples above {EXACT_SEARCH_MAX:,} points",
     )
     ent.add_argument("--json", action="store_true", help="print the result as one JSON object")
     ent.set_defaults(func=_entanglement)
 
-    from snnl.experiments import registry
+    from snnl.experiments import ReproduceConfig, registry
     from snnl.models import available_models
-    from snnl.regularizers import DEFAULT_TEMPERATURE_MODE, SNNL_FORMULAS, TEMPERATURE_MODES
+    from snnl.regularizers import SNNL_FORMULAS, TEMPERATURE_MODES
+    from snnl.train import TrainConfig
 
     threads_help = (
         "torch threads (default: 1 for small models, where a busy core costs more than a "
         "second thread gains; half the cores otherwise)"
     )
-    tr = sub.add_parser(
+    train_defaults = TrainConfig()
+    tr = command(
         "train",
         help="train a normal (alpha = 0) or entangled (alpha > 0) model",
         description="Train one model with loss = CE - alpha * sum of hidden-layer SNNL (eq. 3), "
@@ -586,69 +597,110 @@ def build_parser() -> argparse.ArgumentParser:
         "DistributedDataParallel: each batch is split across the N processes and the SNNL "
         "is computed over the whole batch, so the run matches one process's.",
     )
-    tr.add_argument("--dataset", default="digits", choices=datasets)
-    tr.add_argument("--data-dir", type=Path, default=None)
-    tr.add_argument("--model", default="mlp", choices=available_models())
-    tr.add_argument("--epochs", type=int, default=None, help="default 20; --resume: the run's")
-    tr.add_argument("--batch-size", type=int, default=128)
-    tr.add_argument("--lr", type=_positive_float, default=1e-3)
-    tr.add_argument("--alpha", type=float, default=0.0, help="> 0 entangles, < 0 separates")
+    data_options(tr, train_defaults.dataset, "training data", limits=True)
+    tr.add_argument(
+        "--model", default=train_defaults.model, choices=available_models(), help="architecture"
+    )
+    tr.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help=f"epochs (default: {train_defaults.epochs}; with --resume: the run's own)",
+    )
+    tr.add_argument(
+        "--batch-size", type=int, default=train_defaults.batch_size, help="examples per step"
+    )
+    tr.add_argument(
+        "--lr", type=_positive_float, default=train_defaults.lr, help="Adam's learning rate"
+    )
+    tr.add_argument(
+        "--alpha", type=float, default=train_defaults.alpha, help="> 0 entangles, < 0 separates"
+    )
     tr.add_argument(
         "--temperature-mode",
         choices=TEMPERATURE_MODES,
-        default=DEFAULT_TEMPERATURE_MODE.value,
-        help="how T of each layer is chosen: optimal (T* of every batch, the default), "
-        "learned (Adam on log T), reference (the authors' T = T0 / t), fixed",
+        default=train_defaults.temperature_mode,
+        help="how T of each layer is chosen: optimal (T* of every batch), learned (Adam on "
+        "log T), reference (the authors' T = T0 / t), fixed",
     )
     tr.add_argument(
         "--snnl-formula",
         choices=SNNL_FORMULAS,
-        default="exact",
+        default=train_defaults.snnl_formula,
         help="exact (log-space) or reference (the authors' exp-then-log, saturating at 11.51)",
     )
     tr.add_argument(
         "--temperature",
         type=_positive_float,
-        default=None,
+        default=train_defaults.temperature,
         help="initial / fixed T (T0 of the reference mode); default: each layer's optimal T "
         "at initialisation; not used by the optimal mode",
     )
-    tr.add_argument("--temperature-lr", type=_positive_float, default=0.05)
     tr.add_argument(
-        "--selectivity-alpha", type=float, default=0.0, help="class-selectivity regulariser"
+        "--temperature-lr",
+        type=_positive_float,
+        default=train_defaults.temperature_lr,
+        help="Adam's learning rate on log T (learned mode)",
+    )
+    tr.add_argument(
+        "--selectivity-alpha",
+        type=float,
+        default=train_defaults.selectivity_alpha,
+        help="class-selectivity regulariser",
     )
     tr.add_argument(
         "--authors-init",
         action="store_true",
         help="reference CNN: the authors' initialisation (He-normal, zero biases, raw inputs)",
     )
-    tr.add_argument("--distance", choices=distance_names, default=Distance.EUCLIDEAN.value)
-    tr.add_argument("--layers", nargs="+", default=None, help="layer names (default: hidden)")
-    _add_run_folder_arguments(tr, 0, threads_help)
+    tr.add_argument(
+        "--distance",
+        choices=distance_names,
+        default=train_defaults.distance,
+        help="distance of the SNNL",
+    )
+    tr.add_argument(
+        "--layers",
+        nargs="+",
+        default=train_defaults.layers,
+        help="regularised and probed layers ('hidden': every hidden layer)",
+    )
+    _add_run_folder_arguments(tr, train_defaults.seed, threads_help)
     tr.set_defaults(func=_train)
 
-    rp = sub.add_parser(
+    rep_defaults = ReproduceConfig()
+    rp = command(
         "reproduce",
         help="run the registered experiments and write a report with figures",
         description="Run the experiments (" + ", ".join(registry()) + ") and write "
         "OUT/report.html, OUT/report.md, OUT/results.json and OUT/figures/. Trained models "
         "are kept in OUT/runs and reused by the next call.",
     )
-    rp.add_argument("--dataset", default="mnist5k", choices=datasets)
-    rp.add_argument("--data-dir", type=Path, default=None)
-    rp.add_argument("--seeds", type=int, default=3)
-    rp.add_argument("--full", action="store_true", help="longer settings")
-    rp.add_argument("--experiments", nargs="+", choices=list(registry()), default=None)
-    rp.add_argument("--epochs", type=int, default=None, help="override the default epochs")
-    rp.add_argument("--model", choices=available_models(), default=None)
-    rp.add_argument("--limit-train", type=int, default=None)
-    rp.add_argument("--limit-test", type=int, default=None)
-    rp.add_argument("--out", type=Path, default=Path("snnl-report"))
+    data_options(rp, rep_defaults.dataset, "data", limits=True)
+    rp.add_argument("--seeds", type=int, default=rep_defaults.seeds, help="training seeds")
+    rp.add_argument("--full", action="store_true", help="the paper's longer settings")
+    rp.add_argument(
+        "--experiments",
+        nargs="+",
+        choices=list(registry()),
+        default=None,
+        help="which to run (default: every one)",
+    )
+    rp.add_argument(
+        "--epochs", type=int, default=None, help="override the epochs (default: each experiment's)"
+    )
+    rp.add_argument(
+        "--model",
+        choices=available_models(),
+        default=None,
+        help="override the model (default: the dataset's)",
+    )
+    rp.add_argument("--out", type=Path, default=Path("snnl-report"), help="the report's folder")
     rp.add_argument("--force", action="store_true", help="retrain runs whose saved config differs")
     rp.add_argument(
         "--workers",
         type=int,
-        default=None,
+        default=rep_defaults.workers,
         help="processes that train independent runs in parallel (default: the cores, at most 8)",
     )
     rp.add_argument("--threads", type=int, default=None, help=threads_help)
@@ -658,7 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     from snnl.models import GAN_ARCHITECTURES
 
     gan_defaults = GANConfig()
-    gn = sub.add_parser(
+    gn = command(
         "gan",
         help="train a GAN and measure the entanglement of real and generated data",
         description="Train a GAN (non-saturating loss, Adam) and record per epoch, on fresh "
@@ -666,85 +718,150 @@ def build_parser() -> argparse.ArgumentParser:
         "discriminator and of --classifier, with that classifier's mode coverage and "
         "Frechet distance. --snnl-alpha > 0 adds -alpha * SNNL* to the generator's loss.",
     )
-    gn.add_argument("--dataset", default=gan_defaults.dataset, choices=datasets)
-    gn.add_argument("--data-dir", type=Path, default=None)
-    gn.add_argument("--arch", choices=GAN_ARCHITECTURES, default=gan_defaults.arch)
+    data_options(gn, gan_defaults.dataset, "data", limits=True)
+    gn.add_argument(
+        "--arch", choices=GAN_ARCHITECTURES, default=gan_defaults.arch, help="architecture"
+    )
     gn.add_argument(
         "--epochs",
         type=int,
         default=None,
-        help=f"default {gan_defaults.epochs}; --resume: the run's",
+        help=f"epochs (default: {gan_defaults.epochs}; with --resume: the run's own)",
     )
-    gn.add_argument("--batch-size", type=int, default=gan_defaults.batch_size)
-    gn.add_argument("--lr", type=_positive_float, default=gan_defaults.lr)
-    gn.add_argument("--latent-dim", type=int, default=gan_defaults.latent_dim)
-    gn.add_argument("--snnl-alpha", type=float, default=gan_defaults.snnl_alpha)
-    gn.add_argument("--snnl-target", choices=SNNL_TARGETS, default=gan_defaults.snnl_target)
+    gn.add_argument(
+        "--batch-size", type=int, default=gan_defaults.batch_size, help="examples per step"
+    )
+    gn.add_argument(
+        "--lr", type=_positive_float, default=gan_defaults.lr, help="Adam's learning rate"
+    )
+    gn.add_argument(
+        "--latent-dim", type=int, default=gan_defaults.latent_dim, help="noise dimensions"
+    )
+    gn.add_argument(
+        "--snnl-alpha",
+        type=float,
+        default=gan_defaults.snnl_alpha,
+        help="> 0: the generator also maximises SNNL*(real, generated)",
+    )
+    gn.add_argument(
+        "--snnl-target",
+        choices=SNNL_TARGETS,
+        default=gan_defaults.snnl_target,
+        help="whose hidden layers the SNNL term uses",
+    )
     gn.add_argument(
         "--snnl-temperature-mode",
         choices=SNNL_TEMPERATURE_MODES,
         default=gan_defaults.snnl_temperature_mode,
+        help="T of the SNNL term: learned (Adam on log T) or optimal (T* of every batch)",
     )
     gn.add_argument(
         "--classifier",
         type=Path,
         default=None,
         help="a finished `snnl train` run folder: the classifier that measures coverage, FD "
-        "and entanglement in its hidden layers",
+        "and entanglement in its hidden layers (default: none)",
     )
-    gn.add_argument("--eval-samples", type=int, default=gan_defaults.eval_samples)
-    gn.add_argument("--entanglement-samples", type=int, default=gan_defaults.entanglement_samples)
+    gn.add_argument(
+        "--eval-samples",
+        type=int,
+        default=gan_defaults.eval_samples,
+        help="generated samples for coverage and FD",
+    )
+    gn.add_argument(
+        "--entanglement-samples",
+        type=int,
+        default=gan_defaults.entanglement_samples,
+        help="samples per set for SNNL*(real, generated)",
+    )
     _add_run_folder_arguments(gn, gan_defaults.seed, threads_help)
     gn.set_defaults(func=_gan)
 
-    pf = sub.add_parser(
+    from snnl.profile import profile_model
+
+    prof_defaults = _signature_defaults(profile_model)
+    pf = command(
         "profile",
         help="per-layer SNNL*, selectivity, dimensionality and Lipschitz bounds of a model "
         "on clean, corrupted and adversarial inputs",
         description="Profile the hidden layers of a trained model (a `snnl train` run folder, "
         "or --model package.module:factory with --weights FILE) on the test split: SNNL at "
-        "the optimal temperature, mean class selectivity, dimensionality (95%% variance) and "
+        "the optimal temperature, mean class selectivity, dimensionality (95% variance) and "
         "participation ratio on clean inputs, on corrupted ones (the 15 CIFAR-10-C "
         "corruptions at --severity, example i gets corruption i mod 15) and on PGD L-inf "
         "adversarial ones (--eps, default 0.1, or 8/255 for colour), with each layer's "
         "Lipschitz bound. Writes OUT/profile.json and OUT/profile.png.",
     )
     pf.add_argument("run", nargs="?", type=Path, default=None, help="a `snnl train` run folder")
-    pf.add_argument("--model", default=None, metavar="PACKAGE.MODULE:FACTORY")
-    pf.add_argument("--weights", type=Path, default=None, help="state dict for --model")
-    pf.add_argument("--dataset", default=None, choices=datasets, help="default: the run's")
-    pf.add_argument("--data-dir", type=Path, default=None)
-    pf.add_argument("--limit", type=int, default=1000, help="test examples used")
-    pf.add_argument("--eps", type=float, default=None, help="PGD L-inf radius")
-    pf.add_argument("--steps", type=int, default=10, help="PGD steps (of eps / 4)")
-    pf.add_argument("--severity", type=int, default=3, choices=range(1, 6))
-    pf.add_argument("--seed", type=int, default=0)
-    pf.add_argument("--out", type=Path, default=None, help="default: the run folder")
+    pf.add_argument(
+        "--model",
+        default=None,
+        metavar="PACKAGE.MODULE:FACTORY",
+        help="a model of your own instead of a run folder (default: none)",
+    )
+    pf.add_argument(
+        "--weights", type=Path, default=None, help="state dict for --model (default: none)"
+    )
+    data_options(pf, None, "data (default: the run's)")
+    pf.add_argument("--limit", type=int, default=prof_defaults["limit"], help="test examples used")
+    pf.add_argument(
+        "--eps",
+        type=float,
+        default=prof_defaults["eps"],
+        help="PGD L-inf radius (default: 0.1, or 8/255 for colour images)",
+    )
+    pf.add_argument(
+        "--steps", type=int, default=prof_defaults["steps"], help="PGD steps (of eps / 4)"
+    )
+    pf.add_argument(
+        "--severity",
+        type=int,
+        default=prof_defaults["severity"],
+        choices=range(1, 6),
+        help="corruption severity",
+    )
+    pf.add_argument(
+        "--seed", type=int, default=prof_defaults["seed"], help="corruptions and PGD start"
+    )
+    pf.add_argument(
+        "--out", type=Path, default=None, help="default: the run folder, or snnl-profile"
+    )
     pf.add_argument("--threads", type=int, default=None, help=threads_help)
     pf.set_defaults(func=_profile)
 
-    rep = sub.add_parser("report", help="rebuild the report of DIR from its saved results")
-    rep.add_argument("dir", type=Path)
+    rep = command("report", help="rebuild the report of DIR from its saved results")
+    rep.add_argument("dir", type=Path, help="a `snnl reproduce` folder")
     rep.set_defaults(func=_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``snnl ARGV``; the exit status: 0, 2 for a mistake of the user's (one line on
+    stderr, see :func:`user_errors`; with ``--debug`` its traceback first), 130 when
+    interrupted. Any other exception is a bug and propagates with its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (CommandError, ValueError, TypeError, RuntimeError) as err:
-        print(f"snnl {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # missing, unwritable, a file where a folder is expected, ...
-        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
-        reason = err.strerror or str(err)
-        print(f"snnl {args.command}: error: {where}{reason}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"snnl {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if not isinstance(err, user_errors()):
+            raise  # a bug: the traceback says where
+        if args.debug:
+            traceback.print_exc()
+        print(f"snnl {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of a user's error as one line (an OSError as ``file: reason``)."""
+    if isinstance(err, OSError) and not isinstance(err, CommandError):
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        return f"{where}{err.strerror or err}"
+    text = " ".join(str(err).split("\n")).strip()
+    return text or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ writes the file atomically, so a figure on disk is always whole.
 from __future__ import annotations
 
 import io
+import math
 import os
 import textwrap
 from collections.abc import Sequence
@@ -133,14 +134,53 @@ def temperature_curve_figure(
     *,
     best: tuple[float, float] | None = None,
     title: str = "",
+    label: str = "min",
+    limit: float | None = None,
 ) -> Figure:
-    """SNNL against temperature (log axis), with the minimum marked."""
+    """SNNL against temperature (log T axis), the point ``best`` = (T, SNNL) marked
+    (``label``: "min" for T*, e.g. "given" for a chosen T), ``limit`` (the T -> infinity
+    value) dashed.
+
+    The y axis shows the interesting range: from the lowest value to the highest one at
+    or above the lowest point's T (where the curve rises towards its large-T limit); the
+    small-T side, where SNNL can grow without bound, is cut there.
+
+    >>> t = np.logspace(-2, 2, 41)
+    >>> fig = temperature_curve_figure(t, 1 / t + np.log(t), best=(1.0, 1.0))
+    >>> low, high = fig.axes[0].get_ylim()
+    >>> bool(0.6 < low < 1.0 and 4.6 < high < 6.0)  # not up to 1 / 0.01 = 100
+    True
+    >>> plt.close(fig)
+    """
+    temps = np.asarray(temperatures, dtype=np.float64)
+    vals = np.asarray(values, dtype=np.float64)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    ax.semilogx(temperatures, values, color="C0", lw=1.8)
+    ax.semilogx(temps, vals, color="C0", lw=1.8, label="SNNL")
+    if limit is not None:
+        ax.axhline(limit, color="0.5", ls="--", lw=1, label=f"T → ∞: {limit:.4g}")
     if best is not None:
-        ax.plot([best[0]], [best[1]], "o", color="C3", label=f"min: T={best[0]:.3g}, {best[1]:.4g}")
-        ax.legend(frameon=False)
-    ax.set_xlabel("temperature T")
+        ax.plot(
+            [best[0]], [best[1]], "o", color="C3", label=f"{label}: T={best[0]:.3g}, {best[1]:.4g}"
+        )
+    ok = np.isfinite(vals)
+    if ok.any():
+        low = float(vals[ok].min())
+        t_low = float(temps[ok][np.argmin(vals[ok])])
+        if best is not None:
+            low, t_low = (best[1], best[0]) if best[1] < low else (low, t_low)
+        right = vals[ok & (temps >= t_low)]
+        high = float(right.max()) if right.size else low
+        for shown in (limit, None if best is None else best[1]):  # keep them in view
+            if shown is not None and math.isfinite(shown):
+                high = max(high, shown)
+        if high - low <= 1e-6 * max(1.0, abs(low)):  # flat to the right: show the descent
+            high = float(np.median(vals[ok]))
+        if high - low <= 1e-6 * max(1.0, abs(low)):
+            high = low + 0.05 * max(1.0, abs(low))
+        pad = 0.08 * (high - low)
+        ax.set_ylim(low - pad, high + pad)
+    ax.legend(frameon=False, fontsize="small")
+    ax.set_xlabel("temperature T (log scale)")
     ax.set_ylabel("SNNL")
     ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
