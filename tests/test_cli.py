@@ -212,3 +212,134 @@ def test_damaged_checkpoint_on_resume_is_one_line(tmp_path, capsys):
 def test_report_of_an_empty_folder(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "results.json not found" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- errors, help
+
+
+@pytest.mark.parametrize(
+    "bug", [TypeError("a bug"), AttributeError("a bug"), RuntimeError("a torch bug"), KeyError("k")]
+)
+def test_a_bug_shows_its_traceback(tmp_path, monkeypatch, bug):
+    """Issue 17: main() turned every TypeError and RuntimeError, bugs included, into one
+    line; a bug now propagates (Python prints its traceback, exit status 1)."""
+    import snnl.report
+
+    def broken(folder):
+        raise bug
+
+    monkeypatch.setattr(snnl.report, "write_report", broken)
+    with pytest.raises(type(bug), match=str(bug.args[0])):
+        main(["report", str(tmp_path)])
+
+
+@pytest.mark.parametrize("kind", ["locked", "exists", "damaged", "mismatch", "memory", "disk"])
+def test_the_users_mistakes_are_one_line(tmp_path, capsys, monkeypatch, kind):
+    import errno
+
+    import snnl.report
+    from snnl._io import RunLockedError, WriteFailedError
+    from snnl.runs import DamagedRunError, RunExistsError, RunMismatchError
+
+    err = {
+        "locked": RunLockedError("folder R is locked by process 7"),
+        "exists": RunExistsError("R holds a finished run; pass --force"),
+        "damaged": DamagedRunError("R/results.json is damaged"),
+        "mismatch": RunMismatchError("R holds a run with another config"),
+        "memory": MemoryError("out of memory"),
+        "disk": WriteFailedError(errno.ENOSPC, "No space left on device", "R/results.json"),
+    }[kind]
+
+    def failing(folder):
+        raise err
+
+    monkeypatch.setattr(snnl.report, "write_report", failing)
+    assert main(["report", str(tmp_path)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("snnl report: error: "), lines
+    assert "Traceback" not in lines[0]
+    if kind == "disk":
+        assert lines[0] == "snnl report: error: R/results.json: No space left on device"
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_prints_the_traceback_of_every_error(tmp_path, capsys, where):
+    args = ["report", str(tmp_path)]
+    args = ["--debug", *args] if where == "before" else [*args, "--debug"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):")
+    assert err.strip().splitlines()[-1].startswith("snnl report: error: ")
+    assert "results.json not found" in err.strip().splitlines()[-1]
+
+
+def test_version(capsys):
+    import snnl
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"snnl {snnl.__version__}"
+
+
+def _subparsers():
+    import argparse
+
+    from snnl.cli import build_parser
+
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return parser, action.choices
+
+
+def test_every_options_help_shows_its_default():
+    """Issue 18: every option's help shows its default (flags and required options aside);
+    the profile's '95%%' showed doubled."""
+    import re
+
+    parser, commands = _subparsers()
+    missing = []
+    for name, sub in {"snnl": parser, **commands}.items():
+        text = sub.format_help()
+        blocks = re.split(r"\n(?=  -)", text.split("options:", 1)[1])
+        for action in sub._actions:
+            flag = action.nargs == 0  # store_true, --help, --version
+            if not action.option_strings or flag or action.required:
+                continue
+            option = max(action.option_strings, key=len)
+            block = next(b for b in blocks if b.lstrip().startswith(option))
+            if "default" not in block:
+                missing.append(f"{name} {option}")
+        assert "%%" not in text, name
+    assert missing == []
+    assert "dimensionality (95% variance)" in " ".join(commands["profile"].format_help().split())
+
+
+def test_command_defaults_are_those_of_the_dataclasses_and_functions():
+    """Issue 17: build_parser restated TrainConfig's and ReproduceConfig's defaults."""
+    import inspect
+    from dataclasses import fields
+
+    from snnl import feature_entanglement
+    from snnl.experiments import ReproduceConfig
+    from snnl.gan import GANConfig
+    from snnl.profile import profile_model
+    from snnl.train import TrainConfig
+
+    _, commands = _subparsers()
+    checked = 0
+    for name, source in (("train", TrainConfig()), ("reproduce", ReproduceConfig()),
+                         ("gan", GANConfig())):  # fmt: skip
+        defaults = {a.dest: a.default for a in commands[name]._actions}
+        for f in fields(source):
+            if f.name in defaults and f.name not in ("epochs", "experiments"):
+                assert defaults[f.name] == getattr(source, f.name), (name, f.name)
+                checked += 1
+    for name, func in (("entanglement", feature_entanglement), ("profile", profile_model)):
+        signature = inspect.signature(func)
+        defaults = {a.dest: a.default for a in commands[name]._actions}
+        for param in signature.parameters.values():
+            if param.name in defaults and param.default is not inspect.Parameter.empty:
+                assert defaults[param.name] == param.default, (name, param.name)
+                checked += 1
+    assert checked >= 30

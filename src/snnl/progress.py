@@ -55,7 +55,7 @@ class Progress:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._tqdm = None
-        self._start = time.monotonic()
+        self._start = 0.0
 
     def __call__(self, stage: str) -> None:
         """Name the stage now running (shown by the next line or redraw)."""
