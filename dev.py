@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Set up the project's environment (idempotent) and run its main job or its tests.
 
-    python3 dev.py run [snnl arguments...]   # set up, then `snnl reproduce` (default data)
+    python3 dev.py run [snnl arguments...]   # set up, then `snnl reproduce` (default data),
+                                              # in the current folder
     python3 dev.py test [pytest arguments...] # set up, lint (ruff), then the test suite
     python3 dev.py lint                       # set up, then only the lint step
 
@@ -78,9 +79,9 @@ def main(argv: list[str]) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if argv[0] == "setup":
         return 0
-    if argv[0] == "run":
+    if argv[0] == "run":  # in the caller's folder: relative paths mean what they say there
         args = argv[1:] or ["reproduce"]
-        return subprocess.call([str(py), "-m", "snnl", *args], cwd=ROOT, env=env)
+        return subprocess.call([str(py), "-m", "snnl", *args], env=env)
     status = lint(py, env)
     if status or argv[0] == "lint":
         return status

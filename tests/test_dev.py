@@ -73,3 +73,19 @@ def test_real_ruff_flags_lint_and_format_problems(dev, monkeypatch, tmp_path):
     assert dev.lint(Path(sys.executable), env) != 0
     module.write_text('"""Badly formatted."""\n\nVALUE=[1,2]\n')  # ruff check passes this
     assert dev.lint(Path(sys.executable), env) != 0
+
+
+def test_run_resolves_relative_paths_from_the_callers_folder(dev, monkeypatch, tmp_path, capfd):
+    """Issue 18: `python3 dev.py run ARGS` ran snnl in the repository root, so a relative
+    path named a file there instead of in the caller's folder."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    np.savez(tmp_path / "mine.npz", features=rng.normal(size=(40, 3)) + y[:, None], labels=y)
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "entanglement", "mine.npz", "--temperature", "1", "--plot", "curve.png"]
+    assert dev.main(args) == 0
+    out = capfd.readouterr().out
+    assert "source      : mine.npz" in out
+    assert (tmp_path / "curve.png").is_file() and not (ROOT / "curve.png").exists()
