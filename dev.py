@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 TORCH = "torch==2.13.0"
 LINT_PATHS = ("src", "tests", "benchmarks")
+COMMANDS = ("run", "test", "lint", "setup")
 
 
 def _venv_python() -> Path:
@@ -72,7 +73,7 @@ def lint(py: Path, env: dict[str, str]) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"run", "test", "lint", "setup"}:
+    if not argv or argv[0] not in COMMANDS:
         print(__doc__)
         return 2
     py = setup()
