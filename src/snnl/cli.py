@@ -91,8 +91,8 @@ def _entanglement(args: argparse.Namespace) -> int:
 
     import torch
 
-    from snnl.data import load_dataset
     from snnl.class_entanglement import feature_entanglement, open_feature_file
+    from snnl.data import load_dataset
 
     for name, count in (("anchors", args.anchors), ("search-anchors", args.search_anchors)):
         if count is not None and count < 2:
@@ -476,9 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``snnl`` parser; each command's defaults come from what it calls (TrainConfig,
     ReproduceConfig, GANConfig, feature_entanglement, profile_model, load_dataset)."""
     from snnl import __version__
+    from snnl.class_entanglement import EXACT_SEARCH_MAX, feature_entanglement
     from snnl.data import available_datasets, load_dataset
     from snnl.distances import Distance
-    from snnl.class_entanglement import EXACT_SEARCH_MAX, feature_entanglement
 
     distance_names = [d.value for d in Distance]
     debug_help = (
