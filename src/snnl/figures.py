@@ -179,7 +179,7 @@ def temperature_curve_figure(
             high = low + 0.05 * max(1.0, abs(low))
         pad = 0.08 * (high - low)
         ax.set_ylim(low - pad, high + pad)
-    ax.legend(frameon=False, fontsize="small")
+    ax.legend(fontsize="small", framealpha=0.85, edgecolor="none")  # over the curve: readable
     ax.set_xlabel("temperature T (log scale)")
     ax.set_ylabel("SNNL")
     ax.set_title(title)
