@@ -87,6 +87,7 @@ from snnl.experiments.szegedy import (
     UNIT_LAYERS,
     ModelSpec,
     Settings,
+    cka_estimator,
     class_purity,
     data_fingerprint,
     distortion,
@@ -388,6 +389,9 @@ def run(settings: Settings, context: Context) -> dict[str, Any]:
     for name, model in models.items():
         records[name]["snnl"] = {"input": input_snnl, **_snnl_profile(model, x_probe, y_probe)}
     reps = {name: _classifier_input(models[name], x_probe) for name in table1}
+    widest = max(r.shape[1] for r in reps.values())
+    estimator = cka_estimator(len(y_probe), widest, widest, s.cka)
+    unbiased = estimator == "unbiased"
     pairs = []
     for i, a in enumerate(table1):
         for b in table1[i + 1 :]:
@@ -397,7 +401,7 @@ def run(settings: Settings, context: Context) -> dict[str, Any]:
                 for src, dst in ((a, b), (b, a))
             ]
             pairs.append({
-                "a": a, "b": b, "cka": _finite(linear_cka(reps[a], reps[b])),
+                "a": a, "b": b, "cka": _finite(linear_cka(reps[a], reps[b], unbiased=unbiased)),
                 "excess_transfer": sum(excess) / 2,
             })  # fmt: skip
     valid = [p for p in pairs if p["cka"] is not None]
@@ -405,6 +409,7 @@ def run(settings: Settings, context: Context) -> dict[str, Any]:
     similarity = {
         "representation": "the input of each model's softmax layer (its last hidden layer; "
         "the pixels for softmax regression)",
+        "cka_estimator": estimator,
         "pairs": pairs,
         "spearman": _finite(float(rho)),
         "p_value": _finite(float(p_value)),
@@ -663,7 +668,9 @@ def section(results: dict[str, Any], fig_dir: Path) -> Section:
     sim = results["similarity"]
     lines += [
         "",
-        "**Transfer against representation similarity**: linear CKA between "
+        f"**Transfer against representation similarity**: linear CKA "
+        f"({sim.get('cka_estimator', 'biased')} estimator; unbiased where the widest "
+        "representation has more than N / 10 features) between "
         f"{sim['representation']} of two models on the same test images, against the mean "
         "excess transfer error of the pair (error of one on the other's examples minus its "
         "error on the clean images, both directions averaged). "
