@@ -368,3 +368,29 @@ def test_unbiased_cka_is_near_zero_for_independent_wide_features():
     assert szegedy.cka_estimator(300, 10, 10) == "biased"
     with pytest.raises(ValueError, match="cka must be"):
         szegedy.cka_estimator(300, 10, 10, "other")
+
+
+def test_study_dataset_is_a_setting_and_a_zoo_model_of_another_dataset_is_left_out(tmp_path):
+    """`snnl reproduce --dataset digits` failed in intriguing ("mat1 and mat2 shapes cannot
+    be multiplied (1x784 and 64x256)"): the zoo's normal MLP, trained on digits, was
+    bounded on mnist5k's 28 x 28 input. It is included only when the zoo's dataset is
+    the study's dataset."""
+    assert intriguing.Settings().dataset == "mnist5k"
+    config = ReproduceConfig(dataset="digits", seeds=1, epochs=1, limit_train=100, limit_test=50)
+    zoo = Zoo(config, tmp_path, log=lambda m: None)
+    zoo.get("normal", 0)  # the zoo's normal run on digits exists
+    context = Context(config=config, out=tmp_path, zoo=zoo)
+    mnist_like = type("Shape", (), {"input_shape": (1, 28, 28), "num_classes": 10})()
+    models = intriguing.reference_models(context, mnist_like, intriguing.Settings())
+    assert list(models) == ["ReferenceCNN (untrained)"]
+    for model in models.values():
+        assert model.eval()(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    # the study on digits itself: the zoo's model is the study's and is included
+    study = replace(intriguing.Settings(), dataset="digits")
+    models = intriguing.reference_models(context, zoo.dataset, study)
+    assert len(models) == 2
+    x = zoo.dataset.x_test[:3]
+    for model in models.values():
+        assert model.eval()(x).shape == (3, 10)
+    note = intriguing._zoo_note({"dataset": "mnist5k", "zoo_dataset": "digits"})
+    assert "left out" in note and "digits" in note

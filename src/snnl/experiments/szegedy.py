@@ -97,6 +97,7 @@ RUNS_DIR = ("runs", "intriguing")
 class Settings:
     """Everything that determines the experiment (saved with its results)."""
 
+    dataset: str = "mnist5k"  # the study's images (the zoo's split when the zoo's dataset)
     seed: int = 0  # model initialisation, batch order, image subsets, targets, noise
     epochs: int = 20  # supervised epochs of every model (the AE: of its softmax)
     ae_pretrain_epochs: int = 10  # reconstruction epochs of the autoencoder
