@@ -254,7 +254,11 @@ def tiny(tmp_path_factory, dataset):
 
 def _run_files(out):
     folder = out / "runs" / "intriguing"
-    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir())}
+    return {
+        p.relative_to(folder).as_posix(): p.stat().st_mtime_ns
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.slow  # the tiny run: 8 models trained and attacked, SNNL*, bounds
@@ -264,12 +268,12 @@ def test_run_trains_on_the_zoo_split_and_saves_each_model(tiny, dataset):
     names = [*results["table1_models"], *results["half_models"]]
     assert len(names) == 8 and all(not results["models"][n]["reused"] for n in names)
     files = _run_files(out)
-    assert len(files) == 16  # a state file and a config/record per model
+    assert len(files) == 16  # per model a run folder: its weights, its config and record
     half = [results["models"][n]["train_size"] for n in results["half_models"]]
     assert half == [100, 100]
     # a saved number recomputed from the saved weights
     model = MLP((1, 28, 28), 10, widths=())
-    model.load_state_dict(torch.load(out / "runs/intriguing/FC10_1.pt", weights_only=True))
+    model.load_state_dict(torch.load(out / "runs/intriguing/FC10_1/model.pt", weights_only=True))
     with torch.no_grad():
         pred = model(dataset.x_test).argmax(1)
     wrong = sum(int(p != t) for p, t in zip(pred.tolist(), dataset.y_test.tolist(), strict=True))
@@ -324,11 +328,11 @@ def test_second_run_reuses_the_saved_models(tiny, dataset):
     _, _, reused = szegedy.trained_model(spec, changed, dataset, x, y, forced, fingerprint)
     assert not reused
     after = _run_files(out)
-    assert after["FC10_1e-4.pt"] != before["FC10_1e-4.pt"]
-    assert {k: v for k, v in after.items() if not k.startswith("FC10_1e-4.")} == {
-        k: v for k, v in before.items() if not k.startswith("FC10_1e-4.")
+    assert after["FC10_1e-4/model.pt"] != before["FC10_1e-4/model.pt"]
+    assert {k: v for k, v in after.items() if not k.startswith("FC10_1e-4/")} == {
+        k: v for k, v in before.items() if not k.startswith("FC10_1e-4/")
     }
-    saved = json.loads((out / "runs/intriguing/FC10_1e-4.json").read_text())
+    saved = json.loads((out / "runs/intriguing/FC10_1e-4/results.json").read_text())
     assert saved["config"]["epochs"] == 3 and len(saved["record"]["loss"]) == 3
 
 

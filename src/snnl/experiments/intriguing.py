@@ -48,10 +48,11 @@ directions (the top test images of a unit's and of a random direction in a hidde
 layer), per-layer SNNL* and the linear CKA between the models' classifier inputs
 against how well examples transfer between them.
 
-Trained models are saved under ``out/runs/intriguing`` (state via
-:func:`snnl._io.save_torch`, loaded with ``weights_only=True``) next to the config that
-produced them, and reused when the saved config equals the one asked for; a differing
-saved config is retrained with ``--force`` and is otherwise an error.
+Each trained model has a run folder ``out/runs/intriguing/<name>`` (``model.pt``, loaded
+with ``weights_only=True``, then ``results.json`` with the config that produced it and
+its training record) kept by :func:`snnl.runs.train_or_reuse`: reused when the saved
+config equals the one asked for; a differing saved config is retrained with ``--force``
+and is otherwise an error.
 """
 
 from __future__ import annotations

@@ -10,11 +10,11 @@ Not an experiment of its own (the registry does not list it): the helper module 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,7 +28,7 @@ from snnl.experiments.base import (
 )
 from snnl.experiments.config import ReproduceConfig
 from snnl.models import AutoencoderClassifier, build_model
-from snnl.runs import RunMismatchError, epoch_batches
+from snnl.runs import RESULTS, epoch_batches, train_or_reuse
 from snnl.taps import eval_mode
 
 # ----------------------------------------------------------------------------- the paper
@@ -91,6 +91,7 @@ HALF_MODELS: tuple[ModelSpec, ...] = (
 #: Hidden layers whose units are compared with random directions.
 UNIT_LAYERS: dict[str, str] = {"FC100-100-10": "relu2", "AE400-10": "code"}
 RUNS_DIR = ("runs", "intriguing")
+MODEL_FILE = "model.pt"  # a model's weights in its run folder
 
 
 @dataclass(frozen=True)
@@ -475,29 +476,58 @@ def data_fingerprint(dataset: DataSplits) -> str:
     return h.hexdigest()[:16]
 
 
-def _model_config(spec: ModelSpec, s: Settings, dataset: DataSplits, fingerprint: str) -> dict:
-    config: dict[str, Any] = {
-        "name": spec.name,
-        "model": spec.model,
-        "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in spec.kwargs},
-        "weight_decay": list(spec.weight_decay),
-        "subset": spec.subset,
-        "epochs": s.epochs,
-        "batch_size": s.batch_size,
-        "lr": s.lr,
-        "seed": s.seed,
-        "dataset": dataset.name,
-        "data_sha256": fingerprint,
-    }
+@dataclass(frozen=True)
+class ModelRunConfig:
+    """What one model's run is made from (its run folder's results.json ``config``).
+
+    The autoencoder's fields are None for the FC models.
+    """
+
+    name: str
+    model: str
+    kwargs: dict
+    weight_decay: list
+    subset: str | None
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+    dataset: str
+    data_sha256: str
+    ae_pretrain_epochs: int | None = None
+    ae_lr: float | None = None
+    ae_weight_decay: float | None = None
+    ae_sparsity_weight: float | None = None
+    ae_sparsity_target: float | None = None
+
+
+def model_run_config(
+    spec: ModelSpec, s: Settings, dataset: DataSplits, fingerprint: str
+) -> ModelRunConfig:
+    """The run config of ``spec`` under settings ``s`` on ``dataset`` (its fingerprint)."""
+    ae: dict[str, Any] = {}
     if spec.model == "autoencoder":
-        config.update(
-            ae_pretrain_epochs=s.ae_pretrain_epochs,
-            ae_lr=s.ae_lr,
-            ae_weight_decay=s.ae_weight_decay,
-            ae_sparsity_weight=s.ae_sparsity_weight,
-            ae_sparsity_target=s.ae_sparsity_target,
-        )
-    return config
+        ae = {
+            "ae_pretrain_epochs": s.ae_pretrain_epochs,
+            "ae_lr": s.ae_lr,
+            "ae_weight_decay": s.ae_weight_decay,
+            "ae_sparsity_weight": s.ae_sparsity_weight,
+            "ae_sparsity_target": s.ae_sparsity_target,
+        }
+    return ModelRunConfig(
+        name=spec.name,
+        model=spec.model,
+        kwargs={k: list(v) if isinstance(v, tuple) else v for k, v in spec.kwargs},
+        weight_decay=list(spec.weight_decay),
+        subset=spec.subset,
+        epochs=s.epochs,
+        batch_size=s.batch_size,
+        lr=s.lr,
+        seed=s.seed,
+        dataset=dataset.name,
+        data_sha256=fingerprint,
+        **ae,
+    )
 
 
 def slug(name: str) -> str:
@@ -552,33 +582,39 @@ def trained_model(
     context: Context,
     fingerprint: str,
 ) -> tuple[nn.Module, dict[str, Any], bool]:
-    """The model of ``spec``: reused from its folder when the saved config matches."""
-    folder = context.out.joinpath(*RUNS_DIR)
-    state_path = folder / f"{slug(spec.name)}.pt"
-    record_path = folder / f"{slug(spec.name)}.json"
-    config = _model_config(spec, s, dataset, fingerprint)
-    if record_path.exists() and state_path.exists():
-        saved = json.loads(record_path.read_text())
-        if saved.get("config") == config:
-            model = _build(spec, dataset, 0)
-            model.load_state_dict(torch.load(state_path, weights_only=True))
-            model.eval()
-            return model, saved["record"], True
-        if not context.config.force:
-            diff = sorted(
-                k for k in {*config, *saved.get("config", {})}
-                if saved.get("config", {}).get(k) != config.get(k)
-            )  # fmt: skip
-            raise RunMismatchError(
-                f"{record_path} holds a model {spec.name} trained with a different config "
-                f"(differs in {', '.join(diff)}); rerun with --force to retrain it"
-            )
-        context.log(f"retraining {spec.name} (config changed, --force)")
-    else:
-        context.log(f"training {spec.name}")
-    started = time.perf_counter()
-    model, record = _train_model(spec, s, x, y, dataset)
-    record["seconds"] = round(time.perf_counter() - started, 3)
-    _io.save_torch(state_path, model.state_dict())
-    _io.write_json(record_path, {"config": config, "record": record})  # written last
-    return model, record, False
+    """The model of ``spec`` and its training record, and whether it was reused.
+
+    Its run folder ``out/runs/intriguing/<slug>`` (``model.pt``, then ``results.json``
+    with the config and record) goes through :func:`snnl.runs.train_or_reuse`: reused
+    when the saved config equals the one asked for; another config is an error
+    (:class:`snnl.runs.RunMismatchError`) unless ``--force``, which retrains it.
+    """
+    folder = context.out.joinpath(*RUNS_DIR, slug(spec.name))
+    config = model_run_config(spec, s, dataset, fingerprint)
+    trained: dict[str, nn.Module] = {}
+
+    def train(
+        config: ModelRunConfig, out: Path, *, resume: bool = False, force: bool = False
+    ) -> dict[str, Any]:  # one go, no checkpoints: an unfinished run starts again
+        started = time.perf_counter()
+        model, record = _train_model(spec, s, x, y, dataset)
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        out.mkdir(parents=True, exist_ok=True)
+        _io.save_torch(out / MODEL_FILE, model.state_dict())
+        results = {"config": asdict(config), "record": record}
+        _io.write_json(out / RESULTS, results)  # written last
+        trained["model"] = model
+        return results
+
+    def same(saved: dict[str, Any]) -> bool:  # no extension of a shorter run: retrain it
+        return saved.get("config") == asdict(config)
+
+    results = train_or_reuse(
+        folder, config, train, force=context.config.force, log=context.log, same=same
+    )
+    if "model" in trained:
+        return trained["model"], results["record"], False
+    model = _build(spec, dataset, 0)
+    model.load_state_dict(torch.load(folder / MODEL_FILE, weights_only=True))
+    model.eval()
+    return model, results["record"], True
