@@ -95,6 +95,7 @@ from snnl.experiments.szegedy import (
     error_table,
     gaussian_noise,
     linear_cka,
+    model_layer_bounds,
     predict,
     pretrain_autoencoder,
     reconstruction_error,
@@ -105,9 +106,9 @@ from snnl.experiments.szegedy import (
     train_classifier,
     trained_model,
     training_halves,
+    weight_layer_blocks,
 )
 from snnl.experiments.zoo import Kind, recipe
-from snnl.lipschitz import layer_bounds
 from snnl.measures import accuracy, layer_snnl_profile
 from snnl.models import ReferenceCNN
 from snnl.taps import capture
@@ -236,49 +237,6 @@ def _units_study(model: nn.Module, layer: str, dataset: DataSplits, s: Settings)
         "random_purity": [round(float(v), 6) for v in purity_random],
         "shown": shown,
     }
-
-
-def weight_layer_blocks(bounds: Mapping[str, float], weight_layers: Sequence[str]) -> dict:
-    """Group per-layer bounds (forward order) into one block per weight layer.
-
-    Block k = weight layer k times the parameter-free layers after it up to the next
-    weight layer (its activation, a flatten); layers before the first weight layer (the
-    input normalisation) join the first block. The product of the blocks is the
-    product of all bounds.
-
-    Example:
-        >>> b = {"normalize": 2.0, "fc1": 3.0, "code": 0.25, "logits": 5.0}
-        >>> weight_layer_blocks(b, ["fc1", "logits"])
-        {'fc1': 1.5, 'logits': 5.0}
-    """
-    blocks: dict[str, float] = {}
-    pending = 1.0  # layers before the first weight layer
-    current: str | None = None
-    for name, value in bounds.items():
-        if name in weight_layers:
-            current = name
-            blocks[name] = value * pending
-            pending = 1.0
-        elif current is None:
-            pending *= value
-        else:
-            blocks[current] *= value
-    return blocks
-
-
-def _layer_bounds(models: Mapping[str, nn.Module], input_shape: tuple[int, ...]) -> dict:
-    """Per-layer upper bounds (:func:`snnl.lipschitz.layer_bounds`) and per-weight-layer blocks."""
-    out = {}
-    for name, model in models.items():
-        res = layer_bounds(model, input_shape)
-        weights = [n for n, m in model.named_modules()
-                   if isinstance(m, (nn.Linear, nn.Conv2d)) and n in res.bounds]  # fmt: skip
-        out[name] = {
-            "bounds": {k: float(v) for k, v in res.bounds.items()},
-            "blocks": weight_layer_blocks(res.bounds, weights),
-            "product": float(res.product),
-        }
-    return out
 
 
 def reference_models(context: Context, dataset: DataSplits, s: Settings) -> dict[str, nn.Module]:
@@ -429,7 +387,9 @@ def run(settings: Settings, context: Context) -> dict[str, Any]:
     lap("representations")
 
     # layer bounds (the paper's Table 5 style)
-    bounds = _layer_bounds({**models, **reference_models(context, dataset, s)}, dataset.input_shape)
+    bounds = model_layer_bounds(
+        {**models, **reference_models(context, dataset, s)}, dataset.input_shape
+    )
     lap("bounds")
 
     # a few attacked images drawn with their adversarial versions

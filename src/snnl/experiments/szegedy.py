@@ -27,6 +27,7 @@ from snnl.experiments.base import (
     Context,
 )
 from snnl.experiments.config import ReproduceConfig
+from snnl.lipschitz import layer_bounds
 from snnl.models import AutoencoderClassifier, build_model
 from snnl.runs import RESULTS, epoch_batches, train_or_reuse
 from snnl.taps import eval_mode
@@ -467,6 +468,49 @@ def training_halves(y: Tensor, seed: int) -> dict[str, Tensor]:
         first.append(idx[: len(idx) // 2])
         second.append(idx[len(idx) // 2 :])
     return {"P1": torch.cat(first).sort().values, "P2": torch.cat(second).sort().values}
+
+
+def weight_layer_blocks(bounds: Mapping[str, float], weight_layers: Sequence[str]) -> dict:
+    """Group per-layer bounds (forward order) into one block per weight layer.
+
+    Block k = weight layer k times the parameter-free layers after it up to the next
+    weight layer (its activation, a flatten); layers before the first weight layer (the
+    input normalisation) join the first block. The product of the blocks is the
+    product of all bounds.
+
+    Example:
+        >>> b = {"normalize": 2.0, "fc1": 3.0, "code": 0.25, "logits": 5.0}
+        >>> weight_layer_blocks(b, ["fc1", "logits"])
+        {'fc1': 1.5, 'logits': 5.0}
+    """
+    blocks: dict[str, float] = {}
+    pending = 1.0  # layers before the first weight layer
+    current: str | None = None
+    for name, value in bounds.items():
+        if name in weight_layers:
+            current = name
+            blocks[name] = value * pending
+            pending = 1.0
+        elif current is None:
+            pending *= value
+        else:
+            blocks[current] *= value
+    return blocks
+
+
+def model_layer_bounds(models: Mapping[str, nn.Module], input_shape: tuple[int, ...]) -> dict:
+    """Per-layer upper bounds (:func:`snnl.lipschitz.layer_bounds`) and per-weight-layer blocks."""
+    out = {}
+    for name, model in models.items():
+        res = layer_bounds(model, input_shape)
+        weights = [n for n, m in model.named_modules()
+                   if isinstance(m, (nn.Linear, nn.Conv2d)) and n in res.bounds]  # fmt: skip
+        out[name] = {
+            "bounds": {k: float(v) for k, v in res.bounds.items()},
+            "blocks": weight_layer_blocks(res.bounds, weights),
+            "product": float(res.product),
+        }
+    return out
 
 
 def data_fingerprint(dataset: DataSplits) -> str:
