@@ -343,3 +343,21 @@ def test_command_defaults_are_those_of_the_dataclasses_and_functions():
                 assert defaults[param.name] == param.default, (name, param.name)
                 checked += 1
     assert checked >= 30
+
+
+@pytest.mark.parametrize("command", ["train", "gan", "reproduce"])
+def test_a_command_without_options_builds_the_dataclass_defaults(tmp_path, command):
+    """Issue 17: the config a command builds from no options is its dataclass's default
+    (through the path the command takes: its options, --epochs left out, the init)."""
+    from snnl import cli
+    from snnl.experiments import ReproduceConfig
+    from snnl.gan import GANConfig
+    from snnl.train import TrainConfig
+
+    args = cli.build_parser().parse_args([command, "--out", str(tmp_path / "r")])
+    build, cls = {
+        "train": (cli._train_config, TrainConfig),
+        "gan": (cli._gan_config, GANConfig),
+        "reproduce": (cli._reproduce_config, ReproduceConfig),
+    }[command]
+    assert build(args) == cls()

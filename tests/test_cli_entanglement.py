@@ -269,6 +269,17 @@ def test_bounds_that_cut_the_minimum_off_say_so(tmp_path, capsys):
     assert len(warning) == 1, captured.err
     assert warning[0].startswith("snnl entanglement: warning: the minimum of SNNL over T lies")
     assert "below the lower bound" in warning[0]
+    assert result["temperature_choice"].startswith("the lower bound of [")
+    args = ["entanglement", str(path), "--t-min", str(t_star / 1e3), "--t-max", str(t_star / 10)]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "the minimum lies above it, not SNNL*" in captured.out
+    assert "above the upper bound" in captured.err
+    args = ["entanglement", str(path), "--t-min", str(t_star / 10), "--t-max", str(t_star * 10)]
+    assert main([*args, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert _json(captured.out)["temperature_choice"].startswith("optimal within [")
+    assert captured.err == ""
 
 
 def test_t_min_and_t_max_go_together(tmp_path, capsys):

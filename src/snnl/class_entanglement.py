@@ -135,6 +135,10 @@ class FeatureEntanglement:
             f"[{self.bounds[0]:g}, {self.bounds[1]:g}]"
         )  # fmt: skip
         text = f"optimal within {where}"
+        at = [abs(math.log(self.temperature / b)) < 1e-9 for b in self.bounds or ()]
+        if any(at):  # the search stopped at a bound: the minimum lies beyond it
+            side, beyond = ("lower", "below") if at[0] else ("upper", "above")
+            text = f"the {side} bound of {where}: the minimum lies {beyond} it, not SNNL*"
         if self.search_anchors is not None:
             text += (
                 f", searched on {self.search_anchors} anchors (seed {self.seed}) against all "

@@ -169,14 +169,9 @@ def _entanglement(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from snnl.train import TrainConfig, train
+    from snnl.train import train
 
-    config = _config(
-        TrainConfig,
-        args,
-        epochs=_epochs(args, default=TrainConfig().epochs),
-        model_kwargs={"init": "authors"} if args.authors_init else {},
-    )
+    config = _train_config(args)
     from snnl import distributed
 
     _threads(args, config.model)
@@ -225,6 +220,23 @@ def _config(cls, args: argparse.Namespace, **given):
             value = getattr(args, f.name)
             values[f.name] = str(value) if isinstance(value, Path) else value
     return cls(**values)
+
+
+def _train_config(args: argparse.Namespace):
+    from snnl.train import TrainConfig
+
+    return _config(
+        TrainConfig,
+        args,
+        epochs=_epochs(args, default=TrainConfig().epochs),
+        model_kwargs={"init": "authors"} if args.authors_init else {},
+    )
+
+
+def _gan_config(args: argparse.Namespace):
+    from snnl.gan import GANConfig
+
+    return _config(GANConfig, args, epochs=_epochs(args, default=GANConfig().epochs))
 
 
 def _reproduce_config(args: argparse.Namespace):
@@ -276,9 +288,9 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _gan(args: argparse.Namespace) -> int:
-    from snnl.gan import GANConfig, train_gan
+    from snnl.gan import train_gan
 
-    config = _config(GANConfig, args, epochs=_epochs(args, default=GANConfig().epochs))
+    config = _gan_config(args)
     _threads(args, "mlp" if args.arch == "mlp" else "cnn")
     with Progress("snnl gan", bar=False, stage="training"):
         res = train_gan(config, args.out, resume=args.resume, force=args.force)
