@@ -315,8 +315,8 @@ def test_dknn_credibility_against_sklearn_neighbours(tiny):
 def test_dknn_claims_from_the_per_seed_numbers(tiny):
     _, _, res, _ = tiny
     found = dknn.claims(res)
-    assert len(found) == 5
-    outlier, adversarial, neighbours, vs_letters, vs_rotated = found
+    assert len(found) == 9  # the last four: test_experiment_dknn_detectors.py
+    outlier, adversarial, neighbours, vs_letters, vs_rotated = found[:5]
     runs = {k: [_record(res, k, s) for s in (0, 1)] for k in ("normal", "entangled")}
     ent = [r["auroc"]["letters"]["credibility"] for r in runs["entangled"]]
     nor = [r["auroc"]["letters"]["credibility"] for r in runs["normal"]]
@@ -420,7 +420,7 @@ def test_report_rebuilt_from_saved_results(tiny):
     shutil.rmtree(out / "figures")
     html = write_report(out).read_text()
     md = (out / "report.md").read_text()
-    assert html.count("data:image/png;base64,") == 6  # the sections' 5 and the forest plot
+    assert html.count("data:image/png;base64,") == 7  # the sections' 6 and the forest plot
     for module, res in ((dknn, res_dknn), (transfer, res_transfer)):
         assert f"## {module.TITLE}" in md
         for c in module.claims(res):
@@ -428,7 +428,7 @@ def test_report_rebuilt_from_saved_results(tiny):
             assert " | " + " | ".join(cells) + " | " in md and f" | **{c.verdict}**" in md
     figures = sorted(p.name for p in (out / "figures").iterdir())
     assert figures == sorted(
-        [f"dknn_{n}.png" for n in ("reliability", "histograms", "neighbours")]
+        [f"dknn_{n}.png" for n in ("reliability", "histograms", "neighbours", "detectors")]
         + [f"transfer_{n}.png" for n in ("matrix", "directions")]
         + ["claims_forest.png"]
     )

@@ -30,6 +30,8 @@ Per model (runs whose health is not "ok" are listed and not studied):
    separated, 0.5 = chance) per score; reliability bins and expected calibration error
    (:func:`snnl.measures.reliability`) of credibility and softmax confidence on the clean
    and on the FGSM inputs.
+6. The detectors the field uses beside DkNN credibility, and the clean / odd separation
+   in the hidden layers (SNNL*): :mod:`snnl.experiments.dknn_detectors`.
 
 Reported: every number as mean +- std over the healthy seeds, each seed's numbers, and
 the claims (``claims``) with verdicts by :func:`snnl.experiments.base.compare_groups` /
@@ -59,6 +61,9 @@ from snnl.experiments.base import (
     mean_std,
 )
 from snnl.experiments.config import ReproduceConfig
+from snnl.experiments.dknn_detectors import claims as detector_claims
+from snnl.experiments.dknn_detectors import detector_figure, section_lines, study_detectors
+from snnl.experiments.dknn_detectors import summary as detector_summary
 from snnl.experiments.zoo import Kind, outcome
 from snnl.measures import auroc, reliability, softmax_confidence
 from snnl.taps import resolve_layers
@@ -227,12 +232,14 @@ def _study_model(
         for name in inputs
         if name != "clean"
     }
+    credibility = {name: sc["credibility"] for name, sc in scores.items()}
     return {
         "layers": layers,
         "calibration_neighbours_of_predicted_class": calibration_agreement,
         "sets": sets,
         "auroc": aurocs,
         "reliability": reliabilities,
+        **study_detectors(model, dataset, inputs, credibility),
     }
 
 
@@ -312,6 +319,7 @@ def run(s: Settings, context: Context) -> dict[str, Any]:
         "models": records,
     }
     results["summary"] = _summary(results)
+    results["detector_summary"] = detector_summary(results)
     return results
 
 
@@ -494,6 +502,9 @@ def section(results: dict[str, Any], fig_dir: Path) -> Section:
             ("dknn_histograms.png", "DkNN credibility and softmax confidence per input set"),
             ("dknn_neighbours.png", "Neighbours from the predicted class, per layer and set"),
         ]
+        if results.get("detector_summary"):
+            detector_figure(results, fig_dir / "dknn_detectors.png")
+            figures.append(("dknn_detectors.png", "AUROC of every detector, normal vs entangled"))
     studied = [r for r in results["models"] if r["health"] == "ok"]
     layers = studied[0]["layers"] if studied else []
     lines = [
@@ -624,6 +635,7 @@ def section(results: dict[str, Any], fig_dir: Path) -> Section:
         cells = [f"{r['auroc'][n]['credibility']:.3f}" for n in sets[1:]]
         ece = r["reliability"]["fgsm"]["credibility"]["ece"]
         lines.append(f"| {r['kind']} | {r['seed']} | " + " | ".join(cells) + f" | {ece:.3f} |")
+    lines += section_lines(results)
     return Section(title=TITLE, markdown="\n".join(lines), figures=figures)
 
 
@@ -767,4 +779,5 @@ def claims(results: dict[str, Any]) -> list[Claim]:
                 f"{_values_text(b)} (paper, MNIST model: {paper[0]:.2f} vs {paper[1]:.2f})",
             )
         )
+    out += detector_claims(results, odd, lambda what: _setting(results, what), OUTLIER_SETS)
     return out
