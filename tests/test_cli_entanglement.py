@@ -250,7 +250,7 @@ def test_one_class_is_undefined_not_zero(tmp_path, capsys):
         assert main(["entanglement", str(path), *extra]) == 2
         captured = capsys.readouterr()
         line = _one_error_line(captured.err)
-        assert "undefined" in line and "second class" in line
+        assert "SNNL is undefined without a second class (all 30 labels are 0)" in line
         assert captured.out == ""
 
 

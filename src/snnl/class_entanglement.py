@@ -292,9 +292,8 @@ def feature_entanglement(
         )
     if classes < 2:
         raise ValueError(
-            f"SNNL is undefined for a single class (all {n} labels are {int(y[0])}): it "
-            "measures how a point's neighbours split between its class and the others, "
-            "so it needs a second class"
+            f"SNNL is undefined without a second class (all {n} labels are {int(y[0])}): "
+            "it measures how a point's neighbours split between its class and the others"
         )
     per = counts[counts >= 2].double()
     upper = float((per * torch.log((n - 1) / (per - 1))).sum() / per.sum())
