@@ -80,9 +80,12 @@ def main(argv: list[str]) -> int:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if argv[0] == "setup":
         return 0
-    if argv[0] == "run":  # in the caller's folder: relative paths mean what they say there
+    if argv[0] == "run":
+        # In the caller's folder, so relative paths mean what they say there; -P keeps that
+        # folder off sys.path (as for the `snnl` script), so a snnl.py there cannot shadow
+        # the package (`--model pkg:fn` adds the folder itself, for that import only).
         args = argv[1:] or ["reproduce"]
-        return subprocess.call([str(py), "-m", "snnl", *args], env=env)
+        return subprocess.call([str(py), "-P", "-m", "snnl", *args], cwd=os.getcwd(), env=env)
     status = lint(py, env)
     if status or argv[0] == "lint":
         return status

@@ -89,3 +89,27 @@ def test_run_resolves_relative_paths_from_the_callers_folder(dev, monkeypatch, t
     out = capfd.readouterr().out
     assert "source      : mine.npz" in out
     assert (tmp_path / "curve.png").is_file() and not (ROOT / "curve.png").exists()
+
+
+def test_run_is_not_shadowed_by_a_snnl_module_in_the_callers_folder(dev, monkeypatch, tmp_path):
+    """`python -m snnl` in the caller's folder put that folder first on sys.path: a user's
+    snnl.py there was run instead of the package."""
+    (tmp_path / "snnl.py").write_text("raise SystemExit(7)\n")
+    monkeypatch.chdir(tmp_path)
+    assert dev.main(["run", "--version"]) == 0
+
+
+def test_run_passes_the_callers_folder_and_an_absolute_interpreter(dev, monkeypatch, tmp_path):
+    seen = {}
+
+    def call(cmd, cwd=None, env=None):
+        seen.update(cmd=cmd, cwd=cwd)
+        return 0
+
+    monkeypatch.setattr(dev.subprocess, "call", call)
+    monkeypatch.setattr(dev, "setup", lambda: dev._venv_python())
+    monkeypatch.chdir(tmp_path)
+    assert dev.main(["run", "train", "--out", "runs/a"]) == 0
+    assert Path(seen["cwd"]) == tmp_path and Path(seen["cmd"][0]).is_absolute()
+    assert seen["cmd"][1:] == ["-P", "-m", "snnl", "train", "--out", "runs/a"]
+    assert dev.main(["run"]) == 0 and seen["cmd"][-1] == "reproduce"
