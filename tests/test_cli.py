@@ -361,3 +361,28 @@ def test_a_command_without_options_builds_the_dataclass_defaults(tmp_path, comma
         "reproduce": (cli._reproduce_config, ReproduceConfig),
     }[command]
     assert build(args) == cls()
+
+
+def test_a_user_model_that_cannot_take_the_datasets_inputs_is_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    """A --model whose first layer expects another input size raised torch's RuntimeError
+    ("mat1 and mat2 shapes cannot be multiplied") with a traceback from deep inside the
+    profile: the user's mistake, now one line naming the dataset's input shape."""
+    import torch
+
+    from snnl.models import MLP
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "widenet.py").write_text(
+        "from snnl.models import MLP\n\n\n"
+        "def build():\n    return MLP((1, 5, 5), 10, widths=(6,))\n"
+    )
+    torch.save(MLP((1, 5, 5), 10, widths=(6,)).state_dict(), tmp_path / "w.pt")
+    args = ["profile", "--model", "widenet:build", "--weights", "w.pt", "--dataset", "digits"]
+    assert main([*args, "--out", "prof"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("snnl profile: error: widenet:build() cannot take the inputs of digits")
+    assert "(1, 8, 8) per example" in err and "Traceback" not in err
+    assert not (tmp_path / "prof").exists()

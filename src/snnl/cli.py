@@ -364,6 +364,23 @@ def _user_model(spec: str, weights: Path):
     return model.eval()
 
 
+def _check_model_takes(model, dataset, spec: str) -> None:
+    """A user's model that cannot take the dataset's inputs is the user's mistake (one
+    line naming both shapes), not a traceback from deep inside torch."""
+    import torch
+
+    x = dataset.x_test[:2]
+    try:
+        with torch.no_grad():
+            model(x)
+    except (RuntimeError, ValueError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CommandError(
+            f"{spec}() cannot take the inputs of {dataset.name} (shape "
+            f"{tuple(x.shape[1:])} per example): {type(err).__name__}: {first}"
+        ) from None
+
+
 def _profile(args: argparse.Namespace) -> int:
     from snnl.data import load_dataset
     from snnl.profile import format_profile, profile_model, write_profile
@@ -380,6 +397,7 @@ def _profile(args: argparse.Namespace) -> int:
             raise CommandError("--model needs --dataset (the data the model takes)")
         model = _user_model(args.model, args.weights)
         dataset = load_dataset(args.dataset, data_dir=args.data_dir)
+        _check_model_takes(model, dataset, args.model)
         source = f"{args.model} with weights {args.weights}"
         out = args.out if args.out is not None else Path("snnl-profile")
         kind = "cnn"
