@@ -178,7 +178,15 @@ def paired_by_seed(
     results: dict[str, Any], measure: Callable[[dict[str, Any]], float]
 ) -> tuple[list[int], list[float], list[float]]:
     """``(seeds, entangled, normal)``: ``measure(record)`` of the seeds where both kinds'
-    runs were studied, in seed order (the zoo's two models of a seed share their seed)."""
+    runs were studied, in seed order (the zoo's two models of a seed share their seed).
+
+    >>> rec = lambda kind, seed, v: {"kind": kind, "seed": seed, "health": "ok",
+    ...                              "detectors": {}, "v": v}
+    >>> res = {"models": [rec("normal", 0, 1.0), rec("normal", 1, 2.0),
+    ...                   rec("entangled", 1, 5.0)]}
+    >>> paired_by_seed(res, lambda r: r["v"])
+    ([1], [5.0], [2.0])
+    """
     by = {kind: {r["seed"]: r for r in _studied(results, kind)} for kind in KINDS}
     seeds = sorted(set(by["entangled"]) & set(by["normal"]))
     return (
