@@ -20,6 +20,7 @@ from snnl.attacks import (
     input_gradient,
     lbfgs,
     lbfgs_search,
+    next_class_targets,
     pgd,
     transfer_matrix,
 )
@@ -261,6 +262,42 @@ def test_targeted_attacks_reach_targets(model, batch, targets):
     assert _accuracy(model, x_l2, targets) > 0.8
 
 
+def test_targeted_fgsm_hand_computed():
+    """Identity logits f(x) = x, 2 classes: CE(x, c) = logsumexp(x) - x_c, so
+    grad_x CE = softmax(x) - e_c. Targeted FGSM steps x - eps * sign(softmax(x) - e_c)."""
+    net = nn.Linear(2, 2, bias=False).double()
+    with torch.no_grad():
+        net.weight.copy_(torch.eye(2, dtype=torch.float64))
+    # x = (0.4, 0.4): softmax (1/2, 1/2); target 0: grad (-1/2, +1/2), sign (-1, +1);
+    # target 1: grad (+1/2, -1/2). eps 0.2: (0.6, 0.2) and (0.2, 0.6).
+    # x = (0.95, 0.15), target 0: softmax_0 = 1 / (1 + e^-0.8) = 0.69, grad (-0.31, +0.31):
+    # (1.15, -0.05) clamped to the box: (1, 0).
+    x = torch.tensor([[0.4, 0.4], [0.4, 0.4], [0.95, 0.15]], dtype=torch.float64)
+    t = torch.tensor([0, 1, 0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # logits, not probabilities: no warning
+        got = fgsm(net, x, t, 0.2, targeted=True)
+        away = fgsm(net, x, t, 0.2)
+    want = torch.tensor([[0.6, 0.2], [0.2, 0.6], [1.0, 0.0]], dtype=torch.float64)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-15)
+    # untargeted is the opposite step (away from class y): (0.2, 0.6), (0.6, 0.2), (0.75, 0.35)
+    want = torch.tensor([[0.2, 0.6], [0.6, 0.2], [0.75, 0.35]], dtype=torch.float64)
+    torch.testing.assert_close(away, want, rtol=0, atol=1e-15)
+
+
+def test_next_class_targets():
+    y = torch.tensor([0, 1, 8, 9, 4], dtype=torch.int32)
+    assert next_class_targets(y, 10).tolist() == [1, 2, 9, 0, 5]
+    assert next_class_targets(torch.tensor([0, 1, 2]), 3).tolist() == [1, 2, 0]
+    assert next_class_targets(torch.tensor([], dtype=torch.int64), 3).tolist() == []
+    with pytest.raises(ValueError, match="not below num_classes=3"):
+        next_class_targets(torch.tensor([0, 3]), 3)
+    with pytest.raises(ValueError, match="num_classes"):
+        next_class_targets(torch.tensor([0]), 1)
+    with pytest.raises(TypeError, match="integer"):
+        next_class_targets(torch.tensor([0.0]), 3)
+
+
 # ------------------------------------------------------------------ L-BFGS
 
 
@@ -454,6 +491,40 @@ def test_transfer_matrix_against_independent_errors(model, model_b, batch):
     chunked = transfer_matrix([model, model_b], x, y, attack, batch_size=64)
     assert chunked.names == ("model_0", "model_1")
     np.testing.assert_allclose(chunked.matrix.numpy(), expected, rtol=0, atol=0.02)
+
+
+def _hits(net: nn.Module, x: torch.Tensor, c: torch.Tensor) -> float:
+    with torch.no_grad():
+        pred = net(x).argmax(1).numpy()
+    return float(np.mean(pred == c.numpy()))
+
+
+def test_transfer_matrix_targeted_against_independent_rates(model, model_b, batch):
+    """targets given: the attack gets the targets, matrix[s, t] = rate of argmax == target."""
+    x, y = batch
+    c = (y + 1) % 10
+    nets = {"a": model, "b": model_b}
+
+    def attack(m, xb, cb):
+        return fgsm(m, xb, cb, 0.2, targeted=True)
+
+    res = transfer_matrix(nets, x, y, attack, targets=c, batch_size=None)
+    assert res.targeted and not transfer_matrix(nets, x, y, attack).targeted
+    adv = {s: fgsm(net, x, c, 0.2, targeted=True) for s, net in nets.items()}
+    expected = [[_hits(nets[t], adv[s], c) for t in "ab"] for s in "ab"]
+    np.testing.assert_allclose(res.matrix.numpy(), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        res.clean_error.numpy(), [_error(nets[t], x, y) for t in "ab"], rtol=0, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        res.clean_target_rate.numpy(), [_hits(nets[t], x, c) for t in "ab"], rtol=0, atol=1e-12
+    )
+    # white-box targeted FGSM reaches the target far above its clean rate
+    assert res.matrix[0, 0] > res.clean_target_rate[0] + 0.2
+    chunked = transfer_matrix(nets, x, y, attack, targets=c, batch_size=64)
+    np.testing.assert_allclose(chunked.matrix.numpy(), expected, rtol=0, atol=0.02)
+    with pytest.raises(ValueError, match="targets"):
+        transfer_matrix(nets, x, y, attack, targets=c[:5])
 
 
 def test_lbfgs_finds_the_analytic_minimal_perturbation_of_a_linear_model():

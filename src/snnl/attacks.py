@@ -10,7 +10,9 @@ One function per attack, each written the way its paper states the algorithm:
 * :func:`input_gradient` - ``grad_x`` of the summed cross-entropy, the one
   place every attack takes its gradient.
 * :func:`transfer_matrix` - error of every target model on examples crafted on
-  every source model (Szegedy et al. 2013, Table 2).
+  every source model (Szegedy et al. 2013, Table 2), or with ``targets`` the
+  rate at which every target model predicts the target class (targeted transfer).
+* :func:`next_class_targets` - the fixed target rule ``(y + 1) mod C``.
 
 Conventions shared by every attack (the ones torchattacks, foolbox and ART
 users expect):
@@ -63,6 +65,7 @@ __all__ = [
     "input_gradient",
     "transfer_matrix",
     "TransferResult",
+    "next_class_targets",
     "NORMS",
 ]
 
@@ -633,14 +636,20 @@ class TransferResult:
 
     Attributes:
         matrix: (S, S) float64; ``matrix[s, t]`` = error rate of model t on the
-            examples crafted on model s (diagonal = white-box error).
+            examples crafted on model s (diagonal = white-box error); with ``targets``
+            (``targeted=True``) the rate at which model t predicts the target class.
         clean_error: (S,) float64 error rate of each model on the clean x.
         names: the S model names, in row/column order.
+        targeted: whether ``matrix`` holds targeted success rates.
+        clean_target_rate: (S,) float64 rate at which each model predicts the target
+            class on the clean x (the targeted baseline); None when untargeted.
     """
 
     matrix: Tensor
     clean_error: Tensor
     names: tuple[str, ...]
+    targeted: bool = False
+    clean_target_rate: Tensor | None = None
 
 
 def transfer_matrix(
@@ -649,6 +658,7 @@ def transfer_matrix(
     y: Tensor,
     attack: Callable[[nn.Module, Tensor, Tensor], Tensor],
     *,
+    targets: Tensor | None = None,
     batch_size: int | None = 256,
 ) -> TransferResult:
     """Transferability of adversarial examples between models (Szegedy et al. 2013, Table 2).
@@ -662,15 +672,25 @@ def transfer_matrix(
     is the white-box error. ``clean_error[t] = mean_i [argmax f_t(x)_i != y_i]``.
     Predictions are made in eval mode (each model's mode is restored).
 
+    Targeted transfer (``targets`` given, target classes c_i): the attack is called as
+    ``attack(model_s, x_chunk, targets_chunk)`` and
+
+        matrix[s, t] = mean_i [argmax f_t(x_adv_s)_i == c_i]
+
+    (the targeted success rate; ``clean_target_rate[t]`` is the same on the clean x).
+
     Args:
         models: S models (a sequence, named ``"model_0"``, ...; or a name -> model mapping).
         x: (N, ...) inputs in [0, 1]; y: (N,) integer true labels.
-        attack: ``attack(model, x_chunk, y_chunk) -> x_adv_chunk`` of the same shape,
-            e.g. ``lambda m, x, y: fgsm(m, x, y, eps=0.1)``.
+        attack: ``attack(model, x_chunk, labels_chunk) -> x_adv_chunk`` of the same
+            shape, e.g. ``lambda m, x, y: fgsm(m, x, y, eps=0.1)``; the labels are y, or
+            the targets when ``targets`` is given (e.g. ``fgsm(..., targeted=True)``).
+        targets: optional (N,) integer target classes (e.g. :func:`next_class_targets`).
         batch_size: chunk size (None = all at once).
 
     Returns:
-        :class:`TransferResult` with ``matrix`` (S, S), ``clean_error`` (S,), ``names``.
+        :class:`TransferResult` with ``matrix`` (S, S), ``clean_error`` (S,), ``names``,
+        ``targeted`` and ``clean_target_rate`` (S,) (None when untargeted).
 
     >>> _ = torch.manual_seed(0)
     >>> nets = {"a": nn.Linear(4, 3), "b": nn.Linear(4, 3)}
@@ -693,31 +713,65 @@ def transfer_matrix(
     if not callable(attack):
         raise TypeError("attack must be callable as attack(model, x, y) -> x_adv")
     y = _check_inputs(x, y)
+    targeted = targets is not None
+    c = _check_inputs(x, targets, y_name="targets") if targets is not None else y
     n, s = x.shape[0], len(nets)
     if n == 0:
         raise ValueError("x must hold at least one example")
     chunks = _chunks(n, batch_size)
 
-    def errors(inputs: Tensor, labels: Tensor) -> Tensor:  # (S,) misclassified counts
-        wrong = torch.zeros(s, dtype=torch.float64)
+    def counts(inputs: Tensor, labels: Tensor, hit: bool) -> Tensor:  # (S,) per model
+        out = torch.zeros(s, dtype=torch.float64)
         for t, net in enumerate(nets):
             with eval_mode(net), torch.no_grad():
                 pred = _logits(net, inputs).argmax(dim=1)
-            wrong[t] = (pred != labels).sum().item()
-        return wrong
+            out[t] = ((pred == labels) if hit else (pred != labels)).sum().item()
+        return out
 
     matrix = torch.zeros(s, s, dtype=torch.float64)
     clean = torch.zeros(s, dtype=torch.float64)
+    clean_hit = torch.zeros(s, dtype=torch.float64)
     for sl in chunks:
-        xb, yb = x[sl].detach(), y[sl]
-        clean += errors(xb, yb)
+        xb, yb, cb = x[sl].detach(), y[sl], c[sl]
+        clean += counts(xb, yb, hit=False)
+        if targeted:
+            clean_hit += counts(xb, cb, hit=True)
         for src, net in enumerate(nets):
-            x_adv = attack(net, xb, yb)
+            x_adv = attack(net, xb, cb)
             if not isinstance(x_adv, Tensor) or x_adv.shape != xb.shape:
                 got = tuple(x_adv.shape) if isinstance(x_adv, Tensor) else type(x_adv).__name__
                 raise ValueError(
                     f"attack must return a tensor shaped like its input "
                     f"{tuple(xb.shape)}, got {got}"
                 )
-            matrix[src] += errors(x_adv.detach(), yb)
-    return TransferResult(matrix=matrix / n, clean_error=clean / n, names=names)
+            matrix[src] += counts(x_adv.detach(), cb, hit=targeted)
+    return TransferResult(
+        matrix=matrix / n,
+        clean_error=clean / n,
+        names=names,
+        targeted=targeted,
+        clean_target_rate=clean_hit / n if targeted else None,
+    )
+
+
+def next_class_targets(y: Tensor, num_classes: int) -> Tensor:
+    """The fixed target rule of the targeted attacks here: ``c_i = (y_i + 1) mod C``.
+
+    Every target differs from the true class (C >= 2), and each class is the target
+    of exactly one other class.
+
+    Args:
+        y: (N,) integer labels in [0, num_classes).
+        num_classes: C >= 2.
+
+    Returns:
+        (N,) int64 target classes on y's device.
+
+    >>> next_class_targets(torch.tensor([0, 3, 9]), 10)
+    tensor([1, 4, 0])
+    """
+    num_classes = _checks.check_int("num_classes", num_classes, low=2)
+    y = _checks.check_labels(y, name="y", non_negative=True)
+    if y.numel() and int(y.max()) >= num_classes:
+        raise ValueError(f"y holds label {int(y.max())}, not below num_classes={num_classes}")
+    return (y + 1) % num_classes
