@@ -352,3 +352,65 @@ def test_resume_of_a_missing_folder_is_an_error(tmp_path, small_digits):
     with pytest.raises(FileNotFoundError, match="typo"):
         train(_config(epochs=1), tmp_path / "typo", dataset=small_digits, resume=True)
     assert not (tmp_path / "typo").exists()
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def test_validation_split_is_stratified_seeded_and_disjoint():
+    y = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
+    kept, held = train_module.validation_split(y, 10, seed=3)
+    # hand-computed quotas: 10 * (50, 30, 20) / 100 = (5, 3, 2)
+    assert torch.bincount(y[held]).tolist() == [5, 3, 2]
+    assert sorted(torch.cat([kept, held]).tolist()) == list(range(100))
+    again = train_module.validation_split(y, 10, seed=3)
+    assert torch.equal(again[1], held)
+    assert not torch.equal(train_module.validation_split(y, 10, seed=4)[1], held)
+    # largest remainders: 7 * (50, 30, 20) / 100 = (3.5, 2.1, 1.4) -> (4, 2, 1)
+    held7 = train_module.validation_split(y, 7, 0)[1]
+    assert torch.bincount(y[held7], minlength=3).tolist() == [4, 2, 1]
+    with pytest.raises(ValueError, match="without a training point"):
+        train_module.validation_split(y, 98, 0)
+
+
+def test_validation_holdout_comes_from_training_data_only(tmp_path, small_digits):
+    cfg = _config(alpha=0.0, epochs=1, validation=40, seed=5)
+    res = train(cfg, tmp_path / "v", dataset=small_digits)
+    assert res["dataset"] == {"name": "digits", "train": 200, "test": 120, "validation": 40}
+    part, (xv, yv) = train_module.validation_holdout(cfg, small_digits)
+    assert torch.equal(part.x_test, small_digits.x_test)  # the test split untouched
+    # the same hold-out for every training seed (fixed by split_seed)
+    other, (xv2, _) = train_module.validation_holdout(_config(validation=40, seed=9), small_digits)
+    assert torch.equal(xv, xv2)
+    # every held-out point is a training point, not one the model trains on
+    rows = {tuple(r.flatten().tolist()) for r in small_digits.x_train}
+    assert all(tuple(r.flatten().tolist()) in rows for r in xv)
+    assert len(part.y_train) + len(yv) == len(small_digits.y_train)
+    assert sorted(part.y_train.tolist() + yv.tolist()) == sorted(small_digits.y_train.tolist())
+    model, _ = load_run(tmp_path / "v", dataset=small_digits)
+    with torch.no_grad():
+        acc = float((model(xv).argmax(1) == yv).double().mean())
+    assert res["final"]["validation_accuracy"] == pytest.approx(acc, abs=1e-12)
+    assert res["history"][-1]["validation_accuracy"] == res["final"]["validation_accuracy"]
+    assert "validation_accuracy" not in train(_config(alpha=0.0, epochs=1), tmp_path / "n",
+                                              dataset=small_digits)["final"]  # fmt: skip
+
+
+def test_a_run_saved_before_the_validation_field_is_reused_and_resumed(tmp_path, small_digits):
+    from snnl.runs import reusable
+
+    cfg = _config(alpha=0.0, epochs=1)
+    res = train(cfg, tmp_path / "old", dataset=small_digits)
+    for name in ("config.json", "results.json"):  # as written before the field existed
+        path = tmp_path / "old" / name
+        data = json.loads(path.read_text())
+        (data["config"] if name == "results.json" else data).pop("validation")
+        path.write_text(json.dumps(data))
+    assert reusable(tmp_path / "old", cfg)["history"] == res["history"]
+    with pytest.raises(RunMismatchError, match="validation"):
+        reusable(tmp_path / "old", _config(alpha=0.0, epochs=1, validation=20))
+    longer = train(_config(alpha=0.0, epochs=2), tmp_path / "old", dataset=small_digits,
+                   resume=True)  # fmt: skip
+    assert longer["history"][0] == res["history"][0]
+    with pytest.raises(ValueError, match="validation"):
+        TrainConfig(validation=-1)

@@ -37,7 +37,7 @@ import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ __all__ = [
     "train_or_reuse",
     "show_progress",
     "saved_epochs",
+    "config_defaults",
 ]
 
 CONFIG, METRICS, CHECKPOINT, RESULTS = (
@@ -221,12 +222,48 @@ def _require_existing(out: Path) -> None:
         )
 
 
+def config_defaults(config: Any) -> dict[str, Any]:
+    """The default value of every field of the config dataclass ``config`` that has one.
+
+    A saved config without a field that its class gained later (at its default) is the
+    config asked for: :func:`reusable` and :func:`prepare_folder` read absent keys as these.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class C:
+    ...     epochs: int
+    ...     validation: int = 0
+    >>> config_defaults(C(3))
+    {'validation': 0}
+    """
+    out: dict[str, Any] = {}
+    for f in fields(config):
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+    return out
+
+
+def _with_defaults(saved: Any, defaults: dict[str, Any] | None) -> Any:
+    if not isinstance(saved, dict) or not defaults:
+        return saved
+    return {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+
+
 def _differences(saved: Any, current: dict[str, Any]) -> list[str]:
     saved = saved if isinstance(saved, dict) else {}
     return sorted(k for k in {*current, *saved} if saved.get(k) != current.get(k))
 
 
-def prepare_folder(out: Path, config: dict[str, Any], *, resume: bool, force: bool) -> str:
+def prepare_folder(
+    out: Path,
+    config: dict[str, Any],
+    *,
+    resume: bool,
+    force: bool,
+    defaults: dict[str, Any] | None = None,
+) -> str:
     """Check what ``out`` holds against ``config`` (a dict); say how the run starts.
 
     Returns:
@@ -241,6 +278,9 @@ def prepare_folder(out: Path, config: dict[str, Any], *, resume: bool, force: bo
         RunMismatchError: ``resume`` with a config that differs in more than ``epochs``,
             or with fewer epochs than the finished run holds.
         DamagedRunError: a checkpoint without config.json, or an unreadable config.json.
+
+    ``defaults`` (:func:`config_defaults`): a saved config without one of these keys
+    reads as having it at this value (a field added to the config class later).
 
     ``force``: start over whatever the folder holds (a damaged results.json included);
     nothing is deleted here: :func:`run_epochs` replaces the old files only once the
@@ -273,6 +313,7 @@ def prepare_folder(out: Path, config: dict[str, Any], *, resume: bool, force: bo
     saved = read_json(out / CONFIG, "the run's config")
     if not isinstance(saved, dict):
         raise DamagedRunError(f"{out / CONFIG} does not hold a run config; start over with --force")
+    saved = _with_defaults(saved, defaults)
     if not resume:
         if has_ckpt:
             raise RunExistsError(
@@ -461,7 +502,10 @@ def run_epochs(
             if resume and not force:
                 _require_existing(out)
             stack.enter_context(_io.folder_lock(out))
-            return prepare_folder(out, wanted, resume=resume, force=force) != "fresh"
+            defaults = config_defaults(config)
+            return prepare_folder(out, wanted, resume=resume, force=force, defaults=defaults) != (
+                "fresh"
+            )
 
         from_checkpoint = distributed.run_on_main(prepare)
         trainer = make()
@@ -565,6 +609,7 @@ def reusable(
         raise
     wanted = asdict(config)
     got = saved.get("config") if isinstance(saved, dict) else None
+    got = _with_defaults(got, config_defaults(config))  # fields added since it was saved
     if same(saved) if same is not None else got == wanted:
         return saved
     diff = _differences(got, wanted)

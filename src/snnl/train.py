@@ -35,6 +35,7 @@ the run folder (one machine or a shared file system).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 import warnings
@@ -84,6 +85,8 @@ __all__ = [
     "default_threads",
     "one_thread",
     "health_verdict",
+    "validation_split",
+    "validation_holdout",
     "snnl_upper_bound",
     "HEALTH",
 ]
@@ -120,6 +123,10 @@ class TrainConfig:
     selectivity_alpha: float = 0.0  # loss -= selectivity_alpha * mean class selectivity
     seed: int = 0  # model initialisation and data order
     split_seed: int = 0  # the train/test split (fixed across training seeds)
+    # points held out of the TRAINING split for validation (tuning; never the test split):
+    # a stratified subset drawn from split_seed (so the same for every training seed);
+    # 0: none (a config at 0 names and reuses the run folders made before this field)
+    validation: int = 0
     probe_size: int = 500  # fixed training subset for the per-epoch SNNL profile
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {"widths": [256, 256]}
     data_dir: str | None = None
@@ -145,6 +152,7 @@ class TrainConfig:
         check_distance(self.distance)
         check_int("probe_size", self.probe_size, low=2)
         check_int("seed", self.seed)
+        check_int("validation", self.validation, low=0)
         if isinstance(self.layers, tuple):
             self.layers = list(self.layers)
 
@@ -205,6 +213,72 @@ def load_config_dataset(config: Any) -> DataSplits:
         limit_train=config.limit_train,
         limit_test=config.limit_test,
     )
+
+
+def validation_split(labels: Tensor, size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """(kept, held out): sorted indices of a seeded stratified hold-out of ``size`` points.
+
+    Class c of n_c points (of N) gives floor(size n_c / N) points, the remaining ones go
+    to the classes with the largest remainders (ties: the lower class); within a class
+    the points are the first of a ``torch.randperm`` drawn from one generator seeded
+    with ``seed`` (classes in order). Every class keeps at least one training point.
+
+    Args:
+        labels: int64 labels (N,) of the training split.
+        size: points to hold out, 1 <= size <= N - (number of classes present).
+        seed: the data seed (a run's ``split_seed``: the same for every training seed).
+
+    >>> y = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    >>> kept, held = validation_split(y, 5, seed=0)
+    >>> len(kept), len(held), torch.bincount(y[held]).tolist()
+    (5, 5, [2, 3])
+    """
+    y = torch.as_tensor(labels).long()
+    classes, counts = torch.unique(y, return_counts=True)
+    check_int("size", size, low=1)
+    if size > len(y) - len(classes):
+        raise ValueError(
+            f"a validation hold-out of {size} points leaves a class of {len(y)} training "
+            f"points ({len(classes)} classes) without a training point; hold out at most "
+            f"{len(y) - len(classes)}"
+        )
+    exact = counts.double() * size / len(y)
+    quota = exact.floor().long()
+    remainder = exact - quota
+    order = sorted(range(len(classes)), key=lambda i: (-float(remainder[i]), i))
+    for i in order[: size - int(quota.sum())]:
+        quota[i] += 1
+    quota = torch.minimum(quota, counts - 1)  # keep a training point in every class
+    for i in order:  # what the cap took goes to classes with room, largest remainder first
+        while int(quota.sum()) < size and quota[i] < counts[i] - 1:
+            quota[i] += 1
+    g = torch.Generator().manual_seed(20_011 * seed + 7)
+    held = []
+    for c, q in zip(classes.tolist(), quota.tolist(), strict=True):
+        members = torch.nonzero(y == c).flatten()
+        held.append(members[torch.randperm(len(members), generator=g)[:q]])
+    held_idx = torch.cat(held).sort().values
+    mask = torch.ones(len(y), dtype=torch.bool)
+    mask[held_idx] = False
+    return torch.nonzero(mask).flatten(), held_idx
+
+
+def validation_holdout(
+    config: TrainConfig, dataset: DataSplits
+) -> tuple[DataSplits, tuple[Tensor, Tensor] | None]:
+    """The training data a run of ``config`` learns from, and its validation hold-out.
+
+    ``config.validation == 0``: ``dataset`` itself and None; otherwise ``dataset`` with
+    :func:`validation_split` (``config.split_seed``) taken out of its training split
+    (the test split untouched) and the held-out ``(x, y)``.
+    """
+    if config.validation == 0:
+        return dataset, None
+    kept, held = validation_split(dataset.y_train, config.validation, config.split_seed)
+    train_part = dataclasses.replace(
+        dataset, x_train=dataset.x_train[kept], y_train=dataset.y_train[kept]
+    )
+    return train_part, (dataset.x_train[held], dataset.y_train[held])
 
 
 # ----------------------------------------------------------------------------- health
@@ -452,11 +526,14 @@ def _evaluate_epoch(
     probe: tuple[Tensor, Tensor],
     layers: tuple[str, ...],
     distance: str,
+    validation: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Any]:
     model.eval()
     prof = _profile(model, probe[0], probe[1], layers, distance)
     ent = [r for r in regs if isinstance(r, EntanglementRegularizer)]
+    extra = {} if validation is None else {"validation_accuracy": accuracy(model, *validation)}
     return {
+        **extra,
         "temperature": dict(ent[0].temperatures) if ent else {},
         "refused_temperature_steps": ent[0].refused_steps if ent else 0,
         "probe_snnl": prof["snnl"],
@@ -482,7 +559,9 @@ class _Trainer(EpochTrainer):
     ) -> None:
         self.config, self.on_step = config, on_step
         self.show = show_progress(progress)
-        self.dataset = dataset if dataset is not None else load_config_dataset(config)
+        self.dataset, self.validation = validation_holdout(
+            config, dataset if dataset is not None else load_config_dataset(config)
+        )
         model = build_run_model(config, self.dataset)
         self.layers = resolve_layers(model, config.layers)
         self.ddp_model = distributed.wrap_model(model)  # model itself in one process
@@ -536,8 +615,9 @@ class _Trainer(EpochTrainer):
 
     def evaluate(self, epoch: int) -> dict[str, Any]:
         return _evaluate_epoch(
-            self.model, self.regs, self.dataset, self.probe, self.layers, self.config.distance
-        )
+            self.model, self.regs, self.dataset, self.probe, self.layers, self.config.distance,
+            self.validation,
+        )  # fmt: skip
 
     def health(
         self, history: list[dict[str, Any]], initial: dict[str, Any], non_finite: str | None
@@ -555,8 +635,16 @@ class _Trainer(EpochTrainer):
     ) -> dict[str, Any]:
         final = history[-1] if history else None
         ds = self.dataset
+        held = 0 if self.validation is None else len(self.validation[1])
+        extra = {"validation": held} if held else {}
+        val = {"validation_accuracy": final.get("validation_accuracy")} if held and final else {}
         return {
-            "dataset": {"name": ds.name, "train": len(ds.y_train), "test": len(ds.y_test)},
+            "dataset": {
+                "name": ds.name,
+                "train": len(ds.y_train),
+                "test": len(ds.y_test),
+                **extra,
+            },  # fmt: skip
             "layers": list(self.layers),
             "health": health,
             "snnl_upper_bound": snnl_upper_bound(self.probe[1]),
@@ -566,6 +654,7 @@ class _Trainer(EpochTrainer):
                 "test_accuracy": final["test_accuracy"] if final else None,
                 "train_accuracy": final["train_accuracy"] if final else None,
                 "probe_snnl": final["probe_snnl"] if final else {},
+                **val,
             },
         }
 
@@ -633,7 +722,7 @@ def load_run(
         raise DamagedRunError(f"{out / RESULTS} does not hold a valid run config ({err})") from None
     if dataset is None:
         dataset = load_config_dataset(config)
-    model = build_run_model(config, dataset)
+    model = build_run_model(config, validation_holdout(config, dataset)[0])
     state = load_checkpoint(out / CHECKPOINT, CHECKPOINT_KEYS)
     try:
         model.load_state_dict(state["model"])

@@ -137,13 +137,28 @@ def recipe(config: ReproduceConfig, kind: Kind | str, seed: int) -> TrainConfig:
     return replace(base, alpha=ENTANGLED_ALPHA, temperature_mode="optimal")
 
 
+#: Config fields added after run folders were first named, with their defaults: a field
+#: at its default is left out of :func:`config_key`, so the folders keep their names.
+LATER_FIELDS: dict[str, Any] = {"validation": 0}
+
+
 def config_key(config: Any) -> str:
     """8 hex digits of a run config (a dataclass) without its seed (the seed is in the
-    folder name) and without a ``classifier`` path (a GAN's measuring classifier is
-    identified by its weights, see experiment "gan")."""
+    folder name), without a ``classifier`` path (a GAN's measuring classifier is
+    identified by its weights, see experiment "gan") and without the fields of
+    :data:`LATER_FIELDS` at their defaults.
+
+    >>> config_key(TrainConfig(seed=0)) == config_key(TrainConfig(seed=3))
+    True
+    >>> config_key(TrainConfig()) == config_key(TrainConfig(validation=100))
+    False
+    """
     data = asdict(config)
     data.pop("seed")
     data.pop("classifier", None)
+    for name, default in LATER_FIELDS.items():  # at its default: the folder's old name
+        if name in data and data[name] == default:
+            data.pop(name)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:8]
 
 
