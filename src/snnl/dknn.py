@@ -42,6 +42,7 @@ per-layer PCA fitted on the training representations.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -61,13 +62,66 @@ __all__ = [
     "nonconformity",
     "conformal_p_values",
     "neighbour_counts",
+    "choose_k",
+    "calibration_size",
+    "PAPER_TRAIN",
+    "PAPER_K",
+    "PAPER_CALIBRATION",
 ]
+
+#: Papernot & McDaniel 2018 (FIELD_NOTES sec. 2): k = 75 neighbours and 750 calibration
+#: points (the first 750 test points) for the 60,000 MNIST training points.
+PAPER_TRAIN = 60_000
+PAPER_K = 75
+PAPER_CALIBRATION = 750
 
 _BACKENDS = ("faiss", "torch")
 _STORE_DTYPES = (torch.float32, torch.float16)
 
 
 # --------------------------------------------------------------------------- functions
+
+
+def _scaled(paper_value: int, n_train: int, paper_train: int) -> int:
+    """``paper_value * n_train / paper_train`` rounded half up (not to even)."""
+    if n_train < 1 or paper_train < 1 or paper_value < 1:
+        raise ValueError(
+            f"the scaling rule needs positive sizes, got n_train {n_train}, paper value "
+            f"{paper_value} for paper_train {paper_train}"
+        )
+    return int(math.floor(paper_value * n_train / paper_train + 0.5))
+
+
+def choose_k(n_train: int, paper_k: int = PAPER_K, paper_train: int = PAPER_TRAIN) -> int:
+    """The DkNN paper's k scaled to the training-set size: ``round(75 * n_train / 60,000)``
+    (half up), at least 1 (Papernot & McDaniel 2018: k = 75 on 60,000 MNIST points).
+
+    >>> choose_k(60000), choose_k(4000), choose_k(1437), choose_k(10)
+    (75, 5, 2, 1)
+    """
+    return max(1, _scaled(paper_k, n_train, paper_train))
+
+
+def calibration_size(
+    n_train: int,
+    n_test: int,
+    num_classes: int,
+    paper_calibration: int = PAPER_CALIBRATION,
+    paper_train: int = PAPER_TRAIN,
+) -> int:
+    """The DkNN paper's calibration size scaled to the training-set size:
+    ``round(750 * n_train / 60,000)`` (half up), at least ``num_classes`` (one point
+    per class on average) and at most ``n_test // 2`` (half the test set stays clean).
+
+    >>> calibration_size(60000, 10000, 10), calibration_size(4000, 1000, 10)
+    (750, 50)
+    >>> calibration_size(200, 120, 10), calibration_size(60000, 1000, 10)
+    (10, 500)
+    """
+    if n_test < 2:
+        raise ValueError(f"need at least 2 test points to calibrate and evaluate, got {n_test}")
+    n_cal = max(num_classes, _scaled(paper_calibration, n_train, paper_train))
+    return max(1, min(n_cal, n_test // 2))
 
 
 def neighbour_counts(neighbour_labels: Tensor, num_classes: int) -> Tensor:

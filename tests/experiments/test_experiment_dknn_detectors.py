@@ -119,7 +119,7 @@ def test_saved_structure_and_summary(tiny):
 
 def test_detector_numbers_against_independent_scores(tiny):
     out, dataset, res = tiny
-    _, ev = dknn.split_calibration(len(dataset.y_test), 0.3)
+    _, ev = dknn.split_calibration(len(dataset.y_test), size=res["n_calibration"])
     x_clean = dataset.x_test[ev]
     for kind in ("normal", "entangled"):
         r = _record(res, kind, 1)
@@ -146,7 +146,7 @@ def test_detector_numbers_against_independent_scores(tiny):
 
 def test_separation_against_the_float64_reference(tiny):
     out, dataset, res = tiny
-    _, ev = dknn.split_calibration(len(dataset.y_test), 0.3)
+    _, ev = dknn.split_calibration(len(dataset.y_test), size=res["n_calibration"])
     x_clean = dataset.x_test[ev]
     r = _record(res, "entangled", 0)
     model, _ = load_run(out / r["run"], dataset=dataset)
@@ -241,3 +241,57 @@ def test_section_and_claims_pair_by_seed_and_survive_old_results(tiny, tmp_path)
     assert det.section_lines(old) == [] and len(dknn.claims(old)) == 5
     section = dknn.section(old, tmp_path)
     assert "dknn_detectors.png" not in [f for f, _ in section.figures]
+
+
+def _welch_rule(a, b, expect):
+    """The verdict rule (margin 0) on scipy's Welch t interval of a - b."""
+    ci = scipy_stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    low, high = (ci.low, ci.high) if expect == "greater" else (-ci.high, -ci.low)
+    return "holds" if low > 0 else "does not hold" if high < 0 else "inconclusive"
+
+
+def test_dknn_rows_name_the_papers_metric_primary_and_the_others_secondary(tiny):
+    """Outliers: the AUROC of credibility decides; FGSM: the ECE decides; every other
+    measure is shown with its own verdict (scipy's Welch interval), from the JSON alone."""
+    _, _, res = tiny
+    res = json.loads(json.dumps(res))
+    outlier, adversarial = dknn.claims(res)[:2]
+    runs = {k: [_record(res, k, s) for s in (0, 1)] for k in ("entangled", "normal")}
+    for claim, primary, expect, secondaries in (
+        (outlier, lambda r: r["auroc"]["letters"]["credibility"], "greater", [
+            ("mean credibility on letters", "less",
+             lambda r: r["sets"]["letters"]["credibility_mean"]),
+            ("FPR@95 of credibility", "less",
+             lambda r: r["detectors"]["letters"]["dknn_credibility"]["fpr95"]),
+        ]),
+        (adversarial, lambda r: r["reliability"]["fgsm"]["credibility"]["ece"], "less", [
+            ("AUROC of credibility (clean vs FGSM)", "greater",
+             lambda r: r["auroc"]["fgsm"]["credibility"]),
+            ("mean credibility on FGSM", "less", lambda r: r["sets"]["fgsm"]["credibility_mean"]),
+            ("FPR@95 of credibility", "less",
+             lambda r: r["detectors"]["fgsm"]["dknn_credibility"]["fpr95"]),
+        ]),
+    ):  # fmt: skip
+        assert "primary measure, the paper's" in claim.claim
+        ent, nor = ([primary(r) for r in runs[k]] for k in ("entangled", "normal"))
+        assert claim.verdict == _welch_rule(ent, nor, expect)
+        head, tail = claim.measured.split("; secondary (not the verdict): ")
+        disagree = []
+        for label, direction, measure in secondaries:
+            e, n = ([measure(r) for r in runs[k]] for k in ("entangled", "normal"))
+            verdict = _welch_rule(e, n, direction)
+            assert (
+                f"{label} ({'lower' if direction == 'less' else 'higher'} = better): entangled "
+                f"{np.mean(e):.3f} +- {np.std(e, ddof=1):.3f} (n=2) vs normal "
+                f"{np.mean(n):.3f} +- {np.std(n, ddof=1):.3f} (n=2), {verdict}"
+            ) in tail
+            if verdict not in ("inconclusive", claim.verdict):
+                disagree.append(f"{label} {verdict}")
+        assert ("disagree with the primary" in claim.note) == bool(disagree)
+        for d in disagree:
+            assert d in claim.note
+        # the k and calibration rule and its values are stated in the row
+        assert (
+            f"k = {res['k']} = round(75 x 200 / 60,000) and {res['n_calibration']} calibration"
+            in claim.setting
+        )

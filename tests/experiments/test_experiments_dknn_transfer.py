@@ -42,7 +42,7 @@ CONFIG = ReproduceConfig(
     limit_test=120,
     experiments=["dknn", "transfer"],
 )
-N_EVAL = 84  # 120 test points, 30% (36) calibrate
+N_EVAL = 110  # 120 test points; 10 calibrate (750 x 200 / 60,000 = 2.5, at least one per class)
 
 
 @pytest.fixture(autouse=True)
@@ -128,8 +128,25 @@ def test_split_and_k():
     assert sorted(cal.tolist() + ev.tolist()) == list(range(120))
     assert torch.equal(cal, dknn.split_calibration(120, 0.3)[0])  # seeded
     assert not torch.equal(cal, dknn.split_calibration(120, 0.3, seed=1)[0])
-    assert dknn.choose_k(200) == 10 and dknn.choose_k(10**5) == 75 and dknn.choose_k(5) == 1
-    assert dknn.choose_k(10**5, k_max=50) == 50
+    assert [len(p) for p in dknn.split_calibration(120, size=10)] == [10, 110]
+    assert torch.equal(dknn.split_calibration(120, size=36)[0], cal)  # one permutation
+    with pytest.raises(ValueError, match="exactly one"):
+        dknn.split_calibration(10, 0.3, size=3)
+
+
+def test_k_and_calibration_size_scale_the_papers_by_the_training_set():
+    """Papernot & McDaniel: k = 75 and 750 calibration points for 60,000 MNIST points,
+    scaled by n_train / 60,000 and rounded half up (hand-computed values)."""
+    assert (dknn.PAPER_K, dknn.PAPER_CALIBRATION, dknn.PAPER_TRAIN) == (75, 750, 60000)
+    for n, k, cal in ((60000, 75, 750), (4000, 5, 50), (1437, 2, 18), (6000, 8, 75)):
+        assert dknn.choose_k(n) == k and dknn.calibration_size(n, 10**5, 10) == cal
+    assert dknn.choose_k(200) == 1 and dknn.choose_k(5) == 1  # 0.25 -> 0 -> at least 1
+    assert dknn.choose_k(480) == 1 and dknn.choose_k(1200) == 2  # 0.6 -> 1; 1.5 -> 2 (half up)
+    assert dknn.calibration_size(200, 120, 10) == 10  # 2.5 -> 3 -> at least one per class
+    assert dknn.calibration_size(60000, 1000, 10) == 500  # at most half the test set
+    assert dknn.choose_k(10**5, paper_k=50, paper_train=10**5) == 50
+    with pytest.raises(ValueError, match="positive"):
+        dknn.choose_k(0)
     with pytest.raises(ValueError, match="at least 2"):
         dknn.split_calibration(1, 0.3)
     with pytest.raises(ValueError, match="fraction"):
@@ -193,8 +210,8 @@ def test_outlier_sets_with_and_without_notmnist(tmp_path):
 
 def test_dknn_structure_and_summary(tiny):
     _, _, res, _ = tiny
-    assert res["settings"]["seeds"] == 2 and res["k"] == 10 and res["num_classes"] == 10
-    assert (res["n_calibration"], res["n_eval"]) == (36, N_EVAL)
+    assert res["settings"]["seeds"] == 2 and res["k"] == 1 and res["num_classes"] == 10
+    assert (res["n_calibration"], res["n_eval"]) == (10, N_EVAL)
     assert res["input_sets"] == ["clean", "fgsm", "letters", "rotated"]
     assert "notmnist" in res["skipped_sets"]
     assert [(r["kind"], r["seed"]) for r in res["models"]] == [
@@ -244,7 +261,7 @@ def test_dknn_auroc_and_means_from_scores(tiny):
 
 def test_dknn_softmax_fgsm_and_ece_by_hand(tiny):
     out, dataset, res, _ = tiny
-    _, ev = dknn.split_calibration(len(dataset.y_test), 0.3)
+    _, ev = dknn.split_calibration(len(dataset.y_test), size=res["n_calibration"])
     x, y = dataset.x_test[ev], dataset.y_test[ev]
     for kind in ("normal", "entangled"):
         r = _record(res, kind, 1)
@@ -271,7 +288,7 @@ def test_dknn_softmax_fgsm_and_ece_by_hand(tiny):
 def test_dknn_credibility_against_sklearn_neighbours(tiny):
     """Plain DkNN: sklearn exact neighbours on centred, L2-normalised layers, numpy p-values."""
     out, dataset, res, _ = tiny
-    cal, ev = dknn.split_calibration(len(dataset.y_test), 0.3)
+    cal, ev = dknn.split_calibration(len(dataset.y_test), size=res["n_calibration"])
     r = _record(res, "normal", 1)
     model = _model(out, r["run"], dataset)
     k, layers = res["k"], r["layers"]

@@ -10,12 +10,14 @@ studies the zoo's normal and entangled model of every seed.
 Per model (runs whose health is not "ok" are listed and not studied):
 
 1. DkNN (Papernot & McDaniel 2018) over every hidden layer and the logits, cosine
-   search (centred, L2-normalised, as the paper), ``k = min(75, n_train // 20)``
-   (:func:`choose_k`: the paper's 75 unless the training set is small), fitted on the
-   training set.
-2. Calibration on a seeded ``calibration_fraction`` of the test set
-   (:func:`split_calibration`; the paper used the first 750 test points); the rest of
-   the test set is the clean evaluation set.
+   search (centred, L2-normalised, as the paper), fitted on the training set, with the
+   paper's k scaled to this training set: the paper used k = 75 for 60,000 MNIST
+   training points, so ``k = round(75 * n_train / 60,000)``, at least 1
+   (:func:`choose_k`; 5 for the 4,000 points of mnist5k).
+2. Calibration on a seeded subset of the test set of the paper's size scaled the same
+   way: 750 points for 60,000, so ``round(750 * n_train / 60,000)``, at least one per
+   class and at most half the test set (:func:`calibration_size`; 50 for mnist5k); the
+   rest of the test set is the clean evaluation set (:func:`split_calibration`).
 3. Input sets, each as large as the clean evaluation set: ``clean``; ``fgsm`` (FGSM,
    ``eps`` in input units, crafted on the same model from the clean points);
    ``letters`` (generated letters, the offline stand-in for notMNIST); ``rotated``
@@ -50,7 +52,14 @@ from torch import Tensor, nn
 
 from snnl.attacks import fgsm
 from snnl.data import DataSplits, load_outliers
-from snnl.dknn import DkNN
+from snnl.dknn import (
+    PAPER_CALIBRATION,
+    PAPER_K,
+    PAPER_TRAIN,
+    DkNN,
+    calibration_size,
+    choose_k,
+)
 from snnl.experiments.base import (
     Claim,
     Context,
@@ -90,6 +99,10 @@ __all__ = [
     "claims",
     "split_calibration",
     "choose_k",
+    "calibration_size",
+    "PAPER_TRAIN",
+    "PAPER_K",
+    "PAPER_CALIBRATION",
 ]
 
 
@@ -99,8 +112,11 @@ class Settings:
 
     seeds: int
     eps: float = 0.1  # FGSM L-inf budget, inputs in [0, 1]
-    calibration_fraction: float = 0.3  # of the test set; the rest is the clean set
-    k_max: int = 75  # the paper's k (lowered for small training sets, see choose_k)
+    # the paper's k and calibration size for its training-set size, scaled to this one's
+    # (choose_k, calibration_size)
+    paper_k: int = PAPER_K
+    paper_calibration: int = PAPER_CALIBRATION
+    paper_train: int = PAPER_TRAIN
     metric: str = "cosine"  # centred, L2-normalised search, as the paper
     outlier_sets: tuple[str, ...] = OUTLIER_SETS
     data_dir: str | None = None  # where real notMNIST is read from (--data-dir)
@@ -117,29 +133,32 @@ def settings(config: ReproduceConfig) -> Settings:
 # ----------------------------------------------------------------------------- helpers
 
 
-def choose_k(n_train: int, k_max: int = 75) -> int:
-    """The paper's k = 75 (``k_max``), lowered to ``n_train // 20`` (at least 1) for small sets.
-
-    >>> choose_k(60000), choose_k(1437), choose_k(10)
-    (75, 71, 1)
-    """
-    return max(1, min(k_max, n_train // 20))
-
-
-def split_calibration(n: int, fraction: float, seed: int = 0) -> tuple[Tensor, Tensor]:
+def split_calibration(
+    n: int, fraction: float | None = None, seed: int = 0, *, size: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Seeded split of ``range(n)`` into (calibration, evaluation) index tensors, each sorted.
 
-    The calibration part has ``round(fraction * n)`` points, clipped to [1, n - 1].
+    The calibration part has ``size`` points, or ``round(fraction * n)`` (give one of
+    the two), clipped to [1, n - 1].
 
     >>> cal, ev = split_calibration(10, 0.3)
     >>> len(cal), len(ev), sorted(cal.tolist() + ev.tolist()) == list(range(10))
     (3, 7, True)
+    >>> [len(part) for part in split_calibration(10, size=4)]
+    [4, 6]
     """
     if n < 2:
         raise ValueError(f"need at least 2 test points to calibrate and evaluate, got {n}")
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"calibration fraction must be in (0, 1), got {fraction}")
-    n_cal = min(max(1, round(fraction * n)), n - 1)
+    if (fraction is None) == (size is None):
+        raise ValueError("give the calibration fraction or its size, exactly one of them")
+    if size is not None:
+        if size < 1:
+            raise ValueError(f"calibration size must be >= 1, got {size}")
+        n_cal = min(size, n - 1)
+    else:
+        if not 0.0 < fraction < 1.0:  # type: ignore[operator]
+            raise ValueError(f"calibration fraction must be in (0, 1), got {fraction}")
+        n_cal = min(max(1, round(fraction * n)), n - 1)  # type: ignore[operator]
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[:n_cal].sort().values, perm[n_cal:].sort().values
 
@@ -287,8 +306,11 @@ def _summary(results: dict[str, Any]) -> dict[str, Any]:
 def run(s: Settings, context: Context) -> dict[str, Any]:
     zoo, out = context.zoo, context.out
     data = zoo.dataset
-    cal, ev = split_calibration(len(data.y_test), s.calibration_fraction, s.split_seed)
-    k = choose_k(len(data.y_train), s.k_max)
+    n_cal = calibration_size(
+        len(data.y_train), len(data.y_test), data.num_classes, s.paper_calibration, s.paper_train
+    )
+    cal, ev = split_calibration(len(data.y_test), seed=s.split_seed, size=n_cal)
+    k = choose_k(len(data.y_train), s.paper_k, s.paper_train)
     outliers, skipped = _input_sets(s, data, len(ev))
     records: list[dict[str, Any]] = []
     model_name = None
@@ -510,10 +532,10 @@ def section(results: dict[str, Any], fig_dir: Path) -> Section:
     lines = [
         f"Dataset `{results['dataset']}`, model `{results['model']}`: the zoo's normal and "
         f"entangled model of each of {s['seeds']} seed(s). DkNN over the hidden layers and "
-        f"the logits ({', '.join(layers)}), k = {results['k']}, {s['metric']} search, fitted "
-        f"on {results['n_train']} training points, calibrated on a seeded "
-        f"{s['calibration_fraction']:.0%} of the test set ({results['n_calibration']} "
-        f"points), evaluated on the other {results['n_eval']}. FGSM eps = {s['eps']:g}. "
+        f"the logits ({', '.join(layers)}), {s['metric']} search, fitted on "
+        f"{results['n_train']} training points, calibrated on a seeded subset of the test "
+        f"set, evaluated on the other {results['n_eval']} test points; {_sizes_rule(results)}. "
+        f"FGSM eps = {s['eps']:g}. "
         "Every number below is mean +- std over the healthy seeds of each kind.",
         "",
         "Input sets used (each as large as the clean set):",
@@ -642,11 +664,26 @@ def section(results: dict[str, Any], fig_dir: Path) -> Section:
 # ----------------------------------------------------------------------------- claims
 
 
+def _sizes_rule(results: dict[str, Any]) -> str:
+    """The k and calibration-size rule with this run's values (older results: the values)."""
+    r, s = results, results["settings"]
+    if "paper_k" not in s:
+        return f"k = {r['k']}, {r['n_calibration']} calibration points"
+    n, pt = r["n_train"], s["paper_train"]
+    return (
+        f"k = {r['k']} = round({s['paper_k']} x {n} / {pt:,}) and {r['n_calibration']} "
+        f"calibration points (round({s['paper_calibration']} x {n} / {pt:,}), at least one "
+        f"per class, at most half the test set): the DkNN paper's k = {s['paper_k']} and "
+        f"{s['paper_calibration']} calibration points for {pt:,} MNIST training points, "
+        "scaled to this training set"
+    )
+
+
 def _setting(results: dict[str, Any], what: str) -> str:
     r, s = results, results["settings"]
     return (
-        f"{r['dataset']}, {r['model']}; {what}; DkNN k={r['k']} {s['metric']}, "
-        f"{r['n_calibration']} calibration / {r['n_eval']} clean points"
+        f"{r['dataset']}, {r['model']}; {what}; DkNN {s['metric']}, {_sizes_rule(r)}; "
+        f"{r['n_eval']} clean points"
     )
 
 
@@ -675,6 +712,34 @@ def _kinds_claim(
         note = f"fewer than two healthy seeds of a kind ({len(ent)} entangled, {len(nor)} normal)"
     note += _unhealthy_note(results, KINDS)
     return Claim(text, SOURCE, setting, measured, verdict, note, (cmp,))  # type: ignore[arg-type]
+
+
+def _with_secondaries(
+    results: dict[str, Any], claim: Claim, specs: list[tuple[str, str, Any]]
+) -> Claim:
+    """``claim`` (its verdict from the primary measure) with the secondary measures
+    ``(label, expect, measure(record))`` in its measured text, each with its own verdict
+    by the same rule (entangled vs normal), and a note when a decided one disagrees."""
+    parts, disagree = [], []
+    for label, expect, measure in specs:
+        try:
+            ent = [measure(r) for r in _healthy(results, "entangled")]
+            nor = [measure(r) for r in _healthy(results, "normal")]
+        except KeyError:  # results saved before the measure existed
+            continue
+        verdict = compare_groups(ent, nor, expect=expect).verdict
+        better = "lower" if expect == "less" else "higher"
+        parts.append(
+            f"{label} ({better} = better): entangled {_values_text(ent)} vs normal "
+            f"{_values_text(nor)}, {verdict}"
+        )
+        if verdict != "inconclusive" and verdict != claim.verdict:
+            disagree.append(f"{label} {verdict}")
+    measured = claim.measured + "; secondary (not the verdict): " + "; ".join(parts)
+    note = claim.note
+    if disagree:
+        note += "; the secondary measures disagree with the primary: " + ", ".join(disagree)
+    return replace(claim, measured=measured, note=note)
 
 
 def _paired_claim(
@@ -715,37 +780,42 @@ def claims(results: dict[str, Any]) -> list[Claim]:
     else:
         claim = _kinds_claim(
             results,
-            outlier_claim + ": low credibility tells outliers from clean inputs better",
+            outlier_claim + ": low credibility tells outliers from clean inputs better "
+            "(primary measure, the paper's: the AUROC of credibility)",
             _setting(results, f"clean test points vs {odd_text[odd]}"),
             lambda r: r["auroc"][odd]["credibility"],
             "greater",
             "AUROC of credibility (clean vs outliers)",
         )
-        cred = {
-            k: [r["sets"][odd]["credibility_mean"] for r in _healthy(results, k)] for k in KINDS
-        }
-        extra = (
-            f"; mean credibility on {odd}: entangled {_values_text(cred['entangled'])} vs "
-            f"normal {_values_text(cred['normal'])}"
-        )
-        out.append(replace(claim, measured=claim.measured + extra))
+        out.append(
+            _with_secondaries(
+                results,
+                claim,
+                [
+                    (f"mean credibility on {odd}", "less",
+                     lambda r: r["sets"][odd]["credibility_mean"]),
+                    ("FPR@95 of credibility", "less",
+                     lambda r: r["detectors"][odd]["dknn_credibility"]["fpr95"]),
+                ],
+            )
+        )  # fmt: skip
     claim = _kinds_claim(
         results,
         "Entangled models give better-calibrated DkNN credibility on FGSM adversarial examples "
-        "(lower expected calibration error)",
+        "(primary measure, the paper's: lower expected calibration error)",
         _setting(results, f"FGSM eps={eps:g} crafted on each model from the clean points"),
         lambda r: r["reliability"]["fgsm"]["credibility"]["ece"],
         "less",
         "ECE of credibility on FGSM inputs",
     )
-    fgsm_auroc = {
-        k: [r["auroc"]["fgsm"]["credibility"] for r in _healthy(results, k)] for k in KINDS
-    }
-    extra = (
-        f"; AUROC of credibility (clean vs FGSM): entangled "
-        f"{_values_text(fgsm_auroc['entangled'])} vs normal {_values_text(fgsm_auroc['normal'])}"
-    )
-    out.append(replace(claim, measured=claim.measured + extra))
+    secondaries = [
+        ("AUROC of credibility (clean vs FGSM)", "greater",
+         lambda r: r["auroc"]["fgsm"]["credibility"]),
+        ("mean credibility on FGSM", "less", lambda r: r["sets"]["fgsm"]["credibility_mean"]),
+        ("FPR@95 of credibility", "less",
+         lambda r: r["detectors"]["fgsm"]["dknn_credibility"]["fpr95"]),
+    ]  # fmt: skip
+    out.append(_with_secondaries(results, claim, secondaries))
     normal = _healthy(results, "normal")
     if odd is not None:
         a = [r["sets"][odd]["hidden_neighbours_mean"] for r in normal]
