@@ -1,5 +1,8 @@
 """Experiments "dknn" and "transfer" on tiny digits runs, against independent recomputation.
 
+(transfer's own numbers and claims: test_experiment_transfer.py; here the shared report,
+health and rerun checks.)
+
 One ``snnl reproduce`` of both experiments (2 seeds x 2 kinds, 1 epoch on 200 digits)
 is shared by the module; every number checked is recomputed here from the saved
 models with plain autograd, numpy loops or scikit-learn.
@@ -21,10 +24,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from scipy import stats as scipy_stats
-from sklearn.metrics import silhouette_score
 from sklearn.neighbors import NearestNeighbors
 
-from reference import snnl_reference_mean
 from snnl.cli import main
 from snnl.experiments import Context, dknn, transfer
 from snnl.experiments.config import ReproduceConfig
@@ -151,35 +152,6 @@ def test_k_and_calibration_size_scale_the_papers_by_the_training_set():
         dknn.split_calibration(1, 0.3)
     with pytest.raises(ValueError, match="fraction"):
         dknn.split_calibration(10, 1.0)
-
-
-def test_gradient_directions_of_a_linear_model():
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 3)).double()
-    x, y = torch.rand(7, 1, 6, dtype=torch.float64), torch.randint(0, 3, (7,))
-    net.train()
-    d = transfer.gradient_directions(net, x, y)
-    assert net.training and all(p.grad is None for p in net.parameters())
-    w, b = net[1].weight, net[1].bias
-    p = torch.softmax(x.flatten(1) @ w.T + b, dim=1)
-    g = ((p - F.one_hot(y, 3)) @ w).detach()  # d CE / dx = W^T (p - onehot)
-    assert torch.equal(d, g.sign())
-
-
-def test_transfer_pairs_hand_case():
-    m = np.arange(16, dtype=float).reshape(4, 4) / 16
-    names = ["normal-0", "normal-1", "entangled-0", "entangled-1"]
-    p = transfer.transfer_pairs(m, names)
-    assert p["normal->normal"] == [1 / 16, 4 / 16]
-    assert p["entangled->entangled"] == [11 / 16, 14 / 16]
-    assert p["normal->entangled"] == [2 / 16, 3 / 16, 6 / 16, 7 / 16]
-    assert p["entangled->normal"] == [8 / 16, 9 / 16, 12 / 16, 13 / 16]
-    assert p["white-box normal"] == [0.0, 5 / 16] and p["white-box entangled"] == [10 / 16, 15 / 16]
-    s = transfer.transfer_summary(m, names)
-    assert s["normal->entangled"]["mean"] == pytest.approx(18 / 4 / 16)
-    # one model of a kind: no pair within it
-    p = transfer.transfer_pairs(m[:3, :3], names[:3])
-    assert "entangled->entangled" not in p and p["white-box entangled"] == [10 / 16]
 
 
 def test_outlier_sets_with_and_without_notmnist(tmp_path):
@@ -371,60 +343,6 @@ def test_dknn_claims_without_outlier_sets(tiny):
     assert found[1].verdict == dknn.claims(tiny[2])[1].verdict  # FGSM claim unchanged
     res["input_sets"] = ["clean", "fgsm", "rotated"]  # a notMNIST model: rotated plays outlier
     assert "rotated 45 degrees" in dknn.claims(res)[0].setting
-
-
-# --------------------------------------------------------------------------- transfer
-
-
-def test_transfer_matrix_by_hand(tiny):
-    out, dataset, _, res = tiny
-    names = ["normal-0", "normal-1", "entangled-0", "entangled-1"]
-    assert res["names"] == names and res["n_points"] == 120
-    matrix = np.array(res["matrix"])
-    x, y = dataset.x_test, dataset.y_test
-    runs = {r["name"]: r["run"] for r in res["models"]}
-    models = {n: _model(out, runs[n], dataset) for n in names}
-    x_adv = {n: _fgsm_by_hand(m, x, y, 0.1) for n, m in models.items()}
-    for t, model in enumerate(models.values()):
-        with torch.no_grad():
-            assert res["clean_error"][t] == pytest.approx((model(x).argmax(1) != y).double().mean())
-            for s, src in enumerate(names):
-                err = (model(x_adv[src]).argmax(1) != y).double().mean().item()
-                assert matrix[s, t] == pytest.approx(err, abs=1.5 / 120)
-    summary = res["summary"]
-    assert summary["normal->entangled"]["mean"] == pytest.approx(matrix[:2, 2:].mean())
-    assert summary["entangled->entangled"]["values"] == [matrix[2, 3], matrix[3, 2]]
-    claim = transfer.claims(res)[0]
-    ent, nor = [matrix[2, 3], matrix[3, 2]], [matrix[0, 1], matrix[1, 0]]
-    assert claim.verdict == _groups_rule(ent, nor, "less")
-    assert f"entangled {np.mean(ent):.3f} +- {np.std(ent, ddof=1):.3f} (n=2)" in claim.measured
-
-
-def test_transfer_directions_by_hand(tiny):
-    out, dataset, _, res = tiny
-    d = res["directions"]
-    assert len(d["labels"]) == 120 and set(d["projection"]) == {"normal", "entangled"}
-    assert np.array(d["projection"]["normal"]["points"]).shape == (120, 2)
-    x, y = dataset.x_test, dataset.y_test
-    snnl = {}
-    for name in res["names"]:
-        run = next(r["run"] for r in res["models"] if r["name"] == name)
-        model = _model(out, run, dataset)
-        xg = x.clone().requires_grad_(True)
-        (g,) = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)
-        sign = g.flatten(1).sign().double().numpy()
-        c = d["per_model"][name]
-        assert c["silhouette"] == pytest.approx(silhouette_score(sign, y.numpy()), abs=1e-6)
-        # SNNL at the reported temperature by a float64 loop, and not above nearby ones
-        value = snnl_reference_mean(sign, y.numpy(), c["temperature"])
-        assert c["snnl"] == pytest.approx(value, rel=1e-6)
-        for t in (c["temperature"] / 2, c["temperature"] * 2):
-            assert c["snnl"] <= snnl_reference_mean(sign, y.numpy(), t) + 1e-9
-        snnl[name] = c["snnl"]
-    claim = transfer.claims(res)[1]
-    ent, nor = [snnl["entangled-0"], snnl["entangled-1"]], [snnl["normal-0"], snnl["normal-1"]]
-    assert claim.verdict == _groups_rule(ent, nor, "greater")
-    assert f"normal {np.mean(nor):.3f} +- {np.std(nor, ddof=1):.3f} (n=2)" in claim.measured
 
 
 # --------------------------------------------------------------------------- report, health
