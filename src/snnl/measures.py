@@ -328,7 +328,8 @@ def class_selectivity(
     counts = torch.bincount(index, minlength=n_classes).to(a.dtype)
     sums = torch.zeros(n_classes, a.shape[1], dtype=a.dtype, device=a.device)
     means = sums.index_add(0, index, a) / counts[:, None]  # (K, units)
-    if bool((means.detach() < 0).any()):
+    # a check on the values: skipped inside torch.func transforms (vmap cannot branch on data)
+    if not torch._C._are_functorch_transforms_active() and bool((means.detach() < 0).any()):
         warnings.warn(
             "class_selectivity: a class mean activation is negative, so the index is not "
             "bounded in [0, 1]; it is meant for non-negative (post-ReLU) activations",

@@ -91,7 +91,77 @@ def regularized_layers(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if alpha is None:
         raise TypeError(f"alpha is required: {signs}")
-    return model, resolve_layers(model, layers), check_real("alpha", alpha)
+    names = resolve_layers(model, layers)
+    _install_taps(model.module if isinstance(model, DistributedDataParallel) else model, names)
+    return model, names, check_real("alpha", alpha)
+
+
+class _TapHook:
+    """A forward hook left on a regularised layer (registered when the regulariser is
+    built, so outside any compiled region): it records the layer's output only while a
+    compiled :func:`regularized_loss` has armed it (``outputs`` a dict), else does
+    nothing. Eager calls use :class:`snnl.taps.LayerTap`; torch.compile cannot trace the
+    registration of a hook, but traces one registered before."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.outputs: dict[str, Tensor] | None = None
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        if self.outputs is None:
+            return
+        if self.name in self.outputs:
+            raise RuntimeError(
+                f"layer {self.name!r} fired more than once in one forward pass "
+                "(the module is reused); give each use its own module to tap it"
+            )
+        self.outputs[self.name] = output
+
+
+#: The attribute of a model holding its layer name -> persistent hook (see _TapHook).
+_TAPS_ATTR = "_snnl_regularizer_taps"
+
+
+def _install_taps(net: nn.Module, layers: Sequence[str]) -> dict[str, _TapHook]:
+    """The persistent hooks of ``net``'s ``layers``, registering those missing."""
+    hooks = net.__dict__.get(_TAPS_ATTR)
+    if hooks is None:
+        hooks = {}
+        object.__setattr__(net, _TAPS_ATTR, hooks)
+    missing = [n for n in layers if n not in hooks]
+    if missing:
+        if torch.compiler.is_compiling():
+            raise RuntimeError(
+                f"regularized_loss under torch.compile: layers {missing} have no tap yet; "
+                "build the regularisers (or call regularized_loss once) before compiling"
+            )
+        modules = dict(net.named_modules())
+        for name in missing:
+            hooks[name] = _TapHook(name)
+            modules[name].register_forward_hook(hooks[name])
+    return hooks
+
+
+def _compiled_forward(
+    model: nn.Module, net: nn.Module, x: Tensor, layers: list[str]
+) -> tuple[Any, dict[str, Tensor]]:
+    """(logits, layer outputs) of one forward pass inside a compiled region."""
+    hooks = _install_taps(net, layers)
+    outputs: dict[str, Tensor] = {}
+    for name in layers:
+        hooks[name].outputs = outputs
+    try:
+        logits = model(x)
+    finally:
+        for name in layers:
+            hooks[name].outputs = None
+    missing = [n for n in layers if n not in outputs]
+    if missing:
+        raise RuntimeError(
+            f"layer(s) {missing} did not fire during the forward pass of "
+            f"{type(net).__name__} (not on the path taken by forward)"
+        )
+    return logits, {n: outputs[n] for n in layers}
 
 
 def regularized_loss(
@@ -158,7 +228,9 @@ def regularized_loss(
         layers += [name for name in r.layers if name not in layers]
     ddp = isinstance(model, DistributedDataParallel)
     net = model.module if ddp else model  # layer names are those of the plain model
-    if layers:
+    if layers and torch.compiler.is_compiling():
+        logits, outputs = _compiled_forward(model, net, x, layers)
+    elif layers:
         with LayerTap(net, layers) as tap:
             logits = model(x)
         outputs = tap.outputs

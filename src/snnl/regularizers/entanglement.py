@@ -25,6 +25,18 @@ transcribed from their code (exp, then an epsilon of 1e-5 inside the log; it
 saturates at -log(1e-5) = 11.51 with zero gradient when every exp underflows),
 so that experiments can test whether a result depends on that saturation.
 
+In a user's own loop (tests/regularizers/test_regularizer_training_loops.py):
+autocast (the SNNL in float32, the loss float32); ``create_graph=True`` gives a
+differentiable gradient (gradient penalties) whose second derivative is that of the SNNL
+at the temperatures chosen for the batch held fixed (for ``optimal``: T* held fixed, the
+envelope-theorem gradient; the implicit term dT*/dh of SNNL*'s exact Hessian is not
+included); torch.func.grad in every mode (``learned`` with ``update_temperature=False``:
+its Adam step on log T is in place, and raises inside a transform); torch.vmap for
+``fixed`` (and ``learned``/``reference`` without updates; ``optimal`` raises: its search
+is per-batch host work); torch.compile(fullgraph=True) for ``fixed`` (the other modes'
+temperature choice is host work: fullgraph raises naming it, fullgraph=False runs it
+eagerly at a graph break; inside a graph the left-out counts and warnings are skipped).
+
 A batch in which no class occurs twice has no SNNL (eq. 1 is undefined there): it
 contributes no SNNL term (one :class:`~snnl.loss.SNNLWarning`, counted in
 ``skipped_batches``), as a user's DataLoader's last batch of one point may.
@@ -241,6 +253,15 @@ class EntanglementRegularizer:
             regrid_every=self.regrid_every,
         )
         self._snnl = _snnl_formula(self.snnl_formula, self.distance)
+        # Under torch.compile the mode's search / step runs eagerly at a graph break: with
+        # fullgraph=True torch.compile raises, naming this reason.
+        self._host_temperatures = torch.compiler.disable(
+            self._temperatures,
+            reason=f"temperature_mode={self.temperature_mode.value!r} chooses T by data-"
+            "dependent host work (a search or an optimiser step on the batch), which cannot "
+            "be inside a fullgraph=True graph: use temperature_mode='fixed' there, or "
+            "fullgraph=False (the choice then runs eagerly between graphs)",
+        )
         self.skipped_batches = 0
         self._warned_left_out = False
         self._warned_skipped = False
@@ -352,7 +373,8 @@ class EntanglementRegularizer:
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Sum over layers of SNNL(h_l, y, T_l) (with gradient) and the per-layer values;
         (0, {}) on a batch where no class occurs twice (the SNNL is undefined there)."""
-        left_out = _left_out(y)
+        compiling = torch.compiler.is_compiling()
+        left_out = 0 if compiling else _left_out(y)  # host syncs: skipped inside a graph
         if left_out == y.shape[0]:
             self.skipped_batches += 1
             if not self._warned_skipped:
@@ -374,23 +396,45 @@ class EntanglementRegularizer:
                 SNNLWarning,
                 stacklevel=3,
             )
-        terms: dict[str, Tensor] = {}
-        used: dict[str, float] = {}
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SNNLWarning)
-            for name in self.layers:
-                h = outputs[name]
-                feats = h.reshape(h.shape[0], -1)
-                if feats.dtype not in (torch.float32, torch.float64):
-                    feats = feats.float()
-                t = self._strategy.choose(name, feats, y, update, self._snnl)
-                used[name] = t
-                terms[name] = self._snnl(feats, y, t)
-        if update:
-            self._state.calls += 1
+        feats: dict[str, Tensor] = {}
+        for name in self.layers:
+            h = outputs[name]
+            f = h.reshape(h.shape[0], -1)
+            feats[name] = f if f.dtype in (torch.float32, torch.float64) else f.float()
+        if compiling and self._strategy.updates:
+            used = self._host_temperatures(feats, y, update)  # a graph break, see __init__
+        else:
+            used = self._temperatures(feats, y, update)
+        if compiling:
+            terms = {n: self._snnl(feats[n], y, used[n]) for n in self.layers}
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SNNLWarning)
+                terms = {n: self._snnl(feats[n], y, used[n]) for n in self.layers}
         self._last_temperatures = used
         total = torch.stack(list(terms.values())).sum()
         return total, {n: v.detach() for n, v in terms.items()}
+
+    def _temperatures(self, feats: Mapping[str, Tensor], y: Tensor, update: bool) -> dict:
+        """Each layer's temperature on this batch (the mode's search or step, host-side
+        work), updating the state when ``update``."""
+        used: dict[str, float] = {}
+        for name in self.layers:
+            try:
+                used[name] = self._strategy.choose(name, feats[name], y, update, self._snnl)
+            except RuntimeError as e:
+                if not str(e).startswith("vmap"):
+                    raise
+                raise RuntimeError(
+                    f"temperature_mode={self.temperature_mode.value!r} cannot run under "
+                    "torch.vmap: its temperature (a search or step per batch) is data-"
+                    "dependent host work; vmap a 'fixed' regulariser ('learned' and "
+                    "'reference' without update: under torch.no_grad or "
+                    "update_temperature=False), or loop over the problems"
+                ) from e
+        if update and not torch.compiler.is_compiling():
+            self._state.calls += 1
+        return used
 
     def __repr__(self) -> str:
         temps = ", ".join(f"{n}={t:.4g}" for n, t in self.temperatures.items())

@@ -174,8 +174,8 @@ class OptimalTemperature(TemperatureStrategy):
         start = None if regrid else float(s.log_t[name])
         star = snnl_star(feats.detach(), y, distance=self.distance, start=start, check=False)
         s.search_evaluations += star.evaluations
-        if update:
-            s.log_t[name].fill_(star.log_temperature)
+        if update:  # a new tensor, not fill_: also inside torch.func transforms
+            s.log_t[name] = torch.tensor(star.log_temperature, dtype=torch.float64)
             s.has_optimum[name] = True
         return star.temperature
 
@@ -196,6 +196,13 @@ class LearnedTemperature(TemperatureStrategy):
         t_now = self.current(name)
         if not update:
             return t_now
+        if torch._C._are_functorch_transforms_active():
+            raise RuntimeError(
+                "temperature_mode='learned' cannot update its temperature inside a torch.func "
+                "transform (grad, vmap, ...): its Adam step changes log T in place; call the "
+                "regulariser with update_temperature=False (or under torch.no_grad) inside "
+                "the transform and let an eager call take the temperature step"
+            )
         detached = feats.detach()
         leaf = torch.tensor(t_now, dtype=detached.dtype, requires_grad=True)
         with torch.enable_grad():
@@ -236,8 +243,8 @@ class ReferenceTemperature(TemperatureStrategy):
             value = snnl(detached, y, (t0 / leaf).to(detached.dtype))
             (grad,) = torch.autograd.grad(value, leaf, allow_unused=True)
         new_t = t_var - REFERENCE_T_STEP * (float(grad) if grad is not None else 0.0)
-        if math.isfinite(new_t) and new_t > 0:
-            self.state.t[name].fill_(new_t)
+        if math.isfinite(new_t) and new_t > 0:  # a new tensor: also inside torch.func
+            self.state.t[name] = torch.tensor(new_t, dtype=torch.float64)
         else:
             self.state.refused_steps += 1
             if not self._warned:

@@ -106,6 +106,15 @@ class SelectivityRegularizer:
         self.always_compute_selectivity = bool(always_compute_selectivity)
         self.skipped_batches = 0
         self._warned_skipped = False
+        # the class means group the batch by torch.unique of its labels (a shape that
+        # depends on the data): under torch.compile the term runs eagerly at a graph
+        # break, and fullgraph=True raises naming this reason
+        self._host_penalty = torch.compiler.disable(
+            self._penalty,
+            reason="SelectivityRegularizer's class means group the batch by the classes "
+            "present (torch.unique of the labels, a data-dependent shape), which cannot be "
+            "inside a fullgraph=True graph: compile with fullgraph=False",
+        )
 
     def active(self) -> bool:
         return self.alpha != 0 or self.always_compute_selectivity
@@ -139,6 +148,13 @@ class SelectivityRegularizer:
 
         ``update`` is accepted for the :func:`regularized_loss` protocol; nothing is updated.
         """
+        if torch.compiler.is_compiling():
+            return self._host_penalty(outputs, y)  # a graph break, see __init__
+        return self._penalty(outputs, y)
+
+    def _penalty(
+        self, outputs: Mapping[str, Tensor], y: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         if int(torch.unique(y).numel()) < 2:
             self.skipped_batches += 1
             if not self._warned_skipped:
