@@ -609,15 +609,15 @@ def _transfer_claims(results: dict[str, Any], setting: str, left_out: str) -> li
     texts = {
         "target": (
             "Entangled models are less vulnerable to black-box attacks based on transferability "
-            "(target effect): {attack} FGSM examples crafted on a normal model {verb} an "
-            "entangled target less than a normal one",
+            "(target effect, {attack} FGSM): examples crafted on a normal model succeed less "
+            "against an entangled model than against a normal one",
             "examples from normal seed k against the model of seed k + 1: entangled target",
             "normal target",
         ),
         "source": (
-            "FGSM examples crafted on an entangled model transfer less (source effect): "
-            "{attack} FGSM examples from an entangled source {verb} a normal target less "
-            "than examples from a normal source",
+            "FGSM examples crafted on an entangled model transfer less (source effect, {attack} "
+            "FGSM): they succeed less against a normal model than examples crafted on a normal "
+            "model",
             "normal target of seed k + 1 on examples from seed k: entangled source",
             "normal source",
         ),
@@ -627,7 +627,6 @@ def _transfer_claims(results: dict[str, Any], setting: str, left_out: str) -> li
         for effect in ("target", "source"):
             a, b = effect_values(cells, effect) if cells else ([], [])
             claim, arm_a, arm_b = texts[effect]
-            verb = "fool" if attack == "untargeted" else "steer to the target class"
             value = "error" if attack == "untargeted" else "targeted success rate ((y + 1) mod C)"
             cmp = compare_paired(
                 a, b, expect="less", margin=MARGINS[attack],
@@ -646,7 +645,7 @@ def _transfer_claims(results: dict[str, Any], setting: str, left_out: str) -> li
                 )  # fmt: skip
             out.append(
                 Claim(
-                    claim.format(attack=attack, verb=verb),
+                    claim.format(attack=attack),
                     SOURCE,
                     f"{setting}; {attack} FGSM eps={eps} on {results.get('n_points', 0)} test "
                     "points; source seed k, target seed k + 1 mod n",
