@@ -1,4 +1,6 @@
-"""Experiment "entangle": which zoo run name each setting trains under (no training).
+"""Experiment "entangle": which zoo run name each setting trains under (no training); the
+headline tuned against tuned on a tiny digits run (choices read back from the run folders,
+pairing by seed, the interval against scipy's paired t); its stability (slow).
 
 The run name was picked from the label (``label[:3] == "opt"``); it is now fixed where
 the setting is made (:class:`SettingRun`). Checked against the rule the folders have
@@ -8,10 +10,19 @@ the optimal-temperature sweep is entangled, everything else is the authors' sett
 
 from __future__ import annotations
 
+import json
+import math
+import warnings
+from dataclasses import asdict, replace
+
 import pytest
+import torch
+from scipy import stats
 
 from snnl.experiments import entangle
+from snnl.experiments.base import Context
 from snnl.experiments.config import ReproduceConfig
+from snnl.experiments.tuning import Candidate, Grid, tuning_config
 from snnl.experiments.zoo import Kind, Zoo, recipe
 
 
@@ -50,3 +61,143 @@ def test_the_zoo_models_are_the_sweep_runs(tmp_path):
         run = runs[label]
         assert run.run == kind and run.config == recipe(config, kind, 0)
         assert zoo.folder(run.run, run.config) == zoo.folder(kind.value, recipe(config, kind, 0))
+
+
+# ----------------------------------------------------------------------------- the headline
+
+
+def _tiny(pilot: int = 2, cap: int = 3):
+    config = ReproduceConfig(dataset="digits", seeds=2, epochs=1, limit_train=240,
+                             limit_test=120, workers=1)  # fmt: skip
+    grid = Grid((1e-3, 3e-3), (0.01, 0.3), (1.0,), (100.0,), seeds=2)
+    s = replace(entangle.settings(config), alphas=(0.1,), sweep_seeds=1,
+                authors_formulas=("exact",), grids=(grid,), pilot=pilot, seed_cap=cap)  # fmt: skip
+    return config, s
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    config, s = _tiny()
+    out = tmp_path_factory.mktemp("entangle")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = entangle.run(s, Context(config, out, Zoo(config, out)))
+    return config, s, out, json.loads(json.dumps({"settings": asdict(s), **res}))
+
+
+def test_headline_chooses_by_validation_read_from_the_run_folders(tiny_run):
+    config, s, out, results = tiny_run
+    (head,) = results["headline"]
+    zoo = Zoo(config, out)
+    base = entangle.headline_base(config, "mlp")
+    assert head["validation"] == 30  # an eighth of the 240 training points
+    searched: dict = {}
+    for rec in head["tuning"]:
+        c = Candidate.from_dict(rec["candidate"])
+        folder = zoo.folder(c.name, tuning_config(base, c, 30, rec["seed"]))
+        saved = json.loads((folder / "results.json").read_text())
+        # trained on the training split minus the hold-out; the test split untouched
+        assert saved["dataset"] == {"name": "digits", "train": 210, "test": 120,
+                                    "validation": 30}  # fmt: skip
+        searched.setdefault(c, []).append(saved["final"]["validation_accuracy"])
+    assert all(len(v) == 2 for v in searched.values())
+    for arm in entangle.ARMS:
+        mine = {c: sum(v) / 2 for c, v in searched.items() if c.arm == arm}
+        top = max(mine.values())
+        assert mine[Candidate.from_dict(head["chosen"][arm])] >= top - 1e-9
+    # every arm searched its learning rates (stage two at the winner's alpha)
+    for arm in entangle.ARMS:
+        assert {c.lr for c in searched if c.arm == arm} == {1e-3, 3e-3}
+
+
+def test_headline_pairs_seeds_and_its_interval_is_scipys(tiny_run):
+    config, s, out, results = tiny_run
+    (head,) = results["headline"]
+    plan = head["plan"]
+    assert head["pilot_seeds"] == 2 and 2 <= plan["n"] <= 3
+    for arm in entangle.ARMS:
+        assert [r["seed"] for r in head["paired"][arm]] == list(range(plan["n"]))
+    # same seed = same initialisation in every arm: the probe's initial SNNL* agrees
+    for k in range(plan["n"]):
+        folders = [out / head["paired"][arm][k]["dir"] for arm in entangle.ARMS]
+        initial = [json.loads((f / "results.json").read_text())["initial"]["snnl"]
+                   for f in folders]  # fmt: skip
+        assert initial[0] == initial[1] == initial[2]
+    claims = entangle.claims(results)
+    headline = [c for c in claims if "tuned on" in c.setting]
+    assert len(headline) == 2
+    ent = [r["test_accuracy"] for r in head["paired"]["entangled"]]
+    nor = [r["test_accuracy"] for r in head["paired"]["normal"]]
+    ci = stats.ttest_rel(ent, nor).confidence_interval(0.95)
+    iv = headline[0].comparisons[0].interval
+    assert (iv.low, iv.high) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert f"n = {plan['n']} paired seeds" in headline[0].note
+    assert "smallest detectable effect" in headline[0].note
+
+
+def test_headline_section_and_figure(tiny_run, tmp_path):
+    config, s, out, results = tiny_run
+    sec = entangle.section(results, tmp_path)
+    assert (tmp_path / "entangle_tuning.png").stat().st_size > 10_000
+    assert sec.figures[0][0] == "entangle_tuning.png"
+    assert "### Headline on the mlp" in sec.markdown
+    assert "half-width achieved" in sec.markdown and "`--full` only" in sec.markdown
+
+
+def test_expected_seconds_grows_with_full():
+    small = entangle.expected_seconds(ReproduceConfig(workers=2))
+    full = entangle.expected_seconds(ReproduceConfig(workers=2, full=True))
+    assert 60 < small < 600 and full > 5 * small
+    assert entangle.expected_seconds(ReproduceConfig(workers=1)) == pytest.approx(2 * small)
+
+
+@pytest.mark.slow
+def test_headline_verdict_survives_a_one_ulp_perturbation_of_the_initial_weights(
+    tmp_path, monkeypatch
+):
+    """Rounding-level change of training (every initial weight moved by one ulp): the
+    headline verdicts at the chosen n stay the same."""
+    from snnl import train as train_module
+
+    config, s = _tiny(pilot=3, cap=4)
+
+    def verdicts(out):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            head = entangle._headline(s, Context(config, out, Zoo(config, out)), "mlp",
+                                      s.grids[0])  # fmt: skip
+        results = {"headline": [json.loads(json.dumps(head))], "dataset": "digits"}
+        return [c.verdict for c in entangle._headline_claims(results)], head
+
+    plain, head = verdicts(tmp_path / "plain")
+    build = train_module.build_run_model
+
+    def nudged(cfg, dataset):
+        model = build(cfg, dataset)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.nextafter(p, torch.full_like(p, math.inf)))
+        return model
+
+    monkeypatch.setattr(train_module, "build_run_model", nudged)
+    moved, head2 = verdicts(tmp_path / "moved")
+    accs = [r["test_accuracy"] for r in head["paired"]["normal"]]
+    assert moved == plain, (plain, moved, accs)
+    assert head2["chosen"] == head["chosen"]
+
+
+def test_seed_plan_follows_the_arm_with_the_larger_spread():
+    _, s = _tiny(pilot=3, cap=10)
+
+    def arm(values):
+        return [{"seed": k, "test_accuracy": v, "health": "ok" if v else "diverged"}
+                for k, v in enumerate(values)]  # fmt: skip
+
+    runs = {"normal": arm([0.90, 0.91, 0.92]), "entangled": arm([0.905, 0.915, 0.925]),
+            "authors": arm([None, 0.95, 0.90])}  # fmt: skip
+    plan = entangle._seed_plan(runs, s)
+    # entangled: differences all 0.005 (sd 0); authors: the two measured pairs 0.04, -0.02
+    assert plan.sd == pytest.approx(float(torch.tensor([0.04, -0.02]).double().std()))
+    assert plan.pilot == 2 and plan.n == 10
+    runs["authors"] = arm([None, None, 0.9])
+    assert entangle._seed_plan(runs, s).sd == pytest.approx(0.0, abs=1e-12)
