@@ -181,6 +181,12 @@ def test_headline_verdict_survives_a_one_ulp_perturbation_of_the_initial_weights
 
     monkeypatch.setattr(train_module, "build_run_model", nudged)
     moved, head2 = verdicts(tmp_path / "moved")
+
+    def losses(out, h):  # the perturbation reached training: the losses differ
+        return [json.loads((out / r["dir"] / "results.json").read_text())["history"][-1]
+                ["train_loss"] for r in h["paired"]["normal"]]  # fmt: skip
+
+    assert losses(tmp_path / "plain", head) != losses(tmp_path / "moved", head2)
     accs = [r["test_accuracy"] for r in head["paired"]["normal"]]
     assert moved == plain, (plain, moved, accs)
     assert head2["chosen"] == head["chosen"]
