@@ -106,7 +106,7 @@ def settings(config: ReproduceConfig) -> Settings:
             reference_cnn=True,
             headline_models=("mlp", "cnn"),
             grids=(FULL_GRID, DEFAULT_GRID),  # the CNN: the two-stage search (cost)
-            seed_cap=20,
+            seed_cap=12,
         )
     return Settings(seeds=config.seeds, sweep_seeds=min(config.seeds, 2))
 
