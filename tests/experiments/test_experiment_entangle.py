@@ -115,6 +115,10 @@ def test_headline_pairs_seeds_and_its_interval_is_scipys(tiny_run):
     (head,) = results["headline"]
     plan = head["plan"]
     assert head["pilot_seeds"] == 2 and 2 <= plan["n"] <= 3
+    # the spread re-estimated after each round of seeds until it asks for no more
+    steps = head["plan_steps"]
+    assert steps[0]["pilot"] <= 2 and steps[-1]["n"] <= plan["n"]
+    assert all(a["n"] > a["pilot"] for a in steps[:-1])
     for arm in entangle.ARMS:
         assert [r["seed"] for r in head["paired"][arm]] == list(range(plan["n"]))
     # same seed = same initialisation in every arm: the probe's initial SNNL* agrees

@@ -67,6 +67,7 @@ from snnl.experiments.tuning import (
     validation_points,
 )
 from snnl.experiments.zoo import ENTANGLED_ALPHA, Kind, RunRef, outcome, recipe
+from snnl.stats import smallest_detectable_effect
 from snnl.taps import capture
 from snnl.train import TrainConfig
 
@@ -289,7 +290,8 @@ def _seed_plan(runs: dict[str, list[dict[str, Any]]], s: Settings) -> Any:
 
 def _headline(s: Settings, context: Context, model: str, grid: Grid) -> dict[str, Any]:
     """Search each arm on the validation hold-out, then retrain the chosen settings on
-    paired seeds (a pilot first, then as many as its spread asks for, within the cap)."""
+    paired seeds: a pilot first, then as many as its spread asks for; the spread is
+    re-estimated on every pair trained so far until it asks for no more (or the cap)."""
     zoo = context.zoo
     base = headline_base(context.config, model)
     validation = validation_points(len(zoo.dataset.y_train))
@@ -319,11 +321,18 @@ def _headline(s: Settings, context: Context, model: str, grid: Grid) -> dict[str
 
     runs = paired(range(s.pilot))
     plan = _seed_plan(runs, s)
-    context.log(f"headline ({model}): pilot sd {plan.sd:.4f} -> {plan.n} paired seeds "
-                f"({plan.needed} needed for +-{s.half_width:g})")  # fmt: skip
-    more = paired(range(s.pilot, plan.n))
-    for arm in ARMS:
-        runs[arm] += more[arm]
+    steps = [plan.to_dict()]
+    while plan.n > len(runs["normal"]):  # re-estimated on every pair so far, up to the cap
+        context.log(
+            f"headline ({model}): sd {plan.sd:.4f} over {len(runs['normal'])} seeds -> "
+            f"{plan.n} paired seeds ({plan.needed} needed for +-{s.half_width:g})"
+        )
+        more = paired(range(len(runs["normal"]), plan.n))
+        for arm in ARMS:
+            runs[arm] += more[arm]
+        plan = _seed_plan(runs, s)
+        steps.append(plan.to_dict())
+    n = len(runs["normal"])
     return {
         "model": model,
         "epochs": base.epochs,
@@ -332,7 +341,8 @@ def _headline(s: Settings, context: Context, model: str, grid: Grid) -> dict[str
         "tuning": records,
         "chosen": {arm: chosen[arm].to_dict() for arm in ARMS},
         "pilot_seeds": s.pilot,
-        "plan": plan.to_dict(),
+        "plan": {**plan.to_dict(), "n": n, "detectable": smallest_detectable_effect(plan.sd, n)},
+        "plan_steps": steps,
         "paired": runs,
     }
 
@@ -598,17 +608,24 @@ def _headline_lines(head: dict[str, Any], results: dict[str, Any]) -> list[str]:
     iv = cmp.interval
     lines += [
         "",
-        f"Paired seeds: a pilot of {head['pilot_seeds']} seeds gave a spread (sd of the per-seed "
-        f"test accuracy differences arm - normal, the larger of the two arms) of "
-        f"{plan['sd']:.4f}; a 95% half-width of "
-        f"{plan['half_width']:g} needs {plan['needed']} pairs, the cap is {plan['cap']}: "
-        f"**n = {plan['n']}** (same seed = same initialisation and data order in every arm).",
+        f"Paired seeds (same seed = same initialisation and data order in every arm): a "
+        f"pilot of {head['pilot_seeds']} seeds, then as many as the spread (sd of the per-seed "
+        "test accuracy differences arm - normal, the larger of the two arms, re-estimated on "
+        f"every pair so far) asks for a 95% half-width of {plan['half_width']:g}, at most "
+        f"{plan['cap']}: "
+        + "; ".join(
+            f"sd {st['sd']:.4f} over {st['pilot']} pairs -> {st['n']}"
+            for st in head.get("plan_steps", [plan])
+        )
+        + f"; **n = {plan['n']}**"
+        + (f" (the cap; {plan['needed']} needed)" if plan["needed"] > plan["n"] else "")
+        + ".",
     ]
     if iv is not None:
         lines.append(
             f"Entangled - normal: {iv.estimate:+.4f}, 95% CI [{iv.low:+.4f}, {iv.high:+.4f}], "
             f"half-width achieved **{iv.half_width:.4f}**; the smallest effect n = {plan['n']} "
-            f"pairs detect (80% power, at the pilot's spread): **{plan['detectable']:.4f}**; "
+            f"pairs detect (80% power, at the last spread): **{plan['detectable']:.4f}**; "
             f"verdict **{cmp.verdict}** (margin {MARGIN:g} stated in advance)."
         )
     ent = Candidate.from_dict(head["chosen"]["entangled"])
@@ -763,7 +780,7 @@ def _headline_claims(results: dict[str, Any]) -> list[Claim]:
             }  # fmt: skip
             hw = cmp.interval.half_width if cmp.interval is not None else float("nan")
             note = (
-                f"{cmp.note}; n = {plan['n']} paired seeds (pilot sd {plan['sd']:.4f}, "
+                f"{cmp.note}; n = {plan['n']} paired seeds (sd {plan['sd']:.4f}, "
                 f"{plan['needed']} needed for +-{plan['half_width']:g}, cap {plan['cap']}); "
                 f"half-width achieved {hw:.4f}; smallest detectable effect "
                 f"{plan['detectable']:.4f}"
