@@ -364,7 +364,8 @@ def search_figure(heads: Sequence[dict[str, Any]], path: Path) -> None:
                        edgecolor="k", zorder=5)  # fmt: skip
             ax.annotate(f"chosen {arm}" + (" (alpha 0)" if arm == "normal" else ""),
                         (x, sc[c]["mean"]), fontsize=7,
-                        xytext=(5, 6), textcoords="offset points")  # fmt: skip
+                        xytext=(5, -12 if arm == "normal" else 6),
+                        textcoords="offset points")  # fmt: skip
         finite = [v for c in sc for v in sc[c]["values"]]
         top = max(finite)
         ax.set_ylim(max(min(finite) - 0.01, top - 0.3), top + 0.02)
