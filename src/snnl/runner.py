@@ -75,18 +75,31 @@ def experiment_names(
 def expected_minutes(config: ReproduceConfig) -> tuple[float, float]:
     """A stated range for the run's wall time on 2 cores (minutes).
 
-    Default settings: measured (all six experiments, 3 seeds, mnist5k: 7-10.5 minutes on
-    2 cores with another job running), scaled by the experiments and seeds asked for.
-    ``--full``: an estimate, not a measurement: the reference CNN costs about 6x the
-    MLP per epoch on 28x28 inputs, and the entangle experiment trains every
-    temperature mode under both formulas.
+    An experiment module that defines ``expected_seconds(config)`` (an upper estimate
+    from its own plan of runs, e.g. :func:`snnl.experiments.entangle.expected_seconds`)
+    counts with that, from 60% of it up to it. Every other experiment counts with a
+    share of the measured default (the five others 0.6-1.2 minutes each at 3 seeds on
+    mnist5k, 2 cores), scaled by the seeds, and 8x that under ``--full`` (the
+    reference CNN costs about 6x the MLP per epoch on 28x28 inputs): an estimate, not
+    a measurement.
+
+    >>> lo, hi = expected_minutes(ReproduceConfig(experiments=["dknn"]))
+    >>> 0 < lo < hi < 5
+    True
     """
-    names = experiment_names(config.experiments)
-    share = len(names) / max(len(registry()), 1)
-    minutes = (1.5 + 2.0 * config.seeds) * share
-    if config.full:
-        minutes *= 8.0
-    return round(0.7 * minutes, 1), round(1.4 * minutes, 1)
+    modules = registry()
+    lo = hi = 0.0
+    for name in experiment_names(config.experiments):
+        estimate = getattr(modules[name], "expected_seconds", None)
+        if estimate is not None:
+            seconds = float(estimate(config))
+            lo, hi = lo + 0.6 * seconds / 60, hi + seconds / 60
+            continue
+        minutes = 0.3 + 0.3 * config.seeds
+        if config.full:
+            minutes *= 8.0
+        lo, hi = lo + 0.5 * minutes, hi + minutes
+    return round(lo, 1), round(hi, 1)
 
 
 def _check_out(out: Path) -> None:
