@@ -88,13 +88,11 @@ from snnl.experiments.szegedy import (
     UNIT_LAYERS,
     ModelSpec,
     Settings,
-    cka_estimator,
     class_purity,
     data_fingerprint,
     distortion,
     error_table,
     gaussian_noise,
-    linear_cka,
     model_layer_bounds,
     predict,
     pretrain_autoencoder,
@@ -109,7 +107,7 @@ from snnl.experiments.szegedy import (
     weight_layer_blocks,
 )
 from snnl.experiments.zoo import Kind, recipe
-from snnl.measures import accuracy, layer_snnl_profile
+from snnl.measures import accuracy, cka_estimator, layer_snnl_profile, linear_cka
 from snnl.models import ReferenceCNN
 from snnl.taps import capture
 from snnl.temperature import optimal_temperature
@@ -131,7 +129,6 @@ __all__ = [
     "same_norm_noise",
     "class_purity",
     "top_activating",
-    "linear_cka",
     "reference_models",
     "weight_layer_blocks",
     "train_classifier",
@@ -359,7 +356,6 @@ def run(settings: Settings, context: Context) -> dict[str, Any]:
     reps = {name: _classifier_input(models[name], x_probe) for name in table1}
     widest = max(r.shape[1] for r in reps.values())
     estimator = cka_estimator(len(y_probe), widest, widest, s.cka)
-    unbiased = estimator == "unbiased"
     pairs = []
     for i, a in enumerate(table1):
         for b in table1[i + 1 :]:
@@ -369,7 +365,7 @@ def run(settings: Settings, context: Context) -> dict[str, Any]:
                 for src, dst in ((a, b), (b, a))
             ]
             pairs.append({
-                "a": a, "b": b, "cka": _finite(linear_cka(reps[a], reps[b], unbiased=unbiased)),
+                "a": a, "b": b, "cka": _finite(linear_cka(reps[a], reps[b], estimator=estimator)),
                 "excess_transfer": sum(excess) / 2,
             })  # fmt: skip
     valid = [p for p in pairs if p["cka"] is not None]

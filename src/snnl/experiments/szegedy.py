@@ -1,7 +1,8 @@
 """Szegedy et al. (2013)'s MNIST models for experiment "intriguing": the paper's
 tables and model specs, the study's settings, its measures (distortion, error tables,
-noise, unit purity, linear CKA) and the small trainers of its models (weight-decayed
-softmax/MLP classifiers, the sparse autoencoder), with their run cache.
+noise, unit purity; the linear CKA is :func:`snnl.measures.linear_cka`) and the small
+trainers of its models (weight-decayed softmax/MLP classifiers, the sparse autoencoder),
+with their run cache.
 
 Not an experiment of its own (the registry does not list it): the helper module of
 :mod:`snnl.experiments.intriguing`, which documents the study.
@@ -10,7 +11,6 @@ Not an experiment of its own (the registry does not list it): the helper module 
 from __future__ import annotations
 
 import hashlib
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -122,7 +122,9 @@ class Settings:
     shown_images: int = 8  # images per drawn unit / direction
     example_images: int = 4  # attacked images drawn with their adversarial versions
     probe_size: int = 300  # test images for SNNL* and CKA
-    cka: str = "auto"  # CKA estimator: "auto" (unbiased where D > N / 10), "biased", "unbiased"
+    # CKA estimator (snnl.measures.cka_estimator): "auto" (unbiased where D > N / 10),
+    # "biased", "unbiased"
+    cka: str = "auto"
 
 
 def settings(config: ReproduceConfig) -> Settings:
@@ -260,75 +262,6 @@ def class_purity(labels: Tensor, num_classes: int) -> Tensor:
     """
     counts = F.one_hot(labels.long(), num_classes).sum(dim=1)  # (K, C)
     return counts.max(dim=1).values.double() / labels.shape[1]
-
-
-#: CKA estimators: "biased" (Kornblith et al. 2019), "unbiased" (debiased HSIC, Song et
-#: al. 2012; Nguyen, Raghu & Kornblith 2021), "auto" (unbiased when max(D_a, D_b) > N / 10).
-CKA_ESTIMATORS = ("auto", "biased", "unbiased")
-
-
-def _unbiased_hsic(k: Tensor, l_: Tensor) -> Tensor:
-    """HSIC_1 of Song et al. (2012) for Gram matrices with their diagonals set to 0:
-    ``[tr(K L) + 1'K1 1'L1 / ((n-1)(n-2)) - 2/(n-2) 1'K L 1] / (n (n-3))``."""
-    n = k.shape[0]
-    k1, l1 = k.sum(1), l_.sum(1)
-    return (
-        (k * l_).sum() + k1.sum() * l1.sum() / ((n - 1) * (n - 2)) - 2.0 / (n - 2) * (k1 @ l1)
-    ) / (n * (n - 3))
-
-
-def cka_estimator(n: int, d_a: int, d_b: int, choice: str = "auto") -> str:
-    """The estimator ``choice`` names; "auto": unbiased where the features are not much
-    fewer than the inputs (max(D_a, D_b) > N / 10), where the biased one reads well above
-    0 for independent features (0.3 at N = 200, D = 300), biased otherwise.
-
-    >>> cka_estimator(300, 100, 10), cka_estimator(300, 10, 10)
-    ('unbiased', 'biased')
-    """
-    if choice not in CKA_ESTIMATORS:
-        raise ValueError(f"cka must be one of {', '.join(CKA_ESTIMATORS)}, got {choice!r}")
-    if choice != "auto":
-        return choice
-    return "unbiased" if max(d_a, d_b) > n / 10 else "biased"
-
-
-def linear_cka(a: Tensor, b: Tensor, *, unbiased: bool = False) -> float:
-    """Linear centred kernel alignment (Kornblith et al. 2019) of two representations.
-
-    Biased (default): ``CKA = ||B^T A||_F^2 / (||A^T A||_F ||B^T B||_F)`` with A (N, D_a),
-    B (N, D_b) the column-centred representations of the same N inputs (float64); 1 for
-    representations equal up to rotation and scale. With more features than inputs it
-    reads well above 0 for independent representations. ``unbiased=True``: the same ratio
-    of debiased HSIC estimates (Song et al. 2012, HSIC_1 on the Gram matrices with zero
-    diagonals; Nguyen, Raghu & Kornblith 2021), near 0 for independent ones (N >= 4).
-
-    Example:
-        >>> g = torch.Generator().manual_seed(0)
-        >>> a = torch.randn(50, 3, generator=g)
-        >>> q, _ = torch.linalg.qr(torch.randn(3, 3, generator=g))
-        >>> b = 2.0 * a @ q
-        >>> round(linear_cka(a, b), 6), round(linear_cka(a, b, unbiased=True), 6)
-        (1.0, 1.0)
-    """
-    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
-        raise ValueError(f"a (N, D_a) and b (N, D_b) over the same N inputs needed, got "
-                         f"{tuple(a.shape)} and {tuple(b.shape)}")  # fmt: skip
-    a = a.double() - a.double().mean(0, keepdim=True)
-    b = b.double() - b.double().mean(0, keepdim=True)
-    if unbiased:
-        if a.shape[0] < 4:
-            raise ValueError(f"the unbiased CKA needs N >= 4 inputs, got {a.shape[0]}")
-        k, l_ = a @ a.T, b @ b.T
-        k.fill_diagonal_(0.0)
-        l_.fill_diagonal_(0.0)
-        den = _unbiased_hsic(k, k) * _unbiased_hsic(l_, l_)
-        if float(den) <= 0.0:
-            return math.nan
-        return float(_unbiased_hsic(k, l_) / den.sqrt())
-    den = torch.linalg.matrix_norm(a.T @ a) * torch.linalg.matrix_norm(b.T @ b)
-    if float(den) == 0.0:
-        return math.nan
-    return float(torch.linalg.matrix_norm(b.T @ a) ** 2 / den)
 
 
 # ----------------------------------------------------------------------------- training
