@@ -203,6 +203,7 @@ def test_autoencoder_reconstruction_error_falls_during_pretraining():
 TINY = intriguing.Settings(
     epochs=2, ae_pretrain_epochs=1, attack_images=6, c_steps=2, max_iter=5, attack_batch=6,
     top_k=4, shown_directions=2, shown_images=3, example_images=2, probe_size=40,
+    train_seeds=2,
 )  # fmt: skip
 CONFIG = ReproduceConfig(dataset="mnist5k", seeds=1, limit_train=200, limit_test=100)
 
@@ -250,7 +251,9 @@ def test_run_trains_on_the_zoo_split_and_saves_each_model(tiny, dataset):
     names = [*results["table1_models"], *results["half_models"]]
     assert len(names) == 8 and all(not results["models"][n]["reused"] for n in names)
     files = _run_files(out)
-    assert len(files) == 16  # per model a run folder: its weights, its config and record
+    # per model and training seed a run folder: its weights, its config and record
+    assert len(files) == 2 * (8 + 6)
+    assert {"AE400-10-seed1/model.pt", "AE400-10/model.pt"} <= set(files)
     half = [results["models"][n]["train_size"] for n in results["half_models"]]
     assert half == [100, 100]
     # a saved number recomputed from the saved weights
@@ -277,14 +280,28 @@ def test_report_and_claims_come_from_saved_results(tiny, tmp_path):
     saved = _saved(results)
     saved["models"]["FC10(1)"]["test_error"] = 0.4321  # the report must show what is saved
     sec = intriguing.section(saved, tmp_path)
-    assert "43.21%" in sec.markdown and "(20.00%)" in sec.markdown  # ours (paper)
+    # Table 1: our value and the paper's in columns side by side
+    assert "| FC10(1) | " in sec.markdown and "| 43.21% | 20.00% |" in sec.markdown
+    assert "| FC100-100-10 | FC10(1e-4) | " in sec.markdown  # a Table 2 entry, here | paper
+    assert "| 28.90% |" in sec.markdown
+    assert "conv5 11" in sec.markdown and "mnist5k: 4,000 / 1,000" in sec.markdown  # Table 5
+    assert "Over the 2 training seeds" in sec.markdown
     assert len(sec.figures) == 4
     for name, _ in sec.figures:
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
-    found = intriguing.claims(saved)
-    assert len(found) == 4
+    found = intriguing.claims(saved)  # from the saved JSON alone
+    assert len(found) == 5
     assert {c.verdict for c in found} <= {"holds", "does not hold", "inconclusive"}
     assert all(c.source.startswith("Szegedy") for c in found)
+    assert all(c.comparisons and all(x.margin > 0 for x in c.comparisons) for c in found)
+    assert all("2 training seeds" in c.setting for c in found)
+    raw, relative = found[2], found[3]
+    assert "rescaling-invariant" in relative.claim and "rescaling" not in raw.claim
+    # every training seed's multi-layer Table 1 models count in the layer rows
+    # FC100, FC200, AE400 at two seeds (+ the halves, the reference CNN)
+    assert raw.comparisons[0].interval.n[0] >= 2 * 3
+    # the autoencoder row pairs over the training seeds when there are several
+    assert "paired over training seeds" in found[4].comparisons[0].label
 
 
 @pytest.mark.slow  # the tiny run: 8 models trained and attacked, SNNL*, bounds
@@ -342,3 +359,54 @@ def test_study_dataset_is_a_setting_and_a_zoo_model_of_another_dataset_is_left_o
         assert model.eval()(x).shape == (3, 10)
     note = intriguing._zoo_note({"dataset": "mnist5k", "zoo_dataset": "digits"})
     assert "left out" in note and "digits" in note
+
+
+def test_relative_bounds_do_not_change_when_layers_are_rescaled():
+    """Issue 21: W1, b1 * c and W2 / c give the same ReLU net; the raw per-layer bounds
+    change (x c, x 1/c), the relative form L_k * mean||h_{k-1}|| / mean||h_k|| does not,
+    and it equals a float64 numpy computation (spectral norms, norms of the activations)."""
+    from snnl.models import MLP
+
+    torch.manual_seed(3)
+    net = MLP((1, 3, 3), 4, widths=(6, 5))
+    x = torch.rand(40, 1, 3, 3)
+    before = szegedy.model_layer_bounds({"m": net}, (1, 3, 3), x)["m"]
+    y0 = net(x).detach()
+    c = 7.0
+    with torch.no_grad():
+        net.fc1.weight.mul_(c)
+        net.fc1.bias.mul_(c)
+        net.fc2.weight.div_(c)
+    assert torch.allclose(net(x).detach(), y0, atol=1e-5)  # the same function
+    after = szegedy.model_layer_bounds({"m": net}, (1, 3, 3), x)["m"]
+    assert after["blocks"]["fc1"] == pytest.approx(c * before["blocks"]["fc1"], rel=1e-4)
+    assert after["blocks"]["fc2"] == pytest.approx(before["blocks"]["fc2"] / c, rel=1e-4)
+    for k in ("fc1", "fc2", "logits"):
+        assert after["relative"][k] == pytest.approx(before["relative"][k], rel=1e-4)
+    # independent reference on the rescaled net
+    w = [net.fc1.weight, net.fc2.weight, net.logits.weight]
+    b = [net.fc1.bias, net.fc2.bias, net.logits.bias]
+    h = [x.flatten(1).double().numpy()]
+    for i in range(3):
+        z = h[-1] @ w[i].detach().double().numpy().T + b[i].detach().double().numpy()
+        h.append(np.maximum(z, 0.0) if i < 2 else z)
+    for i, k in enumerate(("fc1", "fc2", "logits")):
+        spec = np.linalg.norm(w[i].detach().double().numpy(), 2)
+        sizes = [np.linalg.norm(h[j], axis=1).mean() for j in (i, i + 1)]
+        assert after["relative"][k] == pytest.approx(spec * sizes[0] / sizes[1], rel=1e-4)
+
+
+def test_training_seeds_default_one_full_at_least_three():
+    assert szegedy.settings(ReproduceConfig()).train_seeds == 1
+    assert szegedy.settings(ReproduceConfig(full=True, seeds=2)).train_seeds == 3
+    assert szegedy.settings(ReproduceConfig(full=True, seeds=5)).train_seeds == 5
+    with pytest.raises(ValueError, match="train_seeds must be an int >= 1"):
+        szegedy.Settings(train_seeds=0)
+
+
+def test_paper_numbers_are_the_published_ones():
+    """Table 1 (test error, mean minimal distortion) and the Table 2 row FIELD_NOTES quote."""
+    assert szegedy.PAPER_TABLE1["FC100-100-10"][1:] == (0.0164, 0.058)
+    assert szegedy.PAPER_TABLE1["AE400-10"][1:] == (0.019, 0.086)
+    assert szegedy.PAPER_TABLE2["FC100-100-10"]["FC10(1e-4)"] == 0.289
+    assert szegedy.PAPER_TABLE5["conv5"] == 11.0 and len(szegedy.PAPER_TABLE5) == 8

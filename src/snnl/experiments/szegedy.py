@@ -11,12 +11,14 @@ Not an experiment of its own (the registry does not list it): the helper module 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,7 +32,7 @@ from snnl.experiments.config import ReproduceConfig
 from snnl.lipschitz import layer_bounds
 from snnl.models import AutoencoderClassifier, build_model
 from snnl.runs import RESULTS, epoch_batches, train_or_reuse
-from snnl.taps import eval_mode
+from snnl.taps import capture, eval_mode
 
 # ----------------------------------------------------------------------------- the paper
 
@@ -58,6 +60,96 @@ PAPER_TABLE2: dict[str, dict[str, float]] = {
     },
     "gaussian 0.3": {"FC10(1e-4)": 0.156, "FC100-100-10": 0.05, "AE400-10": 0.031},
 }
+
+#: Szegedy et al. 2013, Table 5 (AlexNet on ImageNet, not MNIST): the upper Lipschitz
+#: bound of each layer, input to output (FIELD_NOTES section 7). No MNIST model's bounds
+#: are published; shown for the shape of the profile only.
+PAPER_TABLE5: dict[str, float] = {
+    "conv1": 2.75, "conv2": 10.0, "conv3": 7.0, "conv4": 7.5, "conv5": 11.0,
+    "fc1": 3.12, "fc2": 4.0, "fc3": 4.0,
+}  # fmt: skip
+#: How this study differs from the paper's MNIST runs (each a reason a number can differ).
+PAPER_DIFFERENCES: tuple[str, ...] = (
+    "data: the paper trains on MNIST's 60,000 images and tests on 10,000; here the "
+    "study's dataset (mnist5k: 4,000 / 1,000)",
+    "training: the paper's optimiser, schedule and epochs are not given in what we could "
+    "read; here Adam (lr 1e-3, AE 1e-2), batch 128, a fixed small number of epochs",
+    "attack: both use box-constrained L-BFGS with a search over c, but the paper's "
+    "search, targets and image set are not published; here a seeded random wrong target "
+    "class, a bounded number of L-BFGS-B iterations and a few dozen to hundreds of images "
+    "(the mean minimal distortion counts only the solved images)",
+    "models: ReLU hidden layers (the activation is not named in what we could read); the "
+    "AE is a sparse sigmoid autoencoder pre-trained here (UFLDL objective), not the "
+    "paper's own",
+    "Table 2: the paper's rows are examples made on its models, in its proportions; only "
+    "some entries are known (FIELD_NOTES), the rest are not retrievable",
+)
+
+
+def paper_tables(results: Mapping[str, Any]) -> list[str]:
+    """Markdown: Table 1 with a "here" and a "paper" column per measure (mean +- sd over
+    training seeds where there are several), the Table 2 entries the paper gives next to
+    ours, Table 5's published (AlexNet) bounds and the differences that can explain a gap.
+    Reads only the saved results."""
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    def num(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    seeds = results.get("train_seeds") or {}
+    lines = [
+        "**Table 1, here and in the paper** (Szegedy et al. 2013, Table 1; 'here' is the "
+        f"first training seed; {len(seeds) or 1} training seed(s) in all):",
+        "",
+        "| model | train error here | paper | test error here | paper | L-BFGS success | "
+        "mean min. distortion here | paper |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in [*results["table1_models"], *results["half_models"]]:
+        m = results["models"][name]
+        p = PAPER_TABLE1.get(name, (None, None, None))
+        lines.append(
+            f"| {name} | {pct(m['train_error'])} | {pct(p[0])} | {pct(m['test_error'])} | "
+            f"{pct(p[1])} | {100 * m['attack']['success_rate']:.0f}% | "
+            f"{num(m['attack']['mean_distortion'])} | {num(p[2])} |"
+        )
+    if len(seeds) > 1:
+        lines += ["", f"Over the {len(seeds)} training seeds (mean +- sd):", "",
+                  "| model | test error | paper | mean min. distortion | paper |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for name in results["table1_models"]:
+            err = [r[name]["test_error"] for r in seeds.values()]
+            dist = [r[name]["attack"]["mean_distortion"] for r in seeds.values()]
+            dist = [d for d in dist if d is not None]
+            p = PAPER_TABLE1.get(name, (None, None, None))
+            lines.append(
+                f"| {name} | {100 * np.mean(err):.2f}% +- {100 * np.std(err, ddof=1):.2f} | "
+                f"{pct(p[1])} | "
+                + (
+                    f"{np.mean(dist):.3f} +- {np.std(dist, ddof=1):.3f}" if len(dist) > 1 else "n/a"
+                )  # fmt: skip
+                + f" | {num(p[2])} |"
+            )
+    lines += ["", "**Table 2 entries the paper gives** (error of the column model on the "
+              "row's examples or noise):", "", "| row | column | here | paper |",
+              "|---|---|---|---|"]  # fmt: skip
+    ours = {r["row"]: r["errors"] for r in results["table2"]["rows"]}
+    for row, cols in PAPER_TABLE2.items():
+        for col, v in cols.items():
+            here = ours.get(row, {}).get(col)
+            lines.append(f"| {row} | {col} | {pct(here)} | {pct(v)} |")
+    lines += [
+        "",
+        "**Table 5** of the paper bounds AlexNet's layers on ImageNet (" +
+        ", ".join(f"{k} {v:g}" for k, v in PAPER_TABLE5.items()) + "): no MNIST model's "
+        "bounds are published, so the layer bounds below have no paper column.",
+        "",
+        "Differences from the paper that can explain a gap: " + "; ".join(PAPER_DIFFERENCES)
+        + ".",
+    ]  # fmt: skip
+    return lines
 
 
 @dataclass(frozen=True)
@@ -125,6 +217,14 @@ class Settings:
     # CKA estimator (snnl.measures.cka_estimator): "auto" (unbiased where D > N / 10),
     # "biased", "unbiased"
     cka: str = "auto"
+    # training seeds of the Table 1 models (seed, seed + 1, ...): the first gives every
+    # table; each further one retrains the six models and repeats Table 1 (errors, L-BFGS
+    # on the same images) and the layer bounds, so those claims compare over seeds
+    train_seeds: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.train_seeds, int) or self.train_seeds < 1:
+            raise ValueError(f"train_seeds must be an int >= 1, got {self.train_seeds!r}")
 
 
 def settings(config: ReproduceConfig) -> Settings:
@@ -133,7 +233,8 @@ def settings(config: ReproduceConfig) -> Settings:
 
     ``--epochs`` overrides the supervised and the pre-training epochs.
     """
-    full = Settings(epochs=60, ae_pretrain_epochs=30, attack_images=300, max_iter=100)
+    full = Settings(epochs=60, ae_pretrain_epochs=30, attack_images=300, max_iter=100,
+                    train_seeds=max(3, config.seeds))  # fmt: skip
     base = full if config.full else Settings()
     if config.epochs is not None:
         base = replace(base, epochs=config.epochs, ae_pretrain_epochs=config.epochs)
@@ -431,18 +532,81 @@ def weight_layer_blocks(bounds: Mapping[str, float], weight_layers: Sequence[str
     return blocks
 
 
-def model_layer_bounds(models: Mapping[str, nn.Module], input_shape: tuple[int, ...]) -> dict:
-    """Per-layer upper bounds (:func:`snnl.lipschitz.layer_bounds`) and per-weight-layer blocks."""
+def block_ends(bounds: Mapping[str, float], weight_layers: Sequence[str]) -> dict[str, str]:
+    """The last layer (forward order) of each block of :func:`weight_layer_blocks`: the
+    layer whose output is the block's output.
+
+    Example:
+        >>> b = {"normalize": 1.0, "fc1": 3.0, "relu1": 1.0, "logits": 5.0}
+        >>> block_ends(b, ["fc1", "logits"])
+        {'fc1': 'relu1', 'logits': 'logits'}
+    """
+    ends: dict[str, str] = {}
+    current: str | None = None
+    for name in bounds:
+        if name in weight_layers:
+            current = name
+        if current is not None:
+            ends[current] = name
+    return ends
+
+
+def relative_block_bounds(
+    model: nn.Module, x: Tensor, blocks: Mapping[str, float], ends: Mapping[str, str]
+) -> dict[str, float]:
+    """Each block's upper Lipschitz bound relative to its gain in size on data:
+    ``R_k = L_k * mean_i ||h_{k-1}(x_i)|| / mean_i ||h_k(x_i)||``.
+
+    ``h_k``: the output of block k (the layer ``ends[k]``, flattened), ``h_0 = x``
+    (flattened); ``L_k`` the block's bound (``blocks``, forward order). ``R_k`` is the
+    bound in units of the layer's typical output/input size ratio, so multiplying a
+    block's weights and bias by ``c > 0`` and dividing the next weight layer by ``c``
+    (the same function for ReLU nets, positively homogeneous) multiplies ``L_k`` and
+    ``h_k`` by ``c`` and ``L_{k+1}`` by ``1 / c`` but leaves every ``R_k`` unchanged, where
+    the raw bounds ``L_k`` change. ``R_k >= 1`` would hold for a block that is linear on the
+    data's span; a sigmoid block can be below 1 (its output norm does not vanish at 0).
+
+    Shapes: x (N, ...) a batch of the model's inputs -> {block: R_k}. NaN where a block's
+    outputs are all zero on ``x``.
+
+    Example:
+        >>> from snnl.models import MLP
+        >>> _ = torch.manual_seed(0)
+        >>> net, x = MLP((1, 2, 2), 3, widths=(4,)), torch.rand(16, 1, 2, 2)
+        >>> b = model_layer_bounds({"m": net}, (1, 2, 2))["m"]
+        >>> sorted(relative_block_bounds(net, x, b["blocks"], block_ends(b["bounds"], b["blocks"])))
+        ['fc1', 'logits']
+    """
+    names = list(blocks)
+    outs = capture(model, x, [ends[k] for k in names])
+    size = [float(x.double().flatten(1).norm(dim=1).mean())]
+    size += [float(outs[ends[k]].double().flatten(1).norm(dim=1).mean()) for k in names]
+    return {
+        k: blocks[k] * size[i] / size[i + 1] if size[i + 1] > 0 else math.nan
+        for i, k in enumerate(names)
+    }
+
+
+def model_layer_bounds(
+    models: Mapping[str, nn.Module], input_shape: tuple[int, ...], x: Tensor | None = None
+) -> dict:
+    """Per-layer upper bounds (:func:`snnl.lipschitz.layer_bounds`), per-weight-layer blocks
+    and, with data ``x``, each block's bound relative to its gain on ``x``
+    (:func:`relative_block_bounds`, ``"relative"``: the form layer rescaling cannot change)."""
     out = {}
     for name, model in models.items():
         res = layer_bounds(model, input_shape)
         weights = [n for n, m in model.named_modules()
                    if isinstance(m, (nn.Linear, nn.Conv2d)) and n in res.bounds]  # fmt: skip
+        blocks = weight_layer_blocks(res.bounds, weights)
         out[name] = {
             "bounds": {k: float(v) for k, v in res.bounds.items()},
-            "blocks": weight_layer_blocks(res.bounds, weights),
+            "blocks": blocks,
             "product": float(res.product),
         }
+        if x is not None:
+            ends = block_ends(res.bounds, weights)
+            out[name]["relative"] = relative_block_bounds(model, x, blocks, ends)
     return out
 
 
@@ -561,12 +725,14 @@ def trained_model(
 ) -> tuple[nn.Module, dict[str, Any], bool]:
     """The model of ``spec`` and its training record, and whether it was reused.
 
-    Its run folder ``out/runs/intriguing/<slug>`` (``model.pt``, then ``results.json``
+    Its run folder ``out/runs/intriguing/<slug>`` (``<slug>-seed<seed>`` for a seed other
+    than the default's 0; ``model.pt``, then ``results.json``
     with the config and record) goes through :func:`snnl.runs.train_or_reuse`: reused
     when the saved config equals the one asked for; another config is an error
     (:class:`snnl.runs.RunMismatchError`) unless ``--force``, which retrains it.
     """
-    folder = context.out.joinpath(*RUNS_DIR, slug(spec.name))
+    name = slug(spec.name) if s.seed == Settings.seed else f"{slug(spec.name)}-seed{s.seed}"
+    folder = context.out.joinpath(*RUNS_DIR, name)
     config = model_run_config(spec, s, dataset, fingerprint)
     trained: dict[str, nn.Module] = {}
 
@@ -595,3 +761,88 @@ def trained_model(
     model.load_state_dict(torch.load(folder / MODEL_FILE, weights_only=True))
     model.eval()
     return model, results["record"], True
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _image(values: Sequence[float]) -> np.ndarray:
+    side = int(round(math.sqrt(len(values))))
+    return np.asarray(values, dtype=np.float64).reshape(side, side)
+
+
+def units_figure(study: dict[str, Any], model: str, path: Path) -> None:
+    """The top test images of a few units and random directions (a units study of the
+    saved results), one row each, with the row's class purity."""
+    from snnl.figures import plt, save_figure
+
+    shown = study["shown"]
+    cols = max(len(s["images"]) for s in shown)
+    fig, axes = plt.subplots(
+        len(shown), cols, figsize=(1.1 * cols + 1.6, 1.2 * len(shown)), squeeze=False
+    )
+    for ax_row, item in zip(axes, shown, strict=True):
+        for j, ax in enumerate(ax_row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j >= len(item["images"]):
+                ax.axis("off")
+                continue
+            ax.imshow(_image(item["images"][j]), cmap="gray_r", vmin=0, vmax=1)
+            ax.set_title(str(item["labels"][j]), fontsize=7, pad=1)
+        ax_row[0].set_ylabel(
+            f"{item['label']}\npurity {item['purity']:.2f}", fontsize=7, rotation=0, ha="right",
+            va="center",
+        )  # fmt: skip
+    fig.suptitle(
+        f"{model}, layer {study['layer']}: test images with the largest projection on a unit "
+        f"(top rows) and on a random direction (bottom rows); class above each image;\n"
+        f"purity: share of the most common class among the top {study['top_k']} images",
+        fontsize=8,
+    )
+    save_figure(fig, path)
+
+
+def examples_figure(ex: dict[str, Any], models: Sequence[str], path: Path) -> None:
+    """Attacked test images (top row) and each model's adversarial version of them."""
+    from snnl.figures import plt, save_figure
+
+    n = len(ex["original"])
+    fig, axes = plt.subplots(n, len(models) + 1, figsize=(1.3 * (len(models) + 1), 1.45 * n),
+                             squeeze=False)  # fmt: skip
+    for i in range(n):
+        panels = [("clean", ex["original"][i], ex["labels"][i])] + [
+            (m, ex["adversarial"][m][i], ex["predicted"][m][i]) for m in models
+        ]
+        for ax, (title, img, pred) in zip(axes[i], panels, strict=True):
+            ax.imshow(_image(img), cmap="gray_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            d = float(np.sqrt(np.mean((_image(img) - _image(ex["original"][i])) ** 2)))
+            label = f"class {pred}" if title == "clean" else f"-> {pred}, d={d:.3f}"
+            ax.set_title((f"{title}\n" if i == 0 else "") + label, fontsize=6, pad=1)
+    fig.suptitle(f"L-BFGS adversarial examples (target classes {ex['targets']})", fontsize=8)
+    save_figure(fig, path)
+
+
+def distortion_figure(results: dict[str, Any], path: Path) -> None:
+    """Box plot of each model's minimal distortions, with the paper's mean per model."""
+    from snnl.figures import plt, save_figure
+
+    names = [*results["table1_models"], *results["half_models"]]
+    data = [
+        [d for d in results["models"][n]["attack"]["distortions"] if d is not None] for n in names
+    ]
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    ax.boxplot(data, showmeans=True)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=20, fontsize=7)
+    paper = [PAPER_TABLE1.get(n, (None, None, None))[2] for n in names]
+    xs = [i + 1 for i, p in enumerate(paper) if p is not None]
+    ax.scatter(xs, [p for p in paper if p is not None], marker="x", color="C3", zorder=3,
+               label="paper (Table 1 mean)")  # fmt: skip
+    ax.set_ylabel("minimal distortion")
+    ax.legend(frameon=False, fontsize=7)
+    ax.grid(alpha=0.3)
+    ax.set_title("Distortion of the successful L-BFGS examples per model (box: quartiles; "
+                 "triangle: mean)", fontsize=9)  # fmt: skip
+    save_figure(fig, path)
