@@ -30,10 +30,15 @@ the paper used):
   j over the batch; lambda 3e-3, beta 3, rho 0.1), then train only the softmax on the
   frozen code, computed once (``mean CE + 1e-4 / 2 ||W||^2``).
 
-One training seed: the verdicts' standard errors are over images, units or model
-pairs (each claim states which), not over seeds. Default cost, measured on the shared
-2-core machine with one thread: about 80 s of CPU for a fresh run (27 training, 42
-L-BFGS, 10 SNNL* and the rest), about 55 s when the saved models are reused.
+Training seeds (``Settings.train_seeds``: 2 in the default, ``max(3, --seeds)`` in
+``--full``): the first seed gives every table; each further seed retrains the six
+Table 1 models and repeats Table 1 (errors, L-BFGS on the same images) and the layer
+bounds. Each claim row states its unit (images, units, model pairs, models, seeds) and
+carries its comparisons with the margins of :data:`MARGINS`, stated in advance. The
+layer claim is tested on the raw bounds (the paper's form, which rescaling consecutive
+layers changes, not the function) and on each bound relative to the block's gain in
+size on data (:func:`snnl.experiments.szegedy.relative_block_bounds`: rescaling cannot
+change it). Default cost on 2 cores: 34 s for a fresh first seed, 25 s for the second.
 
 Measured, per model: train and test error; box-constrained L-BFGS
 (:func:`snnl.attacks.lbfgs_search`, its search over c) towards a seeded random wrong
@@ -80,6 +85,7 @@ from snnl.experiments.base import (
     compare_groups,
     compare_paired,
 )
+from snnl.experiments.config import ReproduceConfig
 from snnl.experiments.szegedy import (
     HALF_MODELS,
     MODELS,
@@ -300,6 +306,20 @@ def reference_models(context: Context, dataset: DataSplits, s: Settings) -> dict
         ref = context.zoo.get(Kind.NORMAL, 0)
         models[f"zoo normal {config.model} (trained)"] = ref.load()
     return models
+
+
+def expected_seconds(config: ReproduceConfig) -> float:
+    """An upper estimate of the study's wall time on 2 cores, nothing reused, from the
+    default's measured costs (first seed: 12 s training at 20 epochs, 20 s L-BFGS for 50
+    images at 30 iterations, 2 s the rest; each further seed about 0.75 of that), scaled
+    by the epochs, images x iterations and training seeds of :func:`settings`, plus 30%.
+
+    >>> 60 < expected_seconds(ReproduceConfig()) < 90
+    True
+    """
+    s = settings(config)
+    first = 2.0 + 12.0 * s.epochs / 20 + 20.0 * (s.attack_images / 50) * (s.max_iter / 30)
+    return 1.3 * first * (1.0 + 0.75 * (s.train_seeds - 1))
 
 
 def run(settings: Settings, context: Context) -> dict[str, Any]:
