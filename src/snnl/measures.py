@@ -565,3 +565,72 @@ def linear_cka(a: Tensor, b: Tensor, *, estimator: str = "auto") -> float:
     if float(den) == 0.0:
         return float("nan")
     return float(torch.linalg.matrix_norm(b.T @ a) ** 2 / den)
+
+
+# ----------------------------------------------------------------------------- input-unit gradients
+
+
+def input_gradient_variability(
+    model: nn.Module,
+    x: Tensor,
+    layers: str | Sequence[str] = "hidden",
+    *,
+    unit_chunk: int = 64,
+) -> dict[str, dict[str, float]]:
+    """How variable the input-unit gradient is across samples and across units
+    (Leavitt & Morcos 2020, "Linking average- and worst-case perturbation robustness").
+
+    ``G[n, u, d] = d a_u(x_n) / d x_{n, d}``: the gradient of unit ``u``'s activation
+    (a convolutional feature map averaged over space, as for class selectivity) with
+    respect to input ``n``, in eval mode. Per layer (population variances, float64 sums):
+
+    - ``across_samples = mean_{u, d} Var_n G[n, u, d]``
+    - ``across_units = mean_{n, d} Var_u G[n, u, d]``
+    - ``mean_square = mean_{n, u, d} G[n, u, d]^2`` (the scale, for a scale-free ratio)
+
+    Shapes: x (N, *input_shape) with N >= 2. Cost: one batched backward pass per
+    ``unit_chunk`` units of each layer; memory ``unit_chunk * N * input_size`` floats.
+
+    Example:
+        >>> from snnl.models import MLP
+        >>> _ = torch.manual_seed(0)
+        >>> model = MLP((4,), 3, widths=(6, 5))
+        >>> v = input_gradient_variability(model, torch.rand(10, 4), ["relu1"])
+        >>> sorted(v["relu1"]), v["relu1"]["across_samples"] >= 0
+        (['across_samples', 'across_units', 'mean_square'], True)
+    """
+    check_int("unit_chunk", unit_chunk, low=1)
+    x = check_tensor("x", x, floating=True)
+    if x.shape[0] < 2:
+        raise ValueError(f"input_gradient_variability needs at least 2 samples, got {x.shape[0]}")
+    names = resolve_layers(model, layers)
+    device = next(iter(model.parameters()), x).device
+    xr = x.detach().to(device).requires_grad_(True)
+    with eval_mode(model), torch.enable_grad(), LayerTap(model, names) as tap:
+        model(xr)
+        acts = {n: h.flatten(2).mean(2) if h.dim() > 2 else h for n, h in tap.outputs.items()}
+    n_samples = xr.shape[0]
+    out: dict[str, dict[str, float]] = {}
+    for name, a in acts.items():
+        units = a.shape[1]
+        samples_sum = torch.zeros((), dtype=torch.float64)
+        g_sum = torch.zeros(n_samples, xr[0].numel(), dtype=torch.float64)
+        g_sq = torch.zeros_like(g_sum)
+        for start in range(0, units, unit_chunk):
+            k = min(unit_chunk, units - start)
+            basis = torch.zeros(k, *a.shape, dtype=a.dtype, device=a.device)
+            basis[torch.arange(k), :, start + torch.arange(k)] = 1.0
+            (g,) = torch.autograd.grad(
+                a, xr, grad_outputs=basis, is_grads_batched=True, retain_graph=True
+            )
+            g = g.reshape(k, n_samples, -1).double().cpu()  # (units in chunk, N, D)
+            samples_sum += g.var(dim=1, correction=0).sum()
+            g_sum += g.sum(0)
+            g_sq += (g * g).sum(0)
+        per_unit_mean = g_sum / units
+        out[name] = {
+            "across_samples": float(samples_sum / (units * g_sum.shape[1])),
+            "across_units": float((g_sq / units - per_unit_mean**2).clamp_min(0).mean()),
+            "mean_square": float(g_sq.sum() / (units * g_sum.numel())),
+        }
+    return out

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from sklearn.decomposition import PCA
 
 from snnl.experiments import selectivity as sel
+from snnl.experiments import selectivity_claims as sclaims
 from snnl.experiments.config import ReproduceConfig
 from snnl.experiments.zoo import Zoo
 from snnl.models import MLP
@@ -121,7 +122,42 @@ def test_evaluate_model_against_independent_recomputation() -> None:
     assert rec["corruption_relative"] == pytest.approx(rec["corruption"]["mean"] / acc(x))
 
 
+def test_input_gradient_variability_against_a_plain_loop() -> None:
+    from snnl.measures import input_gradient_variability
+
+    torch.manual_seed(0)
+    model = MLP((1, 4, 4), 3, widths=(7, 5)).eval()
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    got = input_gradient_variability(model, x, ["relu1", "relu2"], unit_chunk=3)
+    model64 = MLP((1, 4, 4), 3, widths=(7, 5)).double().eval()
+    model64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    for layer, units in (("relu1", 7), ("relu2", 5)):
+        g = np.zeros((6, units, 16))  # G[n, u, d], one sample and one unit at a time
+        for n in range(6):
+            for u in range(units):
+                xn = x[n : n + 1].double().requires_grad_(True)
+                h = model64.flatten(model64.normalize(xn))
+                for i in range(1, 3):
+                    h = torch.relu(getattr(model64, f"fc{i}")(h))
+                    if f"relu{i}" == layer:
+                        break
+                (grad,) = torch.autograd.grad(h[0, u], xn)
+                g[n, u] = grad.reshape(-1).numpy()
+        assert np.abs(g).sum() > 0
+        ref = {
+            "across_samples": g.var(axis=0).mean(),
+            "across_units": g.var(axis=1).mean(),
+            "mean_square": (g**2).mean(),
+        }
+        for key, value in ref.items():
+            assert got[layer][key] == pytest.approx(value, rel=1e-4, abs=1e-12)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        input_gradient_variability(model, x[:1], ["relu1"])
+
+
 # ----------------------------------------------------------------------------- claims
+
+ALPHAS = (-3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0)
 
 
 def _record(setting: str, kind: str, alpha: float, seed: int, si: float, **m: float) -> dict:
@@ -131,6 +167,8 @@ def _record(setting: str, kind: str, alpha: float, seed: int, si: float, **m: fl
         "corrupted": {n: m["dim"] + m.get("cor_up", 1.0) for n in layers},
         "adversarial": {n: m["dim"] + m.get("adv_up", 3.0) for n in layers},
     }
+    grad = {"across_samples": m.get("g_s", 1e-3), "across_units": m.get("g_u", 2e-3),
+            "mean_square": m.get("g_m", 3e-3)}  # fmt: skip
     return {
         "setting": setting,
         "kind": kind,
@@ -153,13 +191,14 @@ def _record(setting: str, kind: str, alpha: float, seed: int, si: float, **m: fl
         "pgd": {"0.1": m["pgd"]},
         "fgsm_mean": m["fgsm"],
         "pgd_mean": m["pgd"],
+        "input_gradient": {n: dict(grad) for n in layers},
         "dimensionality": dims,
         "participation_ratio": {k: dict(v) for k, v in dims.items()},
     }
 
 
 def _results(records: list[dict]) -> dict:
-    s = sel.Settings(seeds=3, alphas=(-1.0, 1.0))
+    s = sel.Settings(seeds=4, alphas=tuple(a for a in ALPHAS if a))
     return json.loads(
         json.dumps(
             {
@@ -185,24 +224,30 @@ def _results(records: list[dict]) -> dict:
     )
 
 
-def _synthetic(cor_slope: float, noise: float = 0.002) -> dict:
-    """Three seeds x (alpha -1, 0, 1) + entangled; corruption accuracy = 0.8 + slope * SI."""
+def _synthetic(cor_trend: float, noise: float = 0.01, seeds: int = 4) -> dict:
+    """Seeds x the 7-point sweep + entangled. Selectivity rises with alpha; clean accuracy
+    falls away from alpha 0; corrupted / clean = 0.9 + cor_trend * SI, FGSM / clean =
+    0.3 + 0.2 * SI (+ noise), PGD / clean noise only; gradient variances rise with SI."""
     rng = np.random.default_rng(0)
     records = []
-    for seed in range(3):
-        for label, alpha, si in (("a=-1", -1.0, 0.2), ("normal", 0.0, 0.45), ("a=1", 1.0, 0.7)):
+    for seed in range(seeds):
+        for i, alpha in enumerate(ALPHAS):
+            si = 0.2 + 0.08 * i + 0.01 * seed
+            acc = 0.9 - 0.02 * abs(alpha)
             records.append(
                 _record(
-                    label,
+                    sel.setting_label(alpha),
                     "selectivity" if alpha else "normal",
                     alpha,
                     seed,
-                    si + 0.01 * seed,
-                    acc=0.9,
-                    cor=0.8 + cor_slope * si + noise * rng.normal(),
-                    fgsm=0.3 + 0.2 * si + noise * rng.normal(),
-                    pgd=0.2 + noise * rng.normal(),
+                    si,
+                    acc=acc,
+                    cor=acc * (0.9 + cor_trend * si + noise * rng.normal()),
+                    fgsm=acc * (0.3 + 0.2 * si + noise * rng.normal()),
+                    pgd=acc * (0.2 + noise * rng.normal()),
                     dim=40 - 20 * si + rng.normal(),
+                    g_s=1e-3 * (1 + 2 * si) * np.exp(0.05 * rng.normal()),
+                    g_u=2e-3 * (1 + 3 * si) * np.exp(0.05 * rng.normal()),
                 )
             )
         records.append(
@@ -214,57 +259,154 @@ def _synthetic(cor_slope: float, noise: float = 0.002) -> dict:
                 0.9,
                 acc=0.5,
                 cor=0.0,
-                fgsm=1.0,
-                pgd=1.0,
+                fgsm=0.5,
+                pgd=0.5,
                 dim=1.0,
-            )
-        )  # far off every trend: must not enter the slopes
+                g_s=1.0,
+                g_u=1.0,
+            )  # fmt: skip
+        )  # far off every trend: must not enter the claims
     return _results(records)
 
 
-def test_claims_follow_the_per_seed_slopes() -> None:
-    res = _synthetic(cor_slope=-0.3)
-    claims = sel.claims(res)
-    assert len(claims) == 5
-    cor, fgsm, pgd, dim, adv = claims
-    assert cor.verdict == "holds" and "corruption" in cor.measured  # slope -0.3 < 0
-    assert fgsm.verdict == "holds"  # slope +0.2 > 0
-    assert pgd.verdict == "inconclusive"  # no trend, noise only
-    assert dim.verdict == "holds"  # dimensionality falls with selectivity
-    assert adv.verdict == "holds"  # +3 vs +1 components
-    slopes = []
-    for seed in range(3):
+def test_spearman_matches_scipy() -> None:
+    from scipy.stats import spearmanr
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        x = list(rng.integers(0, 4, size=7).astype(float))  # ties
+        y = list(rng.normal(size=7))
+        if len(set(x)) < 2:
+            continue
+        assert sclaims.spearman(x, y) == pytest.approx(spearmanr(x, y).statistic, abs=1e-10)
+    assert sclaims.spearman([1.0, 2.0, None, 3.0], [3.0, 2.0, 9.0, 1.0]) == pytest.approx(-1.0)
+    assert sclaims.spearman([1.0, 2.0], [1.0, 2.0]) is None
+    assert sclaims.spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None
+
+
+def test_per_seed_spearman_matches_scipy_and_counts_failed_runs() -> None:
+    from scipy.stats import spearmanr
+
+    res = _synthetic(cor_trend=-0.3, noise=0.05)
+    res["runs"][2]["health"] = "collapsed"  # counts at its measured values
+    rhos = sclaims.per_seed_spearman(res, lambda r: r["corruption_relative"])
+    for seed, rho in rhos.items():
         runs = [r for r in res["runs"] if r["seed"] == seed and r["kind"] != "entangled"]
-        slopes.append(
-            np.polyfit(
-                [r["mean_selectivity"] for r in runs], [r["corruption"]["mean"] for r in runs], 1
-            )[0]
+        assert len(runs) == len(ALPHAS)
+        ref = spearmanr(
+            [r["mean_selectivity"] for r in runs], [r["corruption_relative"] for r in runs]
         )
-    assert f"{np.mean(slopes):.3f}" in cor.measured
+        assert rho == pytest.approx(ref.statistic, abs=1e-10)
 
-    flipped = sel.claims(_synthetic(cor_slope=+0.3))[0]
+
+def _t_interval(values: list[float]) -> tuple[float, float]:
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=np.float64)
+    half = t.ppf(0.975, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
+    return v.mean() - half, v.mean() + half
+
+
+def _rule(low: float, high: float, expect: str, margin: float) -> str:
+    if expect == "less":
+        low, high = -high, -low
+    if low > 0:
+        return "holds"
+    if high < 0 or (-margin < low and high < margin):
+        return "does not hold"
+    return "inconclusive"
+
+
+def _check_rows_from_json(res: dict) -> list:
+    """Every new row recomputed from the saved JSON alone with scipy."""
+    from scipy.stats import spearmanr
+
+    res = json.loads(json.dumps(res))
+    claims = sel.claims(res)
+    cor, fgsm, pgd, grad = claims[0], claims[1], claims[2], claims[3]
+    sweep = [r for r in res["runs"] if r["kind"] != "entangled"]
+    seeds = sorted({r["seed"] for r in sweep})
+    for row, key, raw, expect in (
+        (cor, "corruption_relative", lambda r: r["corruption"]["mean"], "less"),
+        (fgsm, "fgsm_relative", lambda r: r["fgsm_mean"], "greater"),
+        (pgd, "pgd_relative", lambda r: r["pgd_mean"], "greater"),
+    ):
+        rel_rho, raw_rho = [], []
+        for seed in seeds:
+            runs = [r for r in sweep if r["seed"] == seed]
+            si = [r["mean_selectivity"] for r in runs]
+            rel_rho.append(spearmanr(si, [r[key] for r in runs]).statistic)
+            raw_rho.append(spearmanr(si, [raw(r) for r in runs]).statistic)
+        low, high = _t_interval(rel_rho)
+        iv = row.comparisons[0].interval
+        assert (iv.low, iv.high) == (pytest.approx(low), pytest.approx(high))
+        assert row.verdict == _rule(low, high, expect, 0.2)
+        assert row.comparisons[0].margin == 0.2
+        assert f"mean {np.mean(rel_rho):+.3f}" in row.measured
+        assert "raw" in row.measured and f"mean {np.mean(raw_rho):+.3f}" in row.measured
+        assert "count at their measured values" in row.setting
+    layer = res["layers"][0]
+    verdicts = []
+    for i, what in enumerate(("across_samples", "across_units")):
+        diffs = []
+        for seed in seeds:
+            runs = sorted(
+                (r for r in sweep if r["seed"] == seed), key=lambda r: r["mean_selectivity"]
+            )
+            hi, lo = runs[-1]["input_gradient"][layer][what], runs[0]["input_gradient"][layer][what]
+            diffs.append(np.log(hi) - np.log(lo))
+        low, high = _t_interval(diffs)
+        iv = grad.comparisons[i].interval
+        assert (iv.low, iv.high) == (pytest.approx(low), pytest.approx(high))
+        verdicts.append(_rule(low, high, "greater", np.log(1.1)))
+    both = "holds" if verdicts == ["holds"] * 2 else (
+        "does not hold" if "does not hold" in verdicts else "inconclusive")  # fmt: skip
+    assert grad.verdict == both
+    return claims
+
+
+def test_claims_from_the_saved_json_alone() -> None:
+    claims = _check_rows_from_json(_synthetic(cor_trend=-0.3))
+    assert len(claims) == 6
+    cor, fgsm, _, grad, dim, adv = claims
+    assert cor.verdict == "holds" and "corruption" in cor.measured  # rho -1 per seed
+    assert fgsm.verdict == "holds" and grad.verdict == "holds"
+    assert dim.verdict == "holds"  # dimensionality falls with selectivity (slope)
+    assert adv.verdict == "holds"  # +3 vs +1 components
+    flipped = _check_rows_from_json(_synthetic(cor_trend=+0.3))[0]
     assert flipped.verdict == "does not hold"
+    noisy = _check_rows_from_json(_synthetic(cor_trend=-0.3, noise=0.2))
+    assert noisy[2].verdict != "holds"  # PGD / clean: noise only
+    flat = _synthetic(cor_trend=-0.3)
+    for r in flat["runs"]:
+        r["corruption_relative"] = 0.9  # constant: no correlation in any seed
+    assert sel.claims(flat)[0].verdict == "inconclusive"
 
 
-def test_unhealthy_runs_are_left_out_and_named() -> None:
-    res = _synthetic(cor_slope=-0.3)
-    bad = res["runs"][0]
-    bad["health"], bad["corruption"]["mean"] = "collapsed", 5.0  # would flip the slope
+def test_failed_runs_count_in_robustness_claims_and_are_left_out_of_slopes() -> None:
+    res = _synthetic(cor_trend=-0.3)
+    bad = next(r for r in res["runs"] if r["setting"] == "a=-3" and r["seed"] == 0)
+    bad["health"], bad["corruption_relative"] = "collapsed", 0.1  # moves seed 0's rho
     res["summary"] = sel._summary(res["runs"], res["layers"])
-    cor = sel.claims(res)[0]
-    assert cor.verdict == "holds" and "1 unhealthy" in cor.note
-    assert res["summary"]["a=-1"]["health"] == {"ok": 2, "collapsed": 1, "diverged": 0}
+    claims = _check_rows_from_json(res)
+    assert "(1 of 28)" in claims[0].setting
+    assert claims[4].verdict == "holds" and "1 unhealthy" in claims[4].note
+    assert res["summary"]["a=-3"]["health"] == {"ok": 3, "collapsed": 1, "diverged": 0}
 
 
 def test_section_writes_figures_and_tables(tmp_path: Path) -> None:
-    res = _synthetic(cor_slope=-0.3)
+    res = _synthetic(cor_trend=-0.3)
     section = sel.section(res, tmp_path)
-    for name, _ in section.figures:
+    names = [name for name, _ in section.figures]
+    assert "selectivity_relative_robustness.png" in names
+    for name in names:
         assert (tmp_path / name).stat().st_size > 1000
     text = section.markdown
-    for setting in ("a=-1", "normal", "a=1", "entangled"):
+    for setting in ("a=-3", "a=-0.5", "normal", "a=1", "entangled"):
         assert f"| {setting} |" in text
-    assert "0.210 +- 0.010" in text  # a=-1 mean selectivity: 0.20, 0.21, 0.22
+    assert "0.215 +- 0.013" in text  # a=-3 mean selectivity: 0.20, 0.21, 0.22, 0.23
+    # clean-accuracy table: alpha -3 costs 6 points (0.84 on every seed)
+    assert "| -3 | a=-3 | 0.215 +- 0.013 | 0.840 +- 0.000 | 4 / 4 | 0.840 +- 0.000 |" in text
 
 
 def test_settings_default_and_full() -> None:
@@ -294,9 +436,9 @@ def test_reproduce_and_report_on_digits(tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["complete"]
     res = saved["experiments"]["selectivity"]
-    labels = ["a=-3", "a=-1", "normal", "a=1", "entangled"]
+    labels = ["a=-3", "a=-2", "a=-1", "a=-0.5", "normal", "a=0.5", "a=1", "entangled"]
     assert list(res["summary"]) == labels
-    per_seed = ["normal", "a=-3", "a=-1", "a=1", "entangled"]
+    per_seed = ["normal", "a=-3", "a=-2", "a=-1", "a=-0.5", "a=0.5", "a=1", "entangled"]
     assert [r["setting"] for r in res["runs"]] == per_seed * 2
     zoo = Zoo(config, tmp_path, log=lambda m: None)
     normal = zoo.get("normal", 1)
@@ -312,5 +454,5 @@ def test_reproduce_and_report_on_digits(tmp_path: Path) -> None:
     write_report(tmp_path)
     report = (tmp_path / "report.md").read_text()
     assert sel.TITLE in report
-    for name in ("selectivity_robustness.png", "selectivity_attacks.png"):
+    for name in ("selectivity_robustness.png", "selectivity_relative_robustness.png"):
         assert (tmp_path / "figures" / name).exists()

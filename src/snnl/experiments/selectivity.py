@@ -31,22 +31,24 @@ Per model, on a fixed seeded subset of ``eval_points`` test points:
    copy of it at ``dimensionality_severity`` (the mean over corruptions is "corrupted")
    and on its PGD examples at ``dimensionality_eps`` ("adversarial").
 5. The robustness measures divided by the clean accuracy on the same points
-   (regularising selectivity also moves clean accuracy): reported beside the claims.
+   (regularising selectivity also moves clean accuracy): what the robustness claims judge.
+6. The input-unit gradient d(unit activation)/d(input) of every hidden layer on the first
+   ``gradient_points`` evaluation points: its variance across samples and across units
+   (:func:`snnl.measures.input_gradient_variability`).
 
-Claims (per seed, the least-squares slope of a measure against mean selectivity over
-the selectivity-regularised models and the normal model; the verdict tests whether
-the slopes' mean differs from 0 by more than twice their standard error):
-lower selectivity -> higher corruption accuracy (negative slope); lower selectivity
--> lower FGSM and PGD accuracy (positive slopes); first-layer dimensionality falls as
-selectivity rises (negative slope); and, paired per seed, adversarial inputs raise
-first-layer dimensionality more than corrupted inputs.
+Claims (:mod:`snnl.experiments.selectivity_claims`, failed runs at their measured values):
+per seed the Spearman rank correlation of measured selectivity with relative robustness
+over the sweep, interval over seeds: lower selectivity -> more robust to corruptions
+(negative), higher selectivity -> more robust to FGSM and PGD (positive); the
+input-unit gradient is more variable in the highest- than in the lowest-selectivity run of
+each seed (paired by seed). Healthy runs only: first-layer dimensionality falls as
+selectivity rises (per-seed least-squares slope); and, paired per seed, adversarial inputs
+raise first-layer dimensionality more than corrupted inputs.
 
-Cost of the default (mnist5k, 3 seeds), measured as CPU time of one torch thread on this
-project's shared 2-core machine (wall time there was 3-7x higher under other people's
-load): the 9 sweep runs about 5 s each (45 s; their trainer monitors a 100-point probe
-subset, see ``sweep_probe_size``), measuring the 15 models 31 s (corrupted sets once,
-then about 2 s a model): about 76 s in all, beside the zoo's normal and entangled runs
-that the other experiments share.
+Cost of the default (mnist5k, 3 seeds, 6 regularised alphas): 18 sweep runs of about 5 s
+CPU each (their trainer monitors a 100-point probe subset, see ``sweep_probe_size``) and
+24 models measured at about 2-3 s each (corrupted sets made once), beside the zoo's
+normal and entangled runs that the other experiments share; :func:`expected_seconds`.
 """
 
 from __future__ import annotations
@@ -72,9 +74,18 @@ from snnl.experiments.base import (
     unhealthy_lines,
 )
 from snnl.experiments.config import ReproduceConfig
+from snnl.experiments.selectivity_claims import (
+    SOURCE,
+    clean_accuracy_lines,
+    gradient_claim,
+    gradient_lines,
+    relative_robustness_figure,
+    robustness_claim,
+)
 from snnl.experiments.zoo import Kind, RunRef, outcome, recipe
 from snnl.measures import (
     accuracy,
+    input_gradient_variability,
     layer_selectivity,
     layer_snnl_profile,
     linear_dimensionality,
@@ -83,7 +94,6 @@ from snnl.taps import capture
 
 NAME = "selectivity"
 TITLE = "Class selectivity: robustness to corruptions and attacks, and dimensionality"
-SOURCE = "Leavitt & Morcos 2020, 2021"
 INPUT_SETS = ("clean", "corrupted", "adversarial")
 ATTACKS = ("fgsm", "pgd")
 
@@ -111,11 +121,13 @@ class Settings:
 
     seeds: int
     # selectivity sweep (alpha 0 = the zoo's normal model); on mnist5k alpha 3 reached about
-    # the selectivity of alpha 1 (0.75 vs 0.70) at lower accuracy, so the default stops at 1
-    alphas: tuple[float, ...] = (-3.0, -1.0, 1.0)
+    # the selectivity of alpha 1 (0.75 vs 0.70) at lower accuracy, so the default stops at 1;
+    # seven points with alpha 0 for the per-seed rank correlations
+    alphas: tuple[float, ...] = (-3.0, -2.0, -1.0, -0.5, 0.5, 1.0)
     include_entangled: bool = True  # the zoo's entangled models, beside the sweep
     eval_points: int = 500  # seeded test subset for corruptions, attacks, dimensionality
     snnl_points: int = 150  # the first this many of the eval subset for SNNL* per layer
+    gradient_points: int = 50  # the first this many for the input-unit gradient variability
     # probe subset of the sweep's runs: the trainer's per-epoch SNNL* profile of 500 probe
     # points costs about 3x the training steps of these runs; it does not change training
     sweep_probe_size: int = 100
@@ -155,6 +167,40 @@ def settings(config: ReproduceConfig) -> Settings:
             pgd_steps=20,
         )
     return Settings(seeds=config.seeds)
+
+
+#: Seconds per training run on mnist5k (4,000 points, the default MLP, one thread on this
+#: project's 2-core machine): a sweep run (selectivity regulariser), the zoo's normal and
+#: entangled runs; measuring one model at 500 evaluation points; one corruption cell.
+SWEEP_RUN_SECONDS, NORMAL_RUN_SECONDS, ENTANGLED_RUN_SECONDS = 6.0, 4.0, 9.0
+MEASURE_SECONDS, CELL_SECONDS = 4.0, 0.5
+_TRAIN_POINTS = {"digits": 1437, "mnist5k": 4000}
+
+
+def expected_seconds(config: ReproduceConfig) -> float:
+    """An upper estimate of experiment "selectivity"'s wall time for ``config`` in seconds:
+    every run of its plan trained (nothing reused; ``config.workers`` parallel workers,
+    default the cores, at most 8), scaled by the training points (mnist5k: 4,000) and
+    epochs (8), then every model measured in turn (scaled by the evaluation points).
+
+    >>> expected_seconds(ReproduceConfig(workers=2)) < 240
+    True
+    """
+    import os
+
+    s = settings(config)
+    n_train = _TRAIN_POINTS.get(config.dataset, 60000)
+    if config.limit_train:
+        n_train = min(n_train, config.limit_train)
+    cfg = recipe(config, Kind.NORMAL, 0)
+    scale = n_train / 4000 * cfg.epochs / 8 * (1 if cfg.model == "mlp" else 20)
+    per_seed = len(s.alphas) * SWEEP_RUN_SECONDS + NORMAL_RUN_SECONDS + ENTANGLED_RUN_SECONDS
+    workers = config.workers or min(os.cpu_count() or 1, 8)
+    train = s.seeds * per_seed * scale / workers
+    models = s.seeds * (len(s.alphas) + 1 + s.include_entangled)
+    measure = models * MEASURE_SECONDS * s.eval_points / 500 * (1 if cfg.model == "mlp" else 10)
+    cells = len(s.corruptions) * len(s.severities) * CELL_SECONDS * s.eval_points / 500
+    return train + measure + cells
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -257,6 +303,7 @@ def evaluate_model(
         eps = s.dimensionality_eps
         x_dim_adv = pgd(model, x, y, eps, 2.5 * eps / s.pgd_steps, s.pgd_steps, generator=g)
     record.update(adversarial)
+    record["input_gradient"] = input_gradient_variability(model, x[: s.gradient_points], layers)
     record["fgsm_mean"] = float(np.mean(list(adversarial["fgsm"].values())))
     record["pgd_mean"] = float(np.mean(list(adversarial["pgd"].values())))
     clean = record["eval_accuracy"]
@@ -462,13 +509,8 @@ def _slope_claim(
     what: str,
     measure: Any,
     expect: str,
-    relative: Any = None,
 ) -> Claim:
-    """Verdict on the per-seed slopes of ``measure`` against mean selectivity.
-
-    ``relative``: the same measure divided by clean accuracy, whose slope is reported
-    beside (selectivity regularisation also moves clean accuracy), not judged.
-    """
+    """Verdict on the per-seed slopes of ``measure`` against mean selectivity (healthy runs)."""
     slopes, note = _per_seed_slopes(results, measure)
     setting = (
         f"{results['dataset']}, {results['model']}, selectivity sweep "
@@ -491,12 +533,6 @@ def _slope_claim(
         f"slope of {what} against mean selectivity {format_mean_std(mean_std(slopes), 3)} "
         f"over seeds; {span}"
     )
-    if relative is not None:
-        rel, _ = _per_seed_slopes(results, relative)
-        if rel:
-            measured += (
-                f"; the same divided by clean accuracy: slope {format_mean_std(mean_std(rel), 3)}"
-            )
     note = rule_note + _unhealthy_note(results)
     return Claim(claim, SOURCE, setting, measured, verdict, note, (cmp,))  # type: ignore[arg-type]
 
@@ -538,28 +574,9 @@ def claims(results: dict[str, Any]) -> list[Claim]:
     first = results["layers"][0]
     out: list[Claim] = []
     if not results["skipped"].get("corruptions"):
-        out.append(
-            _slope_claim(
-                results,
-                "Lower class selectivity makes networks more robust to average-case corruptions",
-                "mean corruption accuracy",
-                lambda r: r["corruption"]["mean"],
-                "less",
-                relative=lambda r: r["corruption_relative"],
-            )
-        )
-    for attack, name in (("fgsm", "FGSM"), ("pgd", "PGD")):
-        out.append(
-            _slope_claim(
-                results,
-                f"Lower class selectivity makes networks less robust to worst-case ({name}) "
-                "perturbations",
-                f"{name} accuracy (mean over eps)",
-                lambda r, a=attack: r[f"{a}_mean"],
-                "greater",
-                relative=lambda r, a=attack: r[f"{a}_relative"],
-            )
-        )
+        out.append(robustness_claim(results, "corruption"))
+    out += [robustness_claim(results, "fgsm"), robustness_claim(results, "pgd")]
+    out.append(gradient_claim(results))
     out.append(
         _slope_claim(
             results,
@@ -721,8 +738,8 @@ def _peaks_text(results: dict[str, Any]) -> str:
     return (
         f"Along the sweep ({order}, by alpha) the highest mean is reached by: "
         + "; ".join(parts)
-        + ". A peak inside the sweep means the trend is not monotone; the claims below fit "
-        "one straight line per seed through all of it."
+        + ". A peak inside the sweep means the trend is not monotone: the robustness claims "
+        "below use rank correlations, the dimensionality claim one straight line per seed."
     )
 
 
@@ -731,6 +748,7 @@ def section(results: dict[str, Any], fig_dir: Path) -> Section:
     _robustness_figure(results, fig_dir / "selectivity_robustness.png")
     _attack_figure(results, fig_dir / "selectivity_attacks.png")
     _dimensionality_figure(results, fig_dir / "selectivity_dimensionality.png")
+    relative_robustness_figure(results, fig_dir / "selectivity_relative_robustness.png")
     layers = results["layers"]
     first = layers[0]
     corr = not results["skipped"].get("corruptions")
@@ -818,7 +836,12 @@ def section(results: dict[str, Any], fig_dir: Path) -> Section:
             + (f"{_fmt(e.get('corruption_relative'))} | " if corr else "")
             + f"{_fmt(e.get('fgsm_relative'))} | {_fmt(e.get('pgd_relative'))} |"
         )
-    lines += unhealthy_lines(results["runs"], "every mean and claim")
+    lines += ["", *clean_accuracy_lines(results), "", *gradient_lines(results)]
+    lines += unhealthy_lines(
+        results["runs"],
+        "the means above and the dimensionality claims; the robustness and "
+        "gradient claims count them at their measured values",
+    )
     t = results["timing"]
     lines += [
         "",
@@ -837,6 +860,11 @@ def section(results: dict[str, Any], fig_dir: Path) -> Section:
                 "mean class selectivity, one point per model",
             ),
             ("selectivity_attacks.png", "FGSM and PGD accuracy over eps per setting"),
+            (
+                "selectivity_relative_robustness.png",
+                "Robustness relative to clean accuracy against measured selectivity, one line "
+                "per seed (the robustness claims' per-seed Spearman rho in the legends)",
+            ),
             (
                 "selectivity_dimensionality.png",
                 "Per-layer dimensionality on clean, corrupted "
