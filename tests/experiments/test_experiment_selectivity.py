@@ -369,7 +369,7 @@ def test_claims_from_the_saved_json_alone() -> None:
     claims = _check_rows_from_json(_synthetic(cor_trend=-0.3))
     assert len(claims) == 6
     cor, fgsm, _, grad, dim, adv = claims
-    assert cor.verdict == "holds" and "corruption" in cor.measured  # rho -1 per seed
+    assert cor.verdict == "holds" and "corrupted accuracy" in cor.measured  # rho -1 per seed
     assert fgsm.verdict == "holds" and grad.verdict == "holds"
     assert dim.verdict == "holds"  # dimensionality falls with selectivity (slope)
     assert adv.verdict == "holds"  # +3 vs +1 components

@@ -119,7 +119,7 @@ def robustness_claim(results: dict[str, Any], key: str) -> Claim:
         claim = f"Class selectivity increases robustness to worst-case ({name}) perturbations"
     setting = (
         f"{results['dataset']}, {results['model']}, selectivity sweep (alpha "
-        f"{_alphas_text(results)}); per seed Spearman rho(mean selectivity, {name} accuracy / "
+        f"{_alphas_text(results)}); per seed Spearman rho(mean selectivity, {_acc(key)} / "
         f"clean accuracy) over the sweep; {_unhealthy_text(results)}"
     )
     rel = per_seed_spearman(results, lambda r: r.get(relative))
@@ -127,9 +127,9 @@ def robustness_claim(results: dict[str, Any], key: str) -> Claim:
     values = [v for v in rel.values() if v is not None]
     raw_values = [v for v in raw_rho.values() if v is not None]
     measured = (
-        f"rho(selectivity, {name} / clean) per seed {_rhos_text(rel)}"
+        f"rho(selectivity, {_acc(key)} / clean) per seed {_rhos_text(rel)}"
         + (f", mean {np.mean(values):+.3f}" if values else "")
-        + f"; secondary, raw {name} accuracy: rho per seed {_rhos_text(raw_rho)}"
+        + f"; secondary, raw {_acc(key)}: rho per seed {_rhos_text(raw_rho)}"
         + (f", mean {np.mean(raw_values):+.3f}" if raw_values else "")
     )
     side = "negative" if expect == "less" else "positive"
@@ -141,6 +141,10 @@ def robustness_claim(results: dict[str, Any], key: str) -> Claim:
     if len(values) < len(rel):
         note += f"; {len(rel) - len(values)} seed(s) without a correlation (constant values)"
     return Claim(claim, SOURCE, setting, measured, cmp.verdict, note, (cmp,))
+
+
+def _acc(key: str) -> str:
+    return "corrupted accuracy" if key == "corruption" else f"{key.upper()} accuracy"
 
 
 def _extremes(results: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -289,7 +293,7 @@ def relative_robustness_figure(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(1, len(panels), figsize=(3.8 * len(panels), 3.6), squeeze=False)
     sweep = sweep_runs(results)
     seeds = sorted({r["seed"] for r in sweep})
-    for ax, (_, name, relative, _, _) in zip(axes[0], panels, strict=True):
+    for ax, (key, name, relative, _, _) in zip(axes[0], panels, strict=True):
         rhos = per_seed_spearman(results, lambda r, k=relative: r.get(k))
         for i, seed in enumerate(seeds):
             mine = sorted(
@@ -306,7 +310,7 @@ def relative_robustness_figure(results: dict[str, Any], path: Path) -> None:
                 ax.scatter([r["mean_selectivity"] for r in bad], [r[relative] for r in bad],
                            marker="x", s=50, color="C3", zorder=4)  # fmt: skip
         ax.set_xlabel("measured mean class selectivity")
-        ax.set_ylabel(f"{name} accuracy / clean accuracy")
+        ax.set_ylabel(f"{_acc(key)} / clean accuracy")
         ax.set_title(name, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(frameon=False, fontsize=7)
