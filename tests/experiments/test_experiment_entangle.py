@@ -211,3 +211,21 @@ def test_seed_plan_follows_the_arm_with_the_larger_spread():
     assert plan.pilot == 2 and plan.n == 10
     runs["authors"] = arm([None, None, 0.9])
     assert entangle._seed_plan(runs, s).sd == pytest.approx(0.0, abs=1e-12)
+
+
+def test_an_arm_whose_every_run_failed_is_reported_not_an_error(tiny_run, tmp_path):
+    """`snnl reproduce --full` stopped with 'mean_std needs at least one value' after
+    40 minutes of training, when every paired run of the CNN's authors' arm diverged."""
+    config, s, out, results = tiny_run
+    results = json.loads(json.dumps(results))
+    (head,) = results["headline"]
+    for r in head["paired"]["authors"]:
+        r.update(test_accuracy=None, health="diverged")
+    for rec in head["tuning"]:
+        if rec["candidate"]["arm"] == "authors":
+            rec["validation_accuracy"] = None
+    sec = entangle.section(results, tmp_path)
+    assert "no run measured (all failed)" in sec.markdown
+    authors = [c for c in entangle.claims(results) if "authors' fixed T" in c.setting]
+    assert len(authors) == 1 and authors[0].verdict == "inconclusive"
+    assert "no run measured" in authors[0].measured

@@ -568,6 +568,12 @@ def _projection_figure(results: dict[str, Any], path: Path) -> None:
     save_figure(fig, path)
 
 
+def _mean_std_text(values: list[float | None]) -> str:
+    """``mean +- std (n=..)`` of the measured values; says so when every run failed."""
+    measured = [v for v in values if v is not None]
+    return format_mean_std(mean_std(measured)) if measured else "no run measured (all failed)"
+
+
 def _headline_lines(head: dict[str, Any], results: dict[str, Any]) -> list[str]:
     g, plan = head["grid"], head["plan"]
     sc = scores(head["tuning"])
@@ -598,11 +604,11 @@ def _headline_lines(head: dict[str, Any], results: dict[str, Any]) -> list[str]:
     for arm in ARMS:
         c = Candidate.from_dict(head["chosen"][arm])
         runs = head["paired"][arm]
-        acc = mean_std([r["test_accuracy"] for r in runs if r["test_accuracy"] is not None])
+        acc = [r["test_accuracy"] for r in runs if r["test_accuracy"] is not None]
         failed = sum(r["health"] != "ok" for r in runs)
         lines.append(
-            f"| {arm} | {c.label} | {format_mean_std(mean_std(sc[c]['values']))} | "
-            f"{sum(cc.arm == arm for cc in sc)} | {format_mean_std(acc)} | "
+            f"| {arm} | {c.label} | {_mean_std_text(sc[c]['values'])} | "
+            f"{sum(cc.arm == arm for cc in sc)} | {_mean_std_text(acc)} | "
             f"{failure_rate(failed, len(runs)).text()} |"
         )
     cmp = _headline_comparison(head, "entangled")
@@ -775,10 +781,9 @@ def _headline_claims(results: dict[str, Any]) -> list[Claim]:
             cmp = _headline_comparison(head, arm)
             chosen = {a: Candidate.from_dict(c).label for a, c in head["chosen"].items()}
             accs = {
-                a: mean_std([r["test_accuracy"] for r in head["paired"][a]
-                             if r["test_accuracy"] is not None])
+                a: _mean_std_text([r["test_accuracy"] for r in head["paired"][a]])
                 for a in (arm, "normal")
-            }  # fmt: skip
+            }
             hw = cmp.interval.half_width if cmp.interval is not None else float("nan")
             note = (
                 f"{cmp.note}; n = {plan['n']} paired seeds (sd {plan['sd']:.4f}, "
@@ -795,7 +800,7 @@ def _headline_claims(results: dict[str, Any]) -> list[Claim]:
                     f"{results['dataset']}, {head['model']}, {what} ({chosen[arm]}) vs normal "
                     f"({chosen['normal']}), each tuned on {head['validation']} held-out "
                     f"training points, paired by seed",
-                    f"{format_mean_std(accs[arm])} vs normal {format_mean_std(accs['normal'])}",
+                    f"{accs[arm]} vs normal {accs['normal']}",
                     cmp.verdict,
                     note,
                     (cmp,),
