@@ -42,6 +42,7 @@ __all__ = [
     "holm",
     "seeds_for_half_width",
     "smallest_detectable_effect",
+    "spearman",
     "VERDICTS",
 ]
 
@@ -264,3 +265,25 @@ def smallest_detectable_effect(sd: float, n: int, level: float = 0.95, power: fl
     df = n - 1
     q = float(_scipy_stats.t.ppf(0.5 + level / 2, df) + _scipy_stats.t.ppf(power, df))
     return q * sd / math.sqrt(n)
+
+
+def spearman(x: Sequence[float | None], y: Sequence[float | None]) -> float | None:
+    """Spearman's rank correlation of the pairs where both values exist
+    (:func:`scipy.stats.spearmanr`: Pearson's r of the ranks, ties at their mean rank).
+
+    None where it is undefined: fewer than 3 complete pairs, or either side constant.
+
+    >>> spearman([1, 2, 3, 4], [10, 30, 20, 40]), spearman([1, 2, None, 3], [3, 2, 9, 1])
+    (0.8, -1.0)
+    >>> spearman([1, 2, 3], [5, 5, 5]) is None
+    True
+    """
+    if len(x) != len(y):
+        raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
+    pairs = [(a, b) for a, b in zip(x, y, strict=True) if a is not None and b is not None]
+    if len(pairs) < 3:
+        return None
+    a, b = (np.asarray(v, dtype=np.float64) for v in zip(*pairs, strict=True))
+    if np.all(a == a[0]) or np.all(b == b[0]):
+        return None
+    return round(float(_scipy_stats.spearmanr(a, b).statistic), 12)

@@ -10,6 +10,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from snnl.experiments import ReproduceConfig, registry
 from snnl.experiments import gan as experiment
@@ -111,7 +112,7 @@ def test_section_and_claims_from_saved_results_alone(done, tmp_path):
         assert (tmp_path / name).stat().st_size > 1000
     assert "| classes missing |" in section.markdown
     claims = experiment.claims(saved)
-    assert all(isinstance(c, Claim) for c in claims) and len(claims) == 8
+    assert all(isinstance(c, Claim) for c in claims) and len(claims) == 10
     # the rise claims: last vs first epoch of the plain runs, recomputed here
     plain = saved["runs"]["plain"]
     last = [r["curves"]["input"][-1] for r in plain]
@@ -121,7 +122,7 @@ def test_section_and_claims_from_saved_results_alone(done, tmp_path):
     # the comparison claims: snnl vs plain, same seed, last epoch
     fd_snnl = [r["curves"]["frechet_distance"][-1] for r in saved["runs"]["snnl"]]
     fd_plain = [r["curves"]["frechet_distance"][-1] for r in plain]
-    fd_claim = [c for c in claims if "Frechet" in c.claim][0]
+    fd_claim = [c for c in claims if "lowers the Frechet" in c.claim][0]
     assert fd_claim.verdict == compare_paired(fd_snnl, fd_plain, expect="less")[0]
     assert fd_claim.source.startswith("not in the paper")
 
@@ -159,3 +160,109 @@ def test_finished_runs_are_reused_and_checked(done):
     for v in ("plain", "snnl"):  # bit-identical measures (only the wall time differs)
         for a, b in zip(retrained["runs"][v], results["runs"][v], strict=True):
             assert a["curves"] == b["curves"]
+
+
+def test_spearman_against_scipy():
+    rng = np.random.default_rng(0)
+    for n in (3, 5, 6, 11):
+        for _ in range(20):
+            x = rng.integers(0, 4, n).astype(float)  # many ties
+            y = rng.normal(size=n) if n % 2 else rng.integers(0, 3, n).astype(float)
+            want = scipy_stats.spearmanr(x, y).statistic
+            got = experiment.spearman(list(x), list(y))
+            if np.isnan(want):
+                assert got is None
+            else:
+                assert got == pytest.approx(want, abs=1e-12)
+    assert experiment.spearman([1, 2, None, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert experiment.spearman([1, 2], [2, 1]) is None  # fewer than 3 pairs
+    with pytest.raises(ValueError, match="same length"):
+        experiment.spearman([1, 2, 3], [1, 2])
+
+
+def test_coverage_entropy_against_scipy():
+    rng = np.random.default_rng(1)
+    for c in (2, 3, 10):
+        share = rng.dirichlet(np.ones(c))
+        want = scipy_stats.entropy(share) / np.log(c)
+        assert experiment.coverage_entropy(list(share)) == pytest.approx(want, abs=1e-12)
+    assert experiment.coverage_entropy([0.5, 0.5, 0.0, 0.0]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="histogram"):
+        experiment.coverage_entropy([0.5, 0.2])
+
+
+def _t_rule(values, expect, margin):
+    """The verdict rule on scipy's one-sample t interval of the mean (against 0)."""
+    ci = scipy_stats.ttest_1samp(values, 0.0).confidence_interval(0.95)
+    low, high = (ci.low, ci.high) if expect == "greater" else (-ci.high, -ci.low)
+    if low > 0:
+        return "holds"
+    if high < 0 or (-margin < low and high < margin):
+        return "does not hold"
+    return "inconclusive"
+
+
+def test_tracking_rows_from_saved_curves_alone(done, tmp_path):
+    """Five trained epochs written into the saved curves: each seed's rho is scipy's
+    spearmanr over epochs 1..5 (epoch 0 left out), the verdict the t rule on the rhos."""
+    _, _, _, s, results = done
+    saved = _saved(results, s)
+    saved["settings"]["epochs"] = 5
+    rng = np.random.default_rng(3)
+    for v in ("plain", "snnl"):  # every per-epoch curve to 6 points (the figures plot them)
+        for r in saved["runs"][v]:
+            for key, curve in r["curves"].items():
+                if isinstance(curve, dict):
+                    for layer, values in curve.items():
+                        curve[layer] = values + values[-1:] * 3
+                elif isinstance(curve, list) and key != "final_share":
+                    r["curves"][key] = curve + curve[-1:] * 3
+    want: dict[str, dict[str, list[float]]] = {}
+    for seed_shift, r in enumerate(saved["runs"]["plain"]):
+        c = r["curves"]
+        c["epochs"] = list(range(6))
+        base = np.linspace(0.1, 0.6, 6)
+        for key in ("classifier_mean", "input", "discriminator_mean"):
+            c[key] = list(base + rng.normal(0, 0.05 * (1 + seed_shift), 6))
+        c["frechet_distance"] = list(900 - 1000 * base + rng.normal(0, 60, 6))
+        c["coverage_entropy"] = list(np.clip(0.5 + base + rng.normal(0, 0.1, 6), 0, 1))
+        c["missing"] = [0] * 6
+        for quality in ("frechet_distance", "coverage_entropy"):
+            for space in ("classifier_mean", "input", "discriminator_mean"):
+                rho = scipy_stats.spearmanr(c[space][1:], c[quality][1:]).statistic
+                want.setdefault(quality, {}).setdefault(space, []).append(float(rho))
+    rows = [c for c in experiment.claims(saved) if "good tool" in c.claim]
+    assert len(rows) == 2
+    for claim, (quality, expect) in zip(rows, experiment.QUALITY, strict=True):
+        rhos = want[quality]["classifier_mean"]
+        assert claim.verdict == _t_rule(rhos, expect, experiment.RHO_MARGIN)
+        assert claim.comparisons[0].interval.estimate == pytest.approx(np.mean(rhos))
+        head, secondary = claim.measured.split("secondary (not the verdict): ")
+        for seed, rho in enumerate(rhos):
+            assert f"seed {seed} {rho:+.2f}" in head
+        for seed, rho in enumerate(want[quality]["input"]):
+            assert f"seed {seed} {rho:+.2f}" in secondary.split(";")[0]
+        assert ("negative" if expect == "less" else "positive") in claim.claim
+        assert "1..5, the untrained epoch 0 left out" in claim.setting
+    section = experiment.section(saved, tmp_path)
+    assert (tmp_path / "gan_tracking.png").stat().st_size > 1000
+    assert f"| 0 | 5 | {want['frechet_distance']['classifier_mean'][0]:+.2f} |" in section.markdown
+    # the run's own curves: 2 trained epochs give no Spearman rho, so the rows stay open
+    for claim in (c for c in experiment.claims(_saved(results, s)) if "good tool" in c.claim):
+        assert claim.verdict == "inconclusive" and "without one" in claim.note
+
+
+def test_tracking_ranks_rounded_values_float_noise_near_zero_is_flat(done):
+    _, _, _, s, results = done
+    saved = _saved(results, s)
+    c = saved["runs"]["plain"][0]["curves"]
+    c["epochs"] = list(range(5))
+    for key in ("input", "discriminator_mean", "coverage_entropy"):
+        c[key] = [0.5] * 5
+    c["classifier_mean"] = [0.0, 3e-130, 2e-125, 5e-160, 1e-6]  # all 0 at 4 decimals
+    c["frechet_distance"] = [9.0, 4.0, 3.0, 2.0, 1.0]
+    assert experiment.tracking(saved)[0]["rho"]["frechet_distance"]["classifier_mean"] is None
+    c["classifier_mean"] = [0.0, 0.10001, 0.10004, 0.3, 0.2]  # 0.1000 ties 0.1000
+    rho = experiment.tracking(saved)[0]["rho"]["frechet_distance"]["classifier_mean"]
+    want = scipy_stats.spearmanr([0.1, 0.1, 0.3, 0.2], [4.0, 3.0, 2.0, 1.0]).statistic
+    assert rho == pytest.approx(want, abs=1e-12)

@@ -13,8 +13,11 @@ against held-out real images: SNNL* in input space and in every hidden layer of
 the discriminator and of the zoo's normal classifier (seed 0, a fixed measuring
 instrument), the classifier's mode coverage and the Frechet distance in its last
 hidden layer. Claims: SNNL* rises from the first to the last epoch (plain GAN,
-paired over seeds, one row per space), and the SNNL term's effect on entanglement,
-coverage and Frechet distance (last epoch, paired over seeds).
+paired over seeds, one row per space); SNNL* tracks sample quality over training (plain
+GAN: per seed, the Spearman rank correlation across the trained epochs between SNNL*
+and the Frechet distance, and between SNNL* and the mode coverage, with a t interval of
+the mean correlation over seeds; :func:`tracking`); and the SNNL term's effect on
+entanglement, coverage and Frechet distance (last epoch, paired over seeds).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from snnl.experiments.base import (
 from snnl.experiments.config import ReproduceConfig
 from snnl.experiments.zoo import Kind
 from snnl.gan import GANConfig, state_digest, train_gan
+from snnl.stats import spearman
 
 NAME = "gan"
 TITLE = "GANs: the entanglement of real and generated data over training"
@@ -47,6 +51,24 @@ NOT_IN_PAPER = "not in the paper: tested here (issue 11)"
 VARIANTS = ("plain", "snnl")
 SPACES = ("input", "discriminator", "classifier")
 COLORS = {"plain": "C0", "snnl": "C3"}
+#: Where SNNL* is read for the tracking rows: the primary space first (the classifier's
+#: hidden layers, the fixed measuring network whose last layer the Frechet distance uses).
+TRACK_SPACES = (
+    ("classifier_mean", "the classifier's hidden layers (mean)"),
+    ("input", "input space"),
+    ("discriminator_mean", "the discriminator's hidden layers (mean)"),
+)
+#: The quality measures SNNL* should track, and the sign of the correlation that means
+#: "higher SNNL* (real and generated more entangled) goes with better samples", stated
+#: in advance: a lower Frechet distance, a more even class histogram.
+QUALITY = (("frechet_distance", "less"), ("coverage_entropy", "greater"))
+#: No-effect margin of the mean Spearman correlation over seeds, stated in advance.
+RHO_MARGIN = 0.2
+#: Decimals kept of SNNL* and the quality measures before ranking them.
+TRACK_DECIMALS = 4
+#: Short names of the spaces and measures for the report's table.
+SHORT = {"classifier_mean": "classifier", "input": "input", "discriminator_mean": "discriminator",
+         "frechet_distance": "FD", "coverage_entropy": "coverage"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -133,6 +155,22 @@ def _same_run(saved: dict[str, Any], *, config: GANConfig, digest: str) -> bool:
     return got == wanted and saved.get("classifier", {}).get("sha256") == digest
 
 
+def coverage_entropy(share: list[float]) -> float:
+    """Mode coverage as the entropy of the class histogram over its maximum:
+    ``-sum_c p_c log p_c / log C`` (1 = every class equally often, 0 = one class only).
+
+    >>> coverage_entropy([0.25] * 4), coverage_entropy([1.0, 0.0, 0.0]), coverage_entropy([1.0])
+    (1.0, 0.0, 1.0)
+    """
+    p = np.asarray(share, dtype=np.float64)
+    if p.ndim != 1 or p.size == 0 or (p < 0).any() or not math.isclose(p.sum(), 1.0):
+        raise ValueError(f"share must be a non-empty histogram summing to 1, got {share!r}")
+    if p.size == 1:
+        return 1.0
+    nz = p[p > 0]
+    return float(-(nz * np.log(nz)).sum() / math.log(p.size)) + 0.0  # no -0.0
+
+
 def _mean_over(layers: dict[str, float]) -> float | None:
     values = [v for v in layers.values() if v is not None]
     return float(np.mean(values)) if values else None
@@ -152,6 +190,9 @@ def _curves(res: dict[str, Any]) -> dict[str, Any]:
         }
         curves[f"{space}_mean"] = [_mean_over(r["entanglement"][space]) for r in records]
     curves["missing"] = [r["coverage"]["num_missing"] for r in records]
+    curves["coverage_entropy"] = [
+        None if r["coverage"] is None else coverage_entropy(r["coverage"]["share"]) for r in records
+    ]
     curves["frechet_distance"] = [r["frechet_distance"] for r in records]
     curves["discriminator_real"] = [r["discriminator_real"] for r in records]
     curves["discriminator_generated"] = [r["discriminator_generated"] for r in records]
@@ -326,6 +367,79 @@ def _samples_figure(results: dict[str, Any], path: Path) -> None:
     save_figure(fig, path)
 
 
+def tracking(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per healthy plain run: the Spearman correlation across the trained epochs
+    (1..E; epoch 0, the untrained generator, left out: it makes any rise correlate)
+    between SNNL* in each space and each quality measure, from the saved curves.
+
+    Values are rounded to ``TRACK_DECIMALS`` decimals first: differences below that
+    (the float noise of an SNNL* near 0) are ties, not a ranking.
+
+    Returns ``[{"seed", "epochs", "rho": {quality: {space: rho or None}}}]``; a curve
+    missing from older results gives None.
+    """
+
+    def rounded(values: list[float | None]) -> list[float | None]:
+        return [None if v is None else round(v, TRACK_DECIMALS) for v in values[1:]]
+
+    out = []
+    for r in _healthy(results, "plain"):
+        c = r["curves"]
+        rho = {
+            quality: {
+                space: spearman(rounded(c[space]), rounded(c[quality]))
+                if space in c and quality in c
+                else None
+                for space, _ in TRACK_SPACES
+            }
+            for quality, _ in QUALITY
+        }
+        out.append({"seed": r["seed"], "epochs": len(c["epochs"]) - 1, "rho": rho})
+    return out
+
+
+def _tracking_figure(results: dict[str, Any], path: Path) -> None:
+    from snnl.figures import plt, save_figure
+
+    runs = _healthy(results, "plain")
+    rhos = {t["seed"]: t["rho"] for t in tracking(results)}
+    cols = max(1, min(3, len(runs)))
+    rows = max(1, -(-len(runs) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols, 2.9 * rows), squeeze=False)
+    for ax, r in zip(axes.flat, runs, strict=False):
+        c = r["curves"]
+        epochs = c["epochs"][1:]
+        # as ranked: rounded to TRACK_DECIMALS (float noise near 0 is flat)
+        snnl = [np.nan if v is None else round(v, TRACK_DECIMALS) for v in c["classifier_mean"][1:]]
+        fd = [np.nan if v is None else v for v in c["frechet_distance"][1:]]
+        ax.plot(epochs, snnl, color="C0", marker="o", ms=3)
+        ax.set_ylabel("SNNL*, classifier layers", color="C0", fontsize=8)
+        ax.tick_params(axis="y", labelcolor="C0", labelsize=7)
+        twin = ax.twinx()
+        twin.plot(epochs, fd, color="C1", marker="s", ms=3)
+        twin.set_ylabel("Frechet distance", color="C1", fontsize=8)
+        twin.tick_params(axis="y", labelcolor="C1", labelsize=7)
+        rho = rhos[r["seed"]]
+        fmt = lambda v: "n/a" if v is None else f"{v:+.2f}"  # noqa: E731
+        ax.set_title(
+            f"seed {r['seed']}: rho(SNNL*, FD) {fmt(rho['frechet_distance']['classifier_mean'])}"
+            f", rho(SNNL*, coverage) {fmt(rho['coverage_entropy']['classifier_mean'])}",
+            fontsize=8,
+        )
+        ax.set_xlabel("epoch")
+        ax.set_xticks(epochs)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(runs) :]:
+        ax.axis("off")
+    fig.suptitle(
+        "Plain GAN: SNNL*(real, generated) in the classifier's hidden layers (mean) and the "
+        "Frechet distance per trained epoch, per seed",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def _cell(values: list[float | None], digits: int = 3) -> str:
     vals = [v for v in values if v is not None]
     return format_mean_std(mean_std(vals), digits) if vals else "n/a"
@@ -339,6 +453,7 @@ def section(results: dict[str, Any], fig_dir: Path) -> Section:
     _entanglement_figure(results, fig_dir / "gan_entanglement.png")
     _quality_figure(results, fig_dir / "gan_quality.png")
     _samples_figure(results, fig_dir / "gan_samples.png")
+    _tracking_figure(results, fig_dir / "gan_tracking.png")
     s = results["settings"]
     clf = results["classifier"]
     plain, snnl = _healthy(results, "plain"), _healthy(results, "snnl")
@@ -395,7 +510,31 @@ def section(results: dict[str, Any], fig_dir: Path) -> Section:
         "fixed measuring spaces; the discriminator's layers change with training (the "
         "discriminator learns to separate the two sets), so a rise there means the "
         "generator outpaces it.",
+        "",
+        "Does SNNL* track sample quality? Per plain run, the Spearman rank correlation "
+        "across the trained epochs (1 to the last; the untrained epoch 0 left out) between "
+        "SNNL* and the Frechet distance (expected negative: more entangled, closer to the "
+        "real data) and between SNNL* and the mode coverage, the entropy of the "
+        "classifier's class histogram of generated samples over log C (expected positive); "
+        f"values rounded to {TRACK_DECIMALS} decimals before ranking (smaller differences "
+        "tie):",
+        "",
+        "| seed | epochs | "
+        + " | ".join(
+            f"rho({SHORT[q]}, SNNL* {SHORT[space]})"
+            for q, _ in QUALITY
+            for space, _ in TRACK_SPACES
+        )
+        + " |",
+        "|---|---|" + "---|" * (len(QUALITY) * len(TRACK_SPACES)),
     ]
+    for row in tracking(results):
+        cells = [
+            "n/a" if v is None else f"{v:+.2f}"
+            for q, _ in QUALITY
+            for v in (row["rho"][q][space] for space, _ in TRACK_SPACES)
+        ]
+        lines.append(f"| {row['seed']} | {row['epochs']} | " + " | ".join(cells) + " |")
     return Section(
         title=TITLE,
         markdown="\n".join(lines),
@@ -403,6 +542,7 @@ def section(results: dict[str, Any], fig_dir: Path) -> Section:
             ("gan_entanglement.png", "SNNL*(real, generated) over training, per space and layer"),
             ("gan_quality.png", "Mode coverage and Frechet distance over training"),
             ("gan_samples.png", "Generated samples per epoch, both variants (seed 0)"),
+            ("gan_tracking.png", "SNNL* and the Frechet distance per epoch, per seed (plain)"),
         ],
     )
 
@@ -438,6 +578,66 @@ def _by_seed(results: dict[str, Any], variant: str) -> dict[int, dict[str, Any]]
     return {r["seed"]: r for r in _healthy(results, variant)}
 
 
+def _rho_text(rows: list[dict[str, Any]], quality: str, space: str) -> str:
+    values = [r["rho"][quality][space] for r in rows]
+    cells = ", ".join(
+        f"seed {r['seed']} {'n/a' if v is None else f'{v:+.2f}'}"
+        for r, v in zip(rows, values, strict=True)
+    )
+    got = [v for v in values if v is not None]
+    return f"{cells} (mean {np.mean(got):+.2f})" if got else cells
+
+
+def _tracking_claims(results: dict[str, Any], setting: str, unhealthy: int) -> list[Claim]:
+    """SNNL* tracks sample quality: the mean over seeds of the per-seed Spearman rho
+    (primary: SNNL* in the classifier's hidden layers) with a t interval (the paired t
+    of rho against 0), margin RHO_MARGIN; the other spaces' rho shown as secondary."""
+    rows = tracking(results)
+    primary, where = TRACK_SPACES[0]
+    out = []
+    for quality, expect in QUALITY:
+        what = (
+            "the Frechet distance (classifier's last hidden layer)"
+            if quality == "frechet_distance"
+            else "the mode coverage (entropy of the classifier's class histogram / log C)"
+        )
+        sign = "negative" if expect == "less" else "positive"
+        rhos = [r["rho"][quality][primary] for r in rows]
+        got = [v for v in rhos if v is not None]
+        cmp = compare_paired(
+            got, [0.0] * len(got), expect=expect, margin=RHO_MARGIN,
+            label=f"mean Spearman rho (SNNL*, {quality})",
+        )  # fmt: skip
+        verdict, note = cmp
+        if len(got) < 2:
+            note = f"fewer than two seeds with a defined correlation ({len(got)})"
+        if len(got) < len(rhos):
+            note += f"; {len(rhos) - len(got)} seed(s) without one (fewer than 3 epochs, or flat)"
+        if unhealthy:
+            note += f"; {unhealthy} unhealthy run(s) left out"
+        secondary = "; ".join(
+            f"{label}: {_rho_text(rows, quality, space)}" for space, label in TRACK_SPACES[1:]
+        )
+        out.append(
+            Claim(
+                "SNNL between real and generated data is a good tool for understanding GAN "
+                f"training: across epochs it tracks {what} (expected: a {sign} rank "
+                "correlation, higher SNNL* = better samples)",
+                SOURCE + " (thread: 'a good tool for understanding GAN training')",
+                f"{setting}, plain GAN; per seed the Spearman rho across the trained epochs "
+                f"(1..{results['settings']['epochs']}, the untrained epoch 0 left out) "
+                f"between SNNL* in {where} and the measure; a t interval of the mean rho "
+                f"over seeds (paired t against 0); margin {RHO_MARGIN:g}",
+                f"Spearman rho, SNNL* in {where}: {_rho_text(rows, quality, primary)}; "
+                f"secondary (not the verdict): {secondary}",
+                verdict,
+                note,
+                (cmp,),
+            )
+        )
+    return out
+
+
 def claims(results: dict[str, Any]) -> list[Claim]:
     s = results["settings"]
     setting = f"{results['dataset']}, {s['arch']} GAN, {s['epochs']} epochs"
@@ -461,6 +661,7 @@ def claims(results: dict[str, Any]) -> list[Claim]:
                 bad_plain,
             )
         )
+    out += _tracking_claims(results, setting, bad_plain)
     plain_by, snnl_by = _by_seed(results, "plain"), _by_seed(results, "snnl")
     seeds = sorted(set(plain_by) & set(snnl_by))
     unhealthy = sum(len(results["runs"][v]) for v in VARIANTS) - len(plain_by) - len(snnl_by)

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from snnl.experiments.base import Claim, Comparison, compare_paired
+from snnl.stats import spearman
 
 SOURCE = "Leavitt & Morcos 2020, 2021"
 #: |Spearman rho| below this is no monotone association (stated before any run).
@@ -40,38 +41,6 @@ PERTURBATIONS: tuple[tuple[str, str, str, Any, str], ...] = (
     ("fgsm", "FGSM", "fgsm_relative", lambda r: r["fgsm_mean"], "greater"),
     ("pgd", "PGD", "pgd_relative", lambda r: r["pgd_mean"], "greater"),
 )  # fmt: skip
-
-
-def spearman(x: list[float | None], y: list[float | None]) -> float | None:
-    """Spearman rank correlation of paired values (ties get their average rank; pairs with
-    a None left out): the Pearson correlation of the ranks. None when fewer than 3 pairs
-    remain or either side is constant.
-
-    >>> spearman([0.1, 0.4, 0.2, 0.9], [1.0, 3.0, 2.0, 2.5])
-    0.8
-    >>> spearman([1, 2, 3], [5, 5, 5]) is None
-    True
-    """
-    pairs = [(a, b) for a, b in zip(x, y, strict=True) if a is not None and b is not None]
-    if len(pairs) < 3:
-        return None
-    ranks = [_average_ranks(np.array(v, dtype=np.float64)) for v in zip(*pairs, strict=True)]
-    rx, ry = (r - r.mean() for r in ranks)
-    den = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
-    return None if den == 0 else round(float((rx * ry).sum()) / den, 12)
-
-
-def _average_ranks(v: np.ndarray) -> np.ndarray:
-    order = np.argsort(v, kind="stable")
-    ranks = np.empty(v.size)
-    i = 0
-    while i < v.size:
-        j = i
-        while j + 1 < v.size and v[order[j + 1]] == v[order[i]]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
 
 
 def sweep_runs(results: dict[str, Any]) -> list[dict[str, Any]]:
