@@ -734,21 +734,14 @@ def _accuracy_claim(results: dict[str, Any], label: str, what: str) -> Claim:
     diverged runs count at their measured accuracy, the healthy-only result beside."""
     summary = results["summary"]
     setting = f"{results['dataset']}, {results['model']}, {what}, paired by seed"
-    normal = {r["seed"]: r for r in results["runs"] if r["setting"] == "normal"}
-    other = {r["seed"]: r for r in results["runs"] if r["setting"] == label}
-    seeds = sorted(set(normal) & set(other))
     text = (
         "Entangled models marginally outperform their normal counterparts (test accuracy; "
         f"margin stated in advance: a difference under {100 * MARGIN:g} points is no effect)"
     )
-    cmp = compare_paired(
-        [other[s]["test_accuracy"] for s in seeds],
-        [normal[s]["test_accuracy"] for s in seeds],
-        expect="greater",
-        margin=MARGIN,
+    cmp = _paired_accuracy(
+        [r for r in results["runs"] if r["setting"] == label],
+        [r for r in results["runs"] if r["setting"] == "normal"],
         label=f"test accuracy, {what} - normal",
-        a_ok=[other[s]["health"] == "ok" for s in seeds],
-        b_ok=[normal[s]["health"] == "ok" for s in seeds],
         arms=("authors" if label.startswith("authors") else "entangled", "normal"),
     )
     measured = f"{_acc_text(summary[label])} vs normal {_acc_text(summary['normal'])}"
@@ -757,18 +750,35 @@ def _accuracy_claim(results: dict[str, Any], label: str, what: str) -> Claim:
 
 def _headline_comparison(head: dict[str, Any], arm: str) -> Any:
     """The paired test-accuracy comparison of a tuned arm against the tuned normal arm."""
-    normal = {r["seed"]: r for r in head["paired"]["normal"]}
-    other = {r["seed"]: r for r in head["paired"][arm]}
+    return _paired_accuracy(
+        head["paired"][arm],
+        head["paired"]["normal"],
+        label=f"test accuracy, tuned {arm} - tuned normal ({head['model']})",
+        arms=(arm, "normal"),
+    )
+
+
+def _paired_accuracy(
+    runs: list[dict[str, Any]],
+    normal_runs: list[dict[str, Any]],
+    *,
+    label: str,
+    arms: tuple[str, str],
+) -> Any:
+    """Test accuracy of ``runs`` against ``normal_runs`` on the seeds both have, paired by
+    seed, the claim's margin stated in advance; failed runs count (health flags)."""
+    normal = {r["seed"]: r for r in normal_runs}
+    other = {r["seed"]: r for r in runs}
     seeds = sorted(set(normal) & set(other))
     return compare_paired(
         [other[s]["test_accuracy"] for s in seeds],
         [normal[s]["test_accuracy"] for s in seeds],
         expect="greater",
         margin=MARGIN,
-        label=f"test accuracy, tuned {arm} - tuned normal ({head['model']})",
+        label=label,
         a_ok=[other[s]["health"] == "ok" for s in seeds],
         b_ok=[normal[s]["health"] == "ok" for s in seeds],
-        arms=(arm, "normal"),
+        arms=arms,
     )
 
 
