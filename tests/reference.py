@@ -145,3 +145,16 @@ def snnl_star_reference(
     if res.fun > values[k]:
         return float(math.exp(us[k])), float(values[k])
     return float(math.exp(res.x)), float(res.fun)
+
+
+def interval_verdict(low: float, high: float, expect: str, margin: float) -> str:
+    """The claims' verdict rule (issue 20) written out on a 95% interval's ends: holds on
+    the claimed side of 0, does not hold on the other side or inside (-margin, margin),
+    inconclusive otherwise."""
+    if expect == "less":
+        low, high = -high, -low
+    if low > 0:
+        return "holds"
+    if high < 0 or (margin > 0 and -margin < low and high < margin):
+        return "does not hold"
+    return "inconclusive"

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from reference import interval_verdict
 from snnl.experiments import entangle
 from snnl.experiments.base import (
     Claim,
@@ -23,17 +24,6 @@ from snnl.experiments.base import (
 )
 
 
-def _side(low: float, high: float, expect: str, margin: float) -> str:
-    """The verdict rule written out again, on the interval's ends."""
-    if expect == "less":
-        low, high = -high, -low
-    if low > 0:
-        return "holds"
-    if high < 0 or (margin > 0 and -margin < low and high < margin):
-        return "does not hold"
-    return "inconclusive"
-
-
 @pytest.mark.parametrize("expect", ["greater", "less"])
 def test_groups_interval_is_welchs(expect):
     rng = np.random.default_rng(3)
@@ -43,7 +33,7 @@ def test_groups_interval_is_welchs(expect):
     ci = ref.confidence_interval(0.95)
     assert (c.interval.low, c.interval.high) == pytest.approx((ci.low, ci.high), rel=1e-10)
     assert c.interval.df == pytest.approx(ref.df, rel=1e-12)
-    assert c.verdict == _side(ci.low, ci.high, expect, 0.0)
+    assert c.verdict == interval_verdict(ci.low, ci.high, expect, 0.0)
     assert c.verdict == ("holds" if expect == "greater" else "does not hold")
     # a sign decision's p-value is the two-sided t-test's
     assert c.p_value == pytest.approx(ref.pvalue, rel=1e-10)
@@ -57,7 +47,7 @@ def test_paired_interval_is_the_paired_t():
     ci = ref.confidence_interval(0.95)
     assert (c.interval.low, c.interval.high) == pytest.approx((ci.low, ci.high), rel=1e-10)
     assert c.interval.df == 3 and c.interval.method == "paired t"
-    assert c.verdict == _side(ci.low, ci.high, "greater", 0.0) == "inconclusive"
+    assert c.verdict == interval_verdict(ci.low, ci.high, "greater", 0.0) == "inconclusive"
     assert c.p_value == 1.0  # inconclusive: nothing decided
 
 
@@ -120,7 +110,7 @@ def _loo_changes(a, b, paired, expect, margin):
             if min(len(x), len(y)) < 2:
                 return "inconclusive"
             ci = stats.ttest_ind(x, y, equal_var=False).confidence_interval(0.95)
-        return _side(ci.low, ci.high, expect, margin)
+        return interval_verdict(ci.low, ci.high, expect, margin)
 
     full = decide(a, b)
     if paired:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from scipy import stats as scipy_stats
 from sklearn.metrics import silhouette_score
 
-from reference import snnl_reference_mean
+from reference import interval_verdict, snnl_reference_mean
 from snnl.experiments import transfer
 from snnl.experiments import transfer_matrix as tm
 from snnl.experiments.config import ReproduceConfig
@@ -78,22 +78,10 @@ def _fgsm_by_hand(model, x, labels, eps, targeted):
     return (x + step * g.sign()).clamp(0, 1).detach()
 
 
-def _rule(low, high, expect, margin):
-    """The verdict rule (issue 20) written out: holds on the claimed side of 0, does not
-    hold on the other side or inside (-margin, margin), inconclusive otherwise."""
-    if expect == "less":
-        low, high = -high, -low
-    if low > 0:
-        return "holds"
-    if high < 0 or (margin > 0 and -margin < low and high < margin):
-        return "does not hold"
-    return "inconclusive"
-
-
 def _paired_verdict(a, b, expect, margin):
     """scipy's paired t 95% interval of mean(a - b), judged by :func:`_rule`."""
     ci = scipy_stats.ttest_rel(a, b).confidence_interval(0.95)
-    return _rule(ci.low, ci.high, expect, margin)
+    return interval_verdict(ci.low, ci.high, expect, margin)
 
 
 def _t_interval(values):
