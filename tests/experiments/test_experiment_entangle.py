@@ -229,3 +229,72 @@ def test_an_arm_whose_every_run_failed_is_reported_not_an_error(tiny_run, tmp_pa
     authors = [c for c in entangle.claims(results) if "authors' fixed T" in c.setting]
     assert len(authors) == 1 and authors[0].verdict == "inconclusive"
     assert "no run measured" in authors[0].measured
+
+
+# ----------------------------------------------------------------------------- the CNN's layers
+
+
+def test_the_default_trains_the_reference_cnn_on_every_seed():
+    """Issue 21: the per-layer SNNL* over training on a convolutional network in the
+    default run: the reference CNN (normal, authors' init) on all seeds, 4 epochs; the
+    recipe's epochs under --full; none on mnist1d (not an image)."""
+    config = ReproduceConfig(dataset="mnist5k", seeds=3)
+    s = entangle.settings(config)
+    cnn = [r for r in entangle.trained_runs(s, config) if r.label == entangle.CNN_NORMAL]
+    assert [r.config.seed for r in cnn] == [0, 1, 2]
+    assert {(r.run, r.config.model, r.config.epochs, r.config.alpha) for r in cnn} == {
+        ("normal", "cnn", 4, 0.0)
+    }
+    assert all(r.config.model_kwargs == {"init": "authors"} for r in cnn)
+    full = ReproduceConfig(dataset="mnist5k", seeds=3, full=True)
+    cnn_full = [r for r in entangle.trained_runs(entangle.settings(full), full)
+                if r.label == entangle.CNN_NORMAL]  # fmt: skip
+    assert {r.config.epochs for r in cnn_full} == {recipe(full, Kind.NORMAL, 0).epochs}
+    oned = ReproduceConfig(dataset="mnist1d", seeds=2)
+    assert not any(r.config.model == "cnn"
+                   for r in entangle.trained_runs(entangle.settings(oned), oned))  # fmt: skip
+
+
+def _layer_record(setting, seed, model, layers, initial, final):
+    """A saved run record as :func:`entangle.run` writes it (the logits' SNNL* beside the
+    hidden layers' in the per-epoch and initial values)."""
+    final_all = {**dict(zip(layers, final, strict=True)), "logits": 0.01}
+    return {"setting": setting, "seed": seed, "model": model, "health": "ok",
+            "layers": layers,
+            "initial_snnl": {**dict(zip(layers, initial, strict=True)), "logits": 1.0},
+            "final_snnl": final_all, "probe_snnl": [final_all] * 4,
+            "mean_hidden_snnl": sum(final) / len(final)}  # fmt: skip
+
+
+def test_cnn_layer_rows_and_figure_from_saved_results(tmp_path):
+    """The CNN's two layer rows (falls with depth, falls over training) from its own
+    runs, their intervals scipy's paired t; the MLP's rows unchanged beside them."""
+    mlp = ["relu1", "relu2", "relu3"]
+    cnn = ["relu1", "relu2", "relu3"]
+    finals = {0: [0.5, 0.3, 0.1], 1: [0.45, 0.2, 0.12], 2: [0.6, 0.35, 0.05]}
+    runs = [_layer_record("normal", k, "mlp", mlp, [1.0, 1.0, 1.0], [0.4, 0.3, 0.2])
+            for k in range(3)]  # fmt: skip
+    runs += [_layer_record(entangle.CNN_NORMAL, k, "cnn", cnn, [0.9, 0.7, 0.6], finals[k])
+             for k in range(3)]  # fmt: skip
+    results = {"dataset": "mnist5k", "model": "mlp", "layers": mlp, "runs": runs}
+    rows = entangle._layer_claims(results, entangle.CNN_NORMAL)
+    assert [r.claim for r in rows] == ["Hidden-layer SNNL falls with depth: each layer "
+                                       "separates classes more than the one before",
+                                       "Hidden-layer SNNL falls over training"]  # fmt: skip
+    assert all("cnn, cnn authors-init normal (4 epochs)" in r.setting for r in rows)
+    first = [finals[k][0] for k in range(3)]
+    last = [finals[k][-1] for k in range(3)]
+    diffs = [a - b for a, b in zip(first, last, strict=True)]
+    t = stats.ttest_1samp(diffs, 0.0).confidence_interval(0.95)
+    iv = rows[0].comparisons[0].interval
+    assert math.isclose(iv.low, t.low, rel_tol=1e-9) and math.isclose(iv.high, t.high, rel_tol=1e-9)
+    assert rows[0].verdict == "holds"
+    init = [sum([0.9, 0.7, 0.6]) / 3] * 3
+    fin = [sum(finals[k]) / 3 for k in range(3)]
+    t2 = stats.ttest_1samp([a - b for a, b in zip(init, fin, strict=True)], 0).confidence_interval()
+    assert math.isclose(rows[1].comparisons[0].interval.low, t2.low, rel_tol=1e-9)
+    from snnl.experiments import entangle_figures
+
+    path = tmp_path / "layers_cnn.png"
+    entangle_figures.layers_figure(results, path, {entangle.CNN_NORMAL: "C0"}, "reference CNN")
+    assert path.stat().st_size > 5000

@@ -10,8 +10,12 @@ they "marginally" outperform normal models. This experiment trains, per seed:
   later experiments study;
 - the authors' setting: alpha = 10 with T fixed at 100, under the exact formula
   and under the authors' exp-then-log formula (saturating at 11.51);
-- with ``--full``: the "learned" and "reference" temperature modes, and the
-  reference CNN with the authors' initialisation;
+- the reference CNN (the paper's MNIST network, authors' initialisation), normal, on
+  every seed: its per-layer SNNL* over training (the paper shows the per-layer figure on
+  a convolutional network, a ResNet on CIFAR-10); 4 epochs by default (one CNN epoch
+  costs ~7 s of one core on mnist5k), the recipe's under ``--full``;
+- with ``--full``: the "learned" and "reference" temperature modes, and the authors'
+  fixed-T setting on the reference CNN;
 - the headline, tuned against tuned (issue 20, :mod:`snnl.experiments.tuning`): each
   arm (normal; entangled at the optimal temperature; the authors' fixed T and formula)
   searched on a validation hold-out of the training split, the chosen settings
@@ -40,6 +44,7 @@ from typing import Any
 import numpy as np
 from sklearn.decomposition import PCA
 
+from snnl.experiments import entangle_figures
 from snnl.experiments.base import (
     Claim,
     Context,
@@ -89,7 +94,11 @@ class Settings:
     authors_temperature: float = 100.0  # and its fixed T (optimize_temperature=False)
     authors_formulas: tuple[str, ...] = ("exact", "reference")
     extra_modes: tuple[str, ...] = ()  # --full: "learned", "reference" at the authors' alpha/T
-    reference_cnn: bool = False  # --full: the reference CNN with the authors' init
+    reference_cnn: bool = False  # --full: the reference CNN's authors' runs (fixed T)
+    # the per-layer SNNL* over training on a convolutional network (issue 21): the
+    # reference CNN, normal, authors' init, ``layer_cnn_epochs`` epochs (None: the recipe's)
+    layer_cnn: bool = True
+    layer_cnn_epochs: int | None = 4
     projection_points: int = 600
     # the headline, tuned against tuned: the models it runs on, each model's search
     headline_models: tuple[str, ...] = ("mlp",)
@@ -106,11 +115,13 @@ def settings(config: ReproduceConfig) -> Settings:
             sweep_seeds=config.seeds,
             extra_modes=("learned", "reference"),
             reference_cnn=True,
+            layer_cnn_epochs=None,
             headline_models=("mlp", "cnn"),
             grids=(FULL_GRID, DEFAULT_GRID),  # the CNN: the two-stage search (cost)
             seed_cap=12,
         )
-    return Settings(seeds=config.seeds, sweep_seeds=min(config.seeds, 2))
+    return Settings(seeds=config.seeds, sweep_seeds=min(config.seeds, 2),
+                    layer_cnn=config.dataset != "mnist1d")  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- running
@@ -119,6 +130,8 @@ def settings(config: ReproduceConfig) -> Settings:
 #: The run name (folder prefix) of the authors' settings and the other temperature modes;
 #: the normal model and the optimal-temperature sweep run under the zoo's kinds.
 AUTHORS = "authors"
+#: The reference CNN's normal run (authors' init): its per-layer SNNL* over training.
+CNN_NORMAL = "cnn authors-init normal"
 
 
 @dataclass(frozen=True)
@@ -158,9 +171,11 @@ def setting_runs(s: Settings, config: ReproduceConfig, seed: int) -> list[Settin
                     replace(base, temperature_mode=mode, snnl_formula=formula, **authors),
                 )
             )
+    cnn = replace(base, model="cnn", model_kwargs={"init": "authors"})
+    if s.reference_cnn or s.layer_cnn:
+        epochs = s.layer_cnn_epochs or cnn.epochs
+        out.append(SettingRun(CNN_NORMAL, Kind.NORMAL.value, replace(cnn, epochs=epochs)))
     if s.reference_cnn:
-        cnn = replace(base, model="cnn", model_kwargs={"init": "authors"})
-        out.append(SettingRun("cnn authors-init normal", Kind.NORMAL.value, cnn))
         for formula in s.authors_formulas:
             out.append(
                 SettingRun(
@@ -171,6 +186,18 @@ def setting_runs(s: Settings, config: ReproduceConfig, seed: int) -> list[Settin
                 )
             )
     return out
+
+
+def trained_runs(s: Settings, config: ReproduceConfig) -> list[SettingRun]:
+    """Every run the sweep trains: each setting on ``sweep_seeds`` seeds, the normal, the
+    entangled and the CNN's normal setting on all ``seeds``."""
+    every_seed = ("normal", f"optimal a={s.entangled_alpha:g}", CNN_NORMAL)
+    return [
+        r
+        for seed in range(s.seeds)
+        for r in setting_runs(s, config, seed)
+        if seed < s.sweep_seeds or r.label in every_seed
+    ]
 
 
 def _run_record(label: str, ref: RunRef, out: Path) -> dict[str, Any]:
@@ -360,12 +387,9 @@ def _plan_runs(s: Settings, config: ReproduceConfig) -> list[tuple[str, str, int
         out += [(model, arm, epochs) for arm in arms for _ in range(grid.seeds)]
         out += [(model, arm, epochs) for arm in ARMS for _ in range(max(s.seed_cap, s.pilot))]
     base = recipe(config, Kind.NORMAL, 0)
-    for seed in range(s.seeds):
-        for r in setting_runs(s, config, seed):
-            if seed < s.sweep_seeds or r.label in ("normal", f"optimal a={s.entangled_alpha:g}"):
-                arm = ARM_OF_RUN[r.run]
-                model = "cnn" if r.config.model == "cnn" else "mlp"
-                out.append((model, arm, r.config.epochs or base.epochs))
+    for r in trained_runs(s, config):
+        model = "cnn" if r.config.model == "cnn" else "mlp"
+        out.append((model, ARM_OF_RUN[r.run], r.config.epochs or base.epochs))
     return out
 
 
@@ -399,12 +423,7 @@ def run(s: Settings, context: Context) -> dict[str, Any]:
     zoo, out = context.zoo, context.out
     records: list[dict[str, Any]] = []
     entangled_label = f"optimal a={s.entangled_alpha:g}"
-    plan = [
-        r
-        for seed in range(s.seeds)
-        for r in setting_runs(s, context.config, seed)
-        if seed < s.sweep_seeds or r.label in ("normal", entangled_label)
-    ]
+    plan = trained_runs(s, context.config)
     refs = zoo.train_many([(r.run, r.config) for r in plan])  # in parallel processes
     for r, ref in zip(plan, refs, strict=True):
         records.append(_run_record(r.label, ref, out))
@@ -447,125 +466,6 @@ def run(s: Settings, context: Context) -> dict[str, Any]:
 def _acc_text(summary: dict[str, Any]) -> str:
     acc = summary["accuracy_healthy"]
     return format_mean_std(acc) if acc else "no healthy run"
-
-
-def _short(label: str) -> str:
-    """A setting label, one word a line, for an axis tick."""
-    return "\n".join(label.replace("authors: fixed", "authors").split())
-
-
-def _sweep_figure(results: dict[str, Any], path: Path) -> None:
-    from snnl.figures import plt, save_figure
-
-    summary, runs = results["summary"], results["runs"]
-    sweep = [k for k in summary if k == "normal" or k.startswith("optimal")]
-    others = [k for k in summary if k not in sweep]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, ylabel in (
-        (axes[0], "test_accuracy", "test accuracy"),
-        (axes[1], "mean_hidden_snnl", "mean hidden-layer SNNL*"),
-    ):
-        xs = list(range(len(sweep) + len(others)))
-        for x, label in zip(xs, sweep + others, strict=True):
-            for r in (r for r in runs if r["setting"] == label):
-                v = r[key]
-                if v is None:
-                    continue
-                ok = r["health"] == "ok"
-                ax.scatter(
-                    x + (r["seed"] - 1) * 0.08,
-                    v,
-                    marker="o" if ok else "x",
-                    color="C0" if ok else "C3",
-                    s=22,
-                    zorder=3,
-                )
-        if key == "mean_hidden_snnl":
-            ax.axhline(runs[0]["bound"], color="k", ls="--", lw=1, label="upper bound (indistinct)")
-            ax.legend(frameon=False, fontsize=8, loc="center left")
-        ax.set_xticks(xs)
-        ax.set_xticklabels(
-            [_short(k) for k in sweep + others],
-            fontsize=7,
-        )
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
-    axes[0].set_title("dots: healthy runs, red x: collapsed or diverged", fontsize=9)
-    fig.suptitle(f"Entangled objective on {results['dataset']} ({results['model']}), per seed")
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def _layers_figure(results: dict[str, Any], path: Path) -> None:
-    from snnl.figures import plt, save_figure
-
-    layers = [*results["layers"], "logits"]
-    kinds = {"normal": "C0", results["entangled_setting"]: "C3"}
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.0 * len(layers), 2.8), squeeze=False)
-    for ax, layer in zip(axes[0], layers, strict=True):
-        for label, color in kinds.items():
-            runs = [r for r in results["runs"] if r["setting"] == label and r["health"] == "ok"]
-            if not runs:
-                continue
-            curves = np.array(
-                [[r["initial_snnl"][layer]] + [e[layer] for e in r["probe_snnl"]] for r in runs],
-                dtype=float,
-            )
-            epochs = np.arange(curves.shape[1])
-            mean, std = curves.mean(0), curves.std(0)
-            ax.plot(epochs, mean, color=color, label=label)
-            ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2)
-        ax.set_title(layer, fontsize=10)
-        ax.set_xlabel("epoch (0 = initialisation)")
-        ax.grid(alpha=0.3)
-    axes[0, 0].set_ylabel("SNNL* (probe subset)")
-    axes[0, 0].legend(frameon=False, fontsize=8)
-    fig.suptitle("SNNL* of every layer during training (healthy runs, mean +- std over seeds)")
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def _scale_figure(results: dict[str, Any], path: Path) -> None:
-    from snnl.figures import plt, save_figure
-
-    labels = list(results["summary"])
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for i, label in enumerate(labels):
-        for r in (r for r in results["runs"] if r["setting"] == label and r["seed"] == 0):
-            ratios = [
-                np.nanmax([v if v is not None else np.nan for v in e.values()])
-                for e in r["scale_ratio"]
-            ]
-            if ratios:
-                ax.plot(range(1, len(ratios) + 1), ratios, color=f"C{i % 10}", label=label)
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("largest activation scale / initial")
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize=7, ncol=2)
-    ax.set_title("Activation scale of the hidden layers (seed 0)")
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def _projection_figure(results: dict[str, Any], path: Path) -> None:
-    from snnl.figures import plt, save_figure
-
-    proj = results["projection"]
-    labels = np.array(proj["labels"])
-    classes = int(labels.max()) + 1
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
-    sc = None
-    for ax, kind in zip(axes, ("normal", "entangled"), strict=True):
-        pts = np.array(proj["points"][kind])
-        sc = ax.scatter(
-            pts[:, 0], pts[:, 1], c=labels, cmap="tab10", s=6, vmin=-0.5, vmax=classes - 0.5
-        )
-        ax.set_title(f"{kind} model (seed 0), layer {proj['layer']} (PCA)", fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.colorbar(sc, ax=axes, ticks=range(classes), label="class")
-    save_figure(fig, path)
 
 
 def _mean_std_text(values: list[float | None]) -> str:
@@ -649,10 +549,20 @@ def section(results: dict[str, Any], fig_dir: Path) -> Section:
     heads = results.get("headline", [])
     if heads:
         search_figure(heads, fig_dir / "entangle_tuning.png")
-    _sweep_figure(results, fig_dir / "entangle_sweep.png")
-    _layers_figure(results, fig_dir / "entangle_layers.png")
-    _scale_figure(results, fig_dir / "entangle_scale.png")
-    _projection_figure(results, fig_dir / "entangle_projection.png")
+    figures = entangle_figures
+    figures.sweep_figure(results, fig_dir / "entangle_sweep.png")
+    pair = {"normal": "C0", results["entangled_setting"]: "C3"}
+    figures.layers_figure(results, fig_dir / "entangle_layers.png", pair, results["model"])
+    cnn_fig = []
+    if results["model"] != "cnn" and any(r["setting"] == CNN_NORMAL for r in results["runs"]):
+        title = "reference CNN (normal, authors' init)"
+        figures.layers_figure(results, fig_dir / "entangle_layers_cnn.png", {CNN_NORMAL: "C0"},
+                              title)  # fmt: skip
+        cnn_fig = [("entangle_layers_cnn.png", "SNNL* of every layer of the reference CNN "
+                    "(normal) over training: the per-layer figure on a convolutional "
+                    "network")]  # fmt: skip
+    figures.scale_figure(results, fig_dir / "entangle_scale.png")
+    figures.projection_figure(results, fig_dir / "entangle_projection.png")
     s = results["settings"]
     lines = [
         f"Dataset `{results['dataset']}`, model `{results['model']}`, {results['epochs']} "
@@ -718,6 +628,7 @@ def section(results: dict[str, Any], fig_dir: Path) -> Section:
             *tuning_fig,
             ("entangle_sweep.png", "Accuracy and hidden-layer SNNL* per setting and seed"),
             ("entangle_layers.png", "SNNL* of every layer over training, normal and entangled"),
+            *cnn_fig,
             ("entangle_scale.png", "Activation scale over training, per setting (seed 0)"),
             ("entangle_projection.png", "2-D PCA projection of a hidden layer, per model"),
         ],
@@ -829,10 +740,24 @@ def claims(results: dict[str, Any]) -> list[Claim]:
     for formula in s["authors_formulas"]:
         label = f"authors: fixed T={s['authors_temperature']:g} a={s['authors_alpha']:g} {formula}"
         out.append(_accuracy_claim(results, label, f"authors' setting, {formula} formula"))
-    normal = [r for r in results["runs"] if r["setting"] == "normal" and r["health"] == "ok"]
-    layers = results["layers"]
-    setting = f"{results['dataset']}, {results['model']}, normal models, probe subset"
-    if len(normal) >= 2 and len(layers) >= 2:
+    out += _layer_claims(results, "normal")
+    if results["model"] != "cnn" and any(r["setting"] == CNN_NORMAL for r in results["runs"]):
+        out += _layer_claims(results, CNN_NORMAL)
+    return out
+
+
+def _layer_claims(results: dict[str, Any], label: str) -> list[Claim]:
+    """The per-layer SNNL* claims on the healthy runs of setting ``label`` (the zoo's
+    normal model, or the reference CNN's): falls with depth, falls over training."""
+    normal = [r for r in results["runs"] if r["setting"] == label and r["health"] == "ok"]
+    if len(normal) < 2:
+        return []
+    layers = normal[0]["layers"]
+    model, epochs = normal[0]["model"], len(normal[0]["probe_snnl"])
+    what = "normal models" if label == "normal" else f"{label} ({epochs} epochs)"
+    setting = f"{results['dataset']}, {model}, {what}, probe subset"
+    out: list[Claim] = []
+    if len(layers) >= 2:
         first = [r["final_snnl"][layers[0]] for r in normal]
         last = [r["final_snnl"][layers[-1]] for r in normal]
         depth = compare_paired(first, last, expect="greater", label="SNNL*, first - last layer")
