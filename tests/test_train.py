@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 
@@ -414,3 +415,41 @@ def test_a_run_saved_before_the_validation_field_is_reused_and_resumed(tmp_path,
     assert longer["history"][0] == res["history"][0]
     with pytest.raises(ValueError, match="validation"):
         TrainConfig(validation=-1)
+
+
+def test_a_run_stopped_at_a_non_finite_loss_counts_at_its_measured_accuracy(
+    tmp_path, small_digits, monkeypatch
+):
+    """Issue 20: a diverged run is an outcome, not a missing value. The loss of the first
+    step is made NaN, so the run stops with its initial parameters (the step is not
+    taken): its final test accuracy is that model's, computed here by a plain loop."""
+    import snnl.train as train_module
+
+    real = train_module.regularized_loss
+
+    def nan_loss(*args, **kwargs):
+        res = real(*args, **kwargs)
+        return dataclasses.replace(res, total=res.total * float("nan"))
+
+    monkeypatch.setattr(train_module, "regularized_loss", nan_loss)
+    config = _config(alpha=0.0, epochs=2)
+    res = train(config, tmp_path / "nan", dataset=small_digits)
+    assert res["health"]["verdict"] == "diverged"
+    assert res["final"]["epochs_completed"] == 0 and res["final"]["stopped_early"] is True
+    splits, _ = train_module.validation_holdout(config, small_digits)
+    model = train_module.build_run_model(config, splits).eval()
+    with torch.no_grad():
+        logits = model(splits.x_test)
+    right = sum(int(logits[i].argmax()) == int(splits.y_test[i]) for i in range(len(logits)))
+    assert res["final"]["test_accuracy"] == pytest.approx(right / len(logits), abs=1e-12)
+
+
+def test_accuracy_counts_non_finite_logits_as_wrong():
+    """argmax over NaN logits returns the NaN's index; such an input has no prediction."""
+    from snnl.measures import accuracy
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2, 2, bias=False))
+    with torch.no_grad():
+        net[1].weight.copy_(torch.eye(2))
+    x = torch.tensor([[1.0, 0.0], [float("nan"), 0.0], [0.0, 1.0], [float("inf"), 1.0]])
+    assert accuracy(net, x, torch.tensor([0, 0, 1, 0])) == 0.5

@@ -125,7 +125,9 @@ def layer_snnl_profile(
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1024) -> float:
     """Fraction of ``x`` (N, ...) that ``model`` classifies as ``y`` (N,).
 
-    ``mean_i [argmax_c f(x_i)_c == y_i]``, in eval mode (flags restored), in batches.
+    ``mean_i [argmax_c f(x_i)_c == y_i]``, in eval mode (flags restored), in batches. An
+    input whose logits are not all finite has no prediction and counts as wrong (argmax
+    would pick a NaN's index: a diverged model would score by chance).
 
     Example:
         >>> net = nn.Sequential(nn.Flatten(), nn.Linear(2, 2, bias=False))
@@ -138,7 +140,8 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1024) 
     check_int("batch_size", batch_size, low=1)
     y = check_labels(y, x.shape[0] if isinstance(x, Tensor) else None)
     logits = capture(model, x, ["logits"], batch_size=batch_size)["logits"]
-    return float((logits.argmax(1) == y.to(logits.device)).double().mean())
+    right = (logits.argmax(1) == y.to(logits.device)) & torch.isfinite(logits).all(1)
+    return float(right.double().mean())
 
 
 def softmax_confidence(

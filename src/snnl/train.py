@@ -638,6 +638,20 @@ class _Trainer(EpochTrainer):
         held = 0 if self.validation is None else len(self.validation[1])
         extra = {"validation": held} if held else {}
         val = {"validation_accuracy": final.get("validation_accuracy")} if held and final else {}
+        if len(history) < self.config.epochs:  # stopped at a non-finite loss: a failed run
+            # counts at the measured accuracy of the parameters it stopped with (the last
+            # step's; the step whose loss was non-finite was not taken), not as missing
+            self.model.eval()
+            stopped = {
+                "test_accuracy": accuracy(self.model, ds.x_test, ds.y_test),
+                "train_accuracy": accuracy(self.model, ds.x_train, ds.y_train),
+                "probe_snnl": final["probe_snnl"] if final else {},
+                "stopped_early": True,
+            }
+            if held:
+                stopped["validation_accuracy"] = accuracy(self.model, *self.validation)
+            final = stopped
+            val = {"validation_accuracy": final["validation_accuracy"]} if held else {}
         return {
             "dataset": {
                 "name": ds.name,
@@ -654,6 +668,7 @@ class _Trainer(EpochTrainer):
                 "test_accuracy": final["test_accuracy"] if final else None,
                 "train_accuracy": final["train_accuracy"] if final else None,
                 "probe_snnl": final["probe_snnl"] if final else {},
+                **({"stopped_early": True} if final and final.get("stopped_early") else {}),
                 **val,
             },
         }
