@@ -31,6 +31,7 @@ from snnl.temperature import (
     estimate_temperature_curve,
     optimal_log_temperature,
     optimal_temperature,
+    snnl_log_temperature_slope,
     snnl_star,
     snnl_temperature_curve,
 )
@@ -499,3 +500,38 @@ def test_whole_dataset_and_estimate_paths_share_the_search(tmp_path):
     assert v_few > 0 and t_few > 0
     with pytest.raises(ValueError, match="undefined"):
         optimal_temperature(x.numpy(), np.arange(80))
+
+
+# ----------------------------------------------------------------------------- slope in log T
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_log_temperature_slope_is_the_float64_dense_formulas_derivative(distance, dtype):
+    """SNNL and dSNNL/dlog T from one pass against autograd through the dense float64
+    formula (tests/reference.py), over temperatures from far below to far above the
+    distances, with a class of one point (left out, as the loss does)."""
+    g = torch.Generator().manual_seed(3)
+    y = torch.cat([torch.arange(47) % 5, torch.tensor([9])])
+    shift = 1.2 * torch.nn.functional.one_hot(y % 5, 7).double()
+    x = (torch.randn(48, 7, generator=g, dtype=torch.float64) + shift).to(dtype)
+    scale = 1.0 if distance == "cosine" else 14.0
+    tol = 1e-11 if dtype == torch.float64 else 2e-5
+    for t in (0.02 * scale, 0.3 * scale, scale, 8.0 * scale, 200.0 * scale):
+        leaf = torch.tensor(t, dtype=torch.float64, requires_grad=True)
+        value = dense_snnl(x.double(), y, leaf, distance)
+        (grad,) = torch.autograd.grad(value, leaf)
+        f, slope = snnl_log_temperature_slope(x, y, t, distance=distance)
+        assert f == pytest.approx(value.item(), rel=tol, abs=1e-300)
+        assert slope == pytest.approx(t * grad.item(), rel=tol * 10, abs=1e-9 * abs(f))
+
+
+def test_log_temperature_slope_is_zero_where_snnl_does_not_depend_on_t():
+    x = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    assert snnl_log_temperature_slope(x, torch.zeros(10, dtype=torch.long), 2.0) == (0.0, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SNNLWarning)
+        f, slope = snnl_log_temperature_slope(torch.ones(6, 3), torch.arange(6) % 2, 2.0)
+    assert slope == 0.0 and f == pytest.approx(math.log(5 / 2))  # 2 of 5 others positive
+    with pytest.raises(ValueError, match="temperature"):
+        snnl_log_temperature_slope(x, torch.arange(10) % 2, 0.0)

@@ -46,6 +46,7 @@ from snnl._checks import (
     check_bounds,
     check_features_labels,
     check_int,
+    check_positive,
     check_temperatures,
 )
 from snnl._search import unit_vectors
@@ -58,6 +59,7 @@ __all__ = [
     "optimal_temperature",
     "optimal_log_temperature",
     "snnl_temperature_curve",
+    "snnl_log_temperature_slope",
     "estimate_optimal_temperature",
     "estimate_temperature_curve",
     "entanglement_between",
@@ -429,6 +431,65 @@ def snnl_temperature_curve(
         )
         per_anchor = _blocked.exact_grid(prep, batch, temps, x.dtype)
     return per_anchor.nanmean(1).cpu()
+
+
+def snnl_log_temperature_slope(
+    features: Tensor,
+    labels: Tensor,
+    temperature: float,
+    *,
+    distance: Distance | str = Distance.EUCLIDEAN,
+) -> tuple[float, float]:
+    r"""SNNL and its slope in log T at ``temperature``, without autograd: one pass.
+
+    With :math:`p_{ij} \propto e^{-d_{ij}/T}` over :math:`j \ne i` and :math:`q_{ij}` the
+    same over :math:`i`'s positives,
+
+    .. math:: \frac{\partial\,\mathrm{SNNL}}{\partial \log T}
+        = \frac{1}{T}\,\mathrm{mean}_i\Big(\sum_j p_{ij} d_{ij} - \sum_j q_{ij} d_{ij}\Big),
+
+    from the sums the optimal search uses (:mod:`snnl._search`: the pairwise products
+    once, shifted by each anchor's nearest distances, so exact in every regime). The
+    ``learned`` and ``reference`` temperature steps of the entanglement regulariser
+    take it in place of a second forward and backward of the loss. Anchors without a
+    positive are left out (as the loss does); where SNNL does not depend on T (one
+    class, identical points) the slope is 0.
+
+    Args:
+        features: (N, ...) float tensor (detached; flattened to (N, D)).
+        labels: (N,) integer tensor.
+        temperature: T > 0.
+        distance: "euclidean" (squared) or "cosine".
+
+    Returns:
+        (SNNL, dSNNL/dlog T) as floats (float64 sums).
+
+    Example:
+        >>> x, y = torch.randn(50, 4, dtype=torch.float64), torch.arange(50) % 3
+        >>> t = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+        >>> value = soft_nearest_neighbor_loss(x, y, t)
+        >>> (grad,) = torch.autograd.grad(value, t)
+        >>> f, slope = snnl_log_temperature_slope(x, y, 2.0)
+        >>> abs(f - value.item()) < 1e-12, abs(slope - 2.0 * grad.item()) < 1e-12
+        (True, True)
+    """
+    x, y = check_features_labels(features, labels)
+    dist = check_distance(distance)
+    t = check_positive("temperature", temperature)
+    valid = _valid_anchors(y)
+    if not bool(valid.any()):
+        return 0.0, 0.0
+    anchors = torch.nonzero(valid.cpu()).squeeze(1)
+    with torch.no_grad():
+        points = _search.KernelPoints(x.detach(), dist.euclidean)
+        u = math.log(t) - points.log_scale
+        curve = _search.Curve(points, y, anchors, first_u=u)
+        if curve.constant is not None:
+            return curve.values([u])[0], 0.0
+        if curve.first is None or curve.first[0] != u:  # columns chunked, or u clamped
+            f, f1, _ = curve.stats(u)
+            return f, f1
+        return curve.first[1], curve.first[2]
 
 
 def estimate_temperature_curve(

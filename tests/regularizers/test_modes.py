@@ -228,3 +228,26 @@ def test_bad_mode_and_formula_names() -> None:
         EntanglementRegularizer(model, alpha=1.0, temperature_mode="adam")
     with pytest.raises(ValueError, match="exact, reference"):
         EntanglementRegularizer(model, alpha=1.0, snnl_formula="cleverhans")
+
+
+def test_learned_mode_takes_one_adam_step_on_the_float64_slope() -> None:
+    """The learned step's gradient on log T is dSNNL/dlog T of the float64 dense formula
+    (one pass, no autograd through the loss): log T after one call equals torch's Adam
+    step from it, and the call's SNNL uses the T before the step."""
+    torch.manual_seed(0)
+    model = MLP((6,), 4, widths=(10,))
+    x, y = _batch()
+    t0, lr = 2.0, 0.05
+    reg = EntanglementRegularizer(
+        model, alpha=1.0, temperature=t0, temperature_mode="learned", temperature_lr=lr
+    )
+    h = torch.relu(model.fc1(model.flatten(model.normalize(x)))).detach().double()
+    leaf = torch.tensor(t0, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(dense_snnl(h, y, leaf), leaf)
+    log_t = torch.tensor(math.log(t0), dtype=torch.float64, requires_grad=True)
+    log_t.grad = (t0 * g).reshape(())
+    torch.optim.Adam([log_t], lr=lr).step()
+    out = reg(x, y)
+    assert out.temperatures["relu1"] == pytest.approx(t0, rel=1e-12)
+    assert out.snnl["relu1"].item() == pytest.approx(float(dense_snnl(h, y, t0)), rel=1e-5)
+    assert math.log(reg.temperatures["relu1"]) == pytest.approx(float(log_t.detach()), rel=1e-9)

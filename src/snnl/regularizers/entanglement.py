@@ -251,6 +251,7 @@ class EntanglementRegularizer:
             distance=self.distance,
             lr=self.temperature_lr,
             regrid_every=self.regrid_every,
+            formula=self.snnl_formula,
         )
         self._snnl = _snnl_formula(self.snnl_formula, self.distance)
         # Under torch.compile the mode's search / step runs eagerly at a graph break: with

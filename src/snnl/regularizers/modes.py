@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from snnl.distances import Distance
-from snnl.temperature import snnl_star
+from snnl.temperature import snnl_log_temperature_slope, snnl_star
 
 __all__ = [
     "DEFAULT_TEMPERATURE_MODE",
@@ -125,12 +125,33 @@ class TemperatureStrategy:
     updates = True
 
     def __init__(
-        self, state: TemperatureState, *, distance: Distance, lr: float, regrid_every: int
+        self,
+        state: TemperatureState,
+        *,
+        distance: Distance,
+        lr: float,
+        regrid_every: int,
+        formula: str = "exact",
     ) -> None:
         self.state = state
         self.distance = distance
         self.lr = lr
         self.regrid_every = regrid_every
+        self.formula = formula  # "exact": temperature steps from one pass (no autograd)
+
+    def slope(self, feats: Tensor, y: Tensor, t: float, snnl: SNNLFunction) -> float:
+        """dSNNL/dlog T of ``snnl`` at T = ``t`` on detached ``feats``: for the exact
+        formula one pass over the distances (:func:`snnl.temperature.snnl_log_temperature_slope`,
+        about a third of a second loss forward and backward, and closer to float64);
+        for the authors' formula autograd through it. 0 where not finite."""
+        if self.formula == "exact":
+            _, g = snnl_log_temperature_slope(feats, y, t, distance=self.distance)
+        else:
+            leaf = torch.tensor(t, dtype=feats.dtype, requires_grad=True)
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(snnl(feats, y, leaf), leaf, allow_unused=True)
+            g = float(grad) * t if grad is not None else 0.0  # dT/dlog T = T
+        return g if math.isfinite(g) else 0.0
 
     def current(self, name: str) -> float:
         """The temperature of layer ``name`` now."""
@@ -203,13 +224,9 @@ class LearnedTemperature(TemperatureStrategy):
                 "regulariser with update_temperature=False (or under torch.no_grad) inside "
                 "the transform and let an eager call take the temperature step"
             )
-        detached = feats.detach()
-        leaf = torch.tensor(t_now, dtype=detached.dtype, requires_grad=True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(snnl(detached, y, leaf), leaf, allow_unused=True)
-        g_log = float(grad) * t_now if grad is not None else 0.0  # dT/dlogT = T
+        g_log = self.slope(feats.detach(), y, t_now, snnl)
         log_t = self.state.log_t[name]
-        log_t.grad = torch.tensor(g_log if math.isfinite(g_log) else 0.0, dtype=torch.float64)
+        log_t.grad = torch.tensor(g_log, dtype=torch.float64)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
@@ -236,13 +253,10 @@ class ReferenceTemperature(TemperatureStrategy):
     def choose(self, name, feats, y, update, snnl) -> float:
         if not update:
             return self.current(name)
-        detached = feats.detach()
         t0, t_var = self.state.t0[name], float(self.state.t[name])
-        leaf = torch.tensor(t_var, dtype=torch.float64, requires_grad=True)
-        with torch.enable_grad():
-            value = snnl(detached, y, (t0 / leaf).to(detached.dtype))
-            (grad,) = torch.autograd.grad(value, leaf, allow_unused=True)
-        new_t = t_var - REFERENCE_T_STEP * (float(grad) if grad is not None else 0.0)
+        # T = T0 / t: dSNNL/dt = dSNNL/dlog T * dlog T/dt = -dSNNL/dlog T / t
+        grad = -self.slope(feats.detach(), y, t0 / t_var, snnl) / t_var
+        new_t = t_var - REFERENCE_T_STEP * grad
         if math.isfinite(new_t) and new_t > 0:  # a new tensor: also inside torch.func
             self.state.t[name] = torch.tensor(new_t, dtype=torch.float64)
         else:
