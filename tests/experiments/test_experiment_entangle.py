@@ -250,6 +250,8 @@ def test_the_default_trains_the_reference_cnn_on_every_seed():
     cnn_full = [r for r in entangle.trained_runs(entangle.settings(full), full)
                 if r.label == entangle.CNN_NORMAL]  # fmt: skip
     assert {r.config.epochs for r in cnn_full} == {recipe(full, Kind.NORMAL, 0).epochs}
+    two = ReproduceConfig(dataset="mnist5k", seeds=1, epochs=2)  # --epochs: every run's
+    assert {r.config.epochs for r in entangle.trained_runs(entangle.settings(two), two)} == {2}
     oned = ReproduceConfig(dataset="mnist1d", seeds=2)
     assert not any(r.config.model == "cnn"
                    for r in entangle.trained_runs(entangle.settings(oned), oned))  # fmt: skip

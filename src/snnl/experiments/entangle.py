@@ -120,8 +120,12 @@ def settings(config: ReproduceConfig) -> Settings:
             grids=(FULL_GRID, DEFAULT_GRID),  # the CNN: the two-stage search (cost)
             seed_cap=12,
         )
-    return Settings(seeds=config.seeds, sweep_seeds=min(config.seeds, 2),
-                    layer_cnn=config.dataset != "mnist1d")  # fmt: skip
+    return Settings(
+        seeds=config.seeds,
+        sweep_seeds=min(config.seeds, 2),
+        layer_cnn=config.dataset != "mnist1d",
+        layer_cnn_epochs=None if config.epochs else 4,
+    )  # --epochs: every run's
 
 
 # ----------------------------------------------------------------------------- running
