@@ -214,7 +214,14 @@ def unhealthy_lines(runs: Sequence[dict[str, Any]], left_out_of: str) -> list[st
     bad = [r for r in runs if r["health"] != "ok"]
     if not bad:
         return []
-    lines = ["", f"Runs that were not healthy (left out of {left_out_of}):", ""]
+    lines = [
+        "",
+        f"Runs that were not healthy (left out of {left_out_of}; the claims' 'all runs' "
+        "comparisons count them at their measured value: a run stopped at a non-finite "
+        "loss at the accuracy of the parameters it stopped with, the failing step not "
+        "taken):",
+        "",
+    ]
     return lines + [
         f"- {r['setting']}, seed {r['seed']}: **{r['health']}** ({'; '.join(r['health_reasons'])})"
         for r in bad
