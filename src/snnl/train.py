@@ -633,25 +633,20 @@ class _Trainer(EpochTrainer):
     def results(
         self, history: list[dict[str, Any]], initial: dict[str, Any], health: dict[str, Any]
     ) -> dict[str, Any]:
-        final = history[-1] if history else None
+        last = history[-1] if history else {}
         ds = self.dataset
         held = 0 if self.validation is None else len(self.validation[1])
         extra = {"validation": held} if held else {}
-        val = {"validation_accuracy": final.get("validation_accuracy")} if held and final else {}
+        names = ("test_accuracy", "train_accuracy") + (("validation_accuracy",) if held else ())
+        measured = {k: last.get(k) for k in names}
         if len(history) < self.config.epochs:  # stopped at a non-finite loss: a failed run
             # counts at the measured accuracy of the parameters it stopped with (the last
             # step's; the step whose loss was non-finite was not taken), not as missing
-            self.model.eval()
-            stopped = {
-                "test_accuracy": accuracy(self.model, ds.x_test, ds.y_test),
-                "train_accuracy": accuracy(self.model, ds.x_train, ds.y_train),
-                "probe_snnl": final["probe_snnl"] if final else {},
-                "stopped_early": True,
-            }
-            if held:
-                stopped["validation_accuracy"] = accuracy(self.model, *self.validation)
-            final = stopped
-            val = {"validation_accuracy": final["validation_accuracy"]} if held else {}
+            sets = {"test_accuracy": (ds.x_test, ds.y_test),
+                    "train_accuracy": (ds.x_train, ds.y_train),
+                    "validation_accuracy": self.validation}  # fmt: skip
+            measured = {k: accuracy(self.model, *sets[k]) for k in names}
+            measured["stopped_early"] = True
         return {
             "dataset": {
                 "name": ds.name,
@@ -665,11 +660,8 @@ class _Trainer(EpochTrainer):
             "initial": initial,
             "final": {
                 "epochs_completed": len(history),
-                "test_accuracy": final["test_accuracy"] if final else None,
-                "train_accuracy": final["train_accuracy"] if final else None,
-                "probe_snnl": final["probe_snnl"] if final else {},
-                **({"stopped_early": True} if final and final.get("stopped_early") else {}),
-                **val,
+                **measured,
+                "probe_snnl": last.get("probe_snnl", {}),
             },
         }
 
