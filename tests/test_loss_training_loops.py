@@ -304,13 +304,13 @@ def _doc_blocks() -> list[str]:
 
 def test_own_loop_page_has_its_examples():
     blocks = _doc_blocks()
-    assert len(blocks) == 5
+    assert len(blocks) == 6
     for needle in ("autocast", "create_graph=True", "vmap", "SoftNearestNeighborMetric",
-                   "all_gather_batch"):  # fmt: skip
+                   "all_gather_batch", "regularized_loss"):  # fmt: skip
         assert any(needle in b for b in blocks), needle
 
 
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(6))
 def test_own_loop_examples_run(index, tmp_path, monkeypatch):
     """Each example runs as written (the DDP script as one process: torchrun unset)."""
     monkeypatch.chdir(tmp_path)

@@ -251,6 +251,25 @@ def test_class_selectivity_only_present_classes_count() -> None:
         class_selectivity(torch.ones(5), y)
 
 
+def test_class_selectivity_compiles_with_num_classes() -> None:
+    """Under torch.compile(fullgraph=True) with num_classes (static class slots, absent
+    classes left out) it equals the numpy reference, gradient included (finite)."""
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(3)
+    y = torch.tensor([0, 0, 3, 3, 7, 7, 7, 0])  # classes 1, 2, 4, 5, 6 absent
+    a = torch.relu(torch.randn(8, 5, 2, 2, generator=g, dtype=torch.float64))
+    compiled = torch.compile(lambda u, v: class_selectivity(u, v, num_classes=8), fullgraph=True)
+    got = compiled(a, y)
+    np.testing.assert_allclose(got.numpy(), _selectivity_np(a.numpy(), y.numpy()), rtol=1e-12)
+    leaf = a.clone().requires_grad_()
+    compiled(leaf, y).sum().backward()
+    eager = a.clone().requires_grad_()
+    class_selectivity(eager, y).sum().backward()
+    torch.testing.assert_close(leaf.grad, eager.grad, rtol=1e-12, atol=1e-15)
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="needs num_classes"):
+        torch.compile(lambda u, v: class_selectivity(u, v), fullgraph=True)(a, y)
+
+
 def test_class_selectivity_negative_activations_warn_and_are_unbounded() -> None:
     y = torch.tensor([0, 0, 1, 1])
     a = torch.tensor([[1.0], [1.0], [-0.9], [-0.9]], dtype=torch.float64)

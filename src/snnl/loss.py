@@ -40,8 +40,11 @@ from snnl.distances import Distance, check_distance
 __all__ = [
     "SNNLWarning",
     "soft_nearest_neighbor_loss",
+    "snnl_at_optimum",
     "SoftNearestNeighborLoss",
     "dense_snnl_terms",
+    "dense_log_temperature_derivatives",
+    "optimal_log_temperature",
     "SNNLEstimate",
     "open_npy",
     "snnl_streamed",
@@ -102,15 +105,20 @@ class _SNNLFunction(torch.autograd.Function):
 
     A backward in grad mode (``create_graph=True``: gradient penalties, double backprop)
     differentiates the dense formula :func:`dense_snnl_terms` of the saved inputs instead,
-    so the gradient it returns is itself differentiable (exactly, never detached).
+    so the gradient it returns is itself differentiable (exactly, never detached); with
+    ``optimal`` (the temperature is the minimiser T* of the weighted sum) log T there is
+    :func:`optimal_log_temperature` of the points, so second derivatives are SNNL*'s.
     Backward runs with autocast off (the forward's caller turned it off too).
     """
 
     @staticmethod
-    def forward(ctx, points, temperature, batch, euclidean, weights, block_rows, needs_grad):
+    def forward(
+        ctx, points, temperature, batch, euclidean, weights, block_rows, needs_grad, optimal
+    ):
         t = float(temperature)
         prep = _blocked.prepare_points(points.detach(), batch, euclidean, t)
         ctx.prep, ctx.batch, ctx.t, ctx.block_rows = prep, batch, t, block_rows
+        ctx.optimal = optimal
         ctx.dtype, ctx.euclidean, ctx.weights = points.dtype, euclidean, weights
         ctx.save_for_backward(points, temperature)
         if weights is None:  # reduction "none"
@@ -146,7 +154,7 @@ class _SNNLFunction(torch.autograd.Function):
             grad_x, grad_t = ctx.grads
             gx = grad_x * grad_out if ctx.needs_input_grad[0] else None
             gt = grad_t * grad_out.to(grad_t.dtype) if ctx.needs_input_grad[1] else None
-            return gx, gt, None, None, None, None, None
+            return gx, gt, None, None, None, None, None, None
         batch = ctx.batch
         w = torch.nan_to_num(grad_out, nan=0.0, posinf=0.0, neginf=0.0)
         w = torch.where(batch.valid, w, torch.zeros_like(w))[batch.perm]
@@ -155,7 +163,7 @@ class _SNNLFunction(torch.autograd.Function):
         grad_x[batch.perm] = res.grad_x
         gx = grad_x if ctx.needs_input_grad[0] else None
         gt = _scalar_like(res.grad_t, grad_out) if ctx.needs_input_grad[1] else None
-        return gx, gt, None, None, None, None, None
+        return gx, gt, None, None, None, None, None, None
 
     @staticmethod
     def graph_backward(ctx, points, temperature, grad_out):
@@ -163,7 +171,10 @@ class _SNNLFunction(torch.autograd.Function):
         batch = ctx.batch
         classes = torch.empty_like(batch.group)
         classes[batch.perm] = batch.group
-        per, valid = dense_snnl_terms(points, temperature, classes, ctx.euclidean)
+        t = temperature
+        if ctx.optimal:  # T* moves with the points: SNNL*'s second derivatives
+            t = optimal_log_temperature(points, t, classes, ctx.euclidean, ctx.weights).exp()
+        per, valid = dense_snnl_terms(points, t, classes, ctx.euclidean)
         if ctx.mode == "sum":
             w = ctx.weights * grad_out
         else:
@@ -176,7 +187,7 @@ class _SNNLFunction(torch.autograd.Function):
         gt = (grads.pop(0) if need_t else None, temperature)
         out = [torch.zeros_like(v) if g is None and need else g
                for (g, v), need in ((gx, need_x), (gt, need_t))]  # fmt: skip
-        return (*out, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None)
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -210,6 +221,18 @@ def dense_snnl_terms(
         >>> valid.tolist(), round(float(terms[0]), 6)
         ([True, True, False, False], 0.0)
     """
+    logits, eye, pos, valid = _dense_logits(points, temperature, labels, euclidean)
+    ninf = torch.full((), -math.inf, dtype=logits.dtype, device=logits.device)
+    den = torch.logsumexp(torch.where(eye, ninf, logits), 1)
+    num = torch.logsumexp(torch.where(pos, logits, ninf), 1)
+    return den - num, valid
+
+
+def _dense_logits(
+    points: Tensor, temperature: Tensor, labels: Tensor, euclidean: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(-d / T (N, N), the diagonal, the positives (with a placeholder row for anchors
+    without one), valid (N,)) of the dense formula."""
     n = points.shape[0]
     if euclidean:
         xc = points - points.detach().mean(0)  # d is translation-invariant: exact gradient
@@ -221,11 +244,81 @@ def dense_snnl_terms(
     pos = (labels[:, None] == labels[None, :]) & ~eye
     valid = pos.any(1)
     pos = pos | (~valid[:, None] & ~eye)  # rows without a positive: a finite placeholder
-    logits = -d / temperature
-    ninf = torch.full((), -math.inf, dtype=logits.dtype, device=logits.device)
-    den = torch.logsumexp(torch.where(eye, ninf, logits), 1)
-    num = torch.logsumexp(torch.where(pos, logits, ninf), 1)
-    return den - num, valid
+    return -d / temperature, eye, pos, valid
+
+
+def dense_log_temperature_derivatives(
+    points: Tensor, temperature: Tensor, labels: Tensor, euclidean: bool
+) -> tuple[Tensor, Tensor]:
+    r"""Per-anchor first and second derivatives of the SNNL terms in u = log T, by the
+    dense formula in plain (differentiable) torch ops.
+
+    With :math:`z_{ik} = -d_{ik}/T` (so :math:`\partial z/\partial u = -z`), a log-sum-exp
+    over a set S has :math:`\partial_u = -E_S[z]` and :math:`\partial_u^2 = Var_S(z) +
+    E_S[z]` under its softmax weights; :math:`\ell_i` = den (k != i) - num (positives):
+
+    .. math::
+        \partial_u \ell_i = E_{num}[z] - E_{den}[z], \quad
+        \partial_u^2 \ell_i = Var_{den}(z) + E_{den}[z] - Var_{num}(z) - E_{num}[z]
+
+    Args and the placeholder of anchors without a positive: as :func:`dense_snnl_terms`.
+
+    Returns:
+        (first (N,), second (N,)).
+
+    Example:
+        >>> x = torch.tensor([[0.0], [1.0], [3.0], [4.5]], dtype=torch.float64)
+        >>> t = torch.tensor(2.0, dtype=torch.float64)
+        >>> g, h = dense_log_temperature_derivatives(x, t, torch.tensor([0, 0, 1, 1]), True)
+        >>> u = torch.tensor(math.log(2.0), dtype=torch.float64, requires_grad=True)
+        >>> ell = dense_snnl_terms(x, u.exp(), torch.tensor([0, 0, 1, 1]), True)[0].sum()
+        >>> (dg,) = torch.autograd.grad(ell, u)
+        >>> bool(torch.isclose(g.sum(), dg))
+        True
+    """
+    logits, eye, pos, _ = _dense_logits(points, temperature, labels, euclidean)
+
+    def moments(mask: Tensor) -> tuple[Tensor, Tensor]:
+        z = torch.where(mask, logits, 0.0)
+        p = torch.softmax(torch.where(mask, logits, -math.inf), 1)
+        mean = (p * z).sum(1)
+        return mean, (p * (z - mean[:, None]) ** 2).sum(1)
+
+    mean_den, var_den = moments(~eye)
+    mean_num, var_num = moments(pos)
+    return mean_num - mean_den, var_den + mean_den - var_num - mean_num
+
+
+def optimal_log_temperature(
+    points: Tensor, temperature: Tensor, labels: Tensor, euclidean: bool, weights: Tensor
+) -> Tensor:
+    r"""log T* as a differentiable function of the points, to first order: value log T* of
+    :math:`S(x, u) = \sum_i w_i \ell_i` (u = log T), derivative
+    :math:`-\partial_x\partial_u S / \partial_u^2 S` (the implicit function theorem).
+
+    :math:`S(x, u(x))` then has the value and gradient of :math:`S^*(x) = \min_u S` (the
+    envelope theorem: :math:`\partial_u S = 0` at T*) and its Hessian
+    :math:`H_{xx} - H_{xu} H_{ux} / H_{uu}`, the exact second derivatives of SNNL*.
+    ``temperature`` is a search's T* (good to ~1e-8 in log T, its value being flat
+    there): one Newton step on the dense derivatives first puts it at the minimiser to
+    rounding, since the Hessian's error is :math:`\partial_u S` times a second
+    derivative of u. A ``temperature`` more than 1e-3 in log T from a minimum, or where
+    :math:`\partial_u^2 S \le 0` (no strict minimum), is held fixed (no term added).
+    ``weights`` (N,) those of the reduction (``valid / |V|`` for the mean).
+    """
+    u0 = temperature.detach().log()
+    fixed = points.detach()
+    first, second = dense_log_temperature_derivatives(fixed, u0.exp(), labels, euclidean)
+    slope0, curvature0 = (weights * first).sum(), (weights * second).sum()
+    polish = -slope0 / torch.where(curvature0 > 0, curvature0, 1.0)
+    near = (curvature0 > 0) & (polish.abs() < 1e-3)
+    u1 = torch.where(near, u0 + polish, u0)
+    first, second = dense_log_temperature_derivatives(points, u1.exp(), labels, euclidean)
+    slope = (weights * first).sum()
+    curvature = (weights * second).sum().detach()
+    use = near & (curvature > 0)
+    step = (slope - slope.detach()) / torch.where(use, curvature, 1.0)
+    return u1 - torch.where(use, step, 0.0)
 
 
 def _reduce(terms: Tensor, valid: Tensor, reduction: str) -> Tensor:
@@ -352,11 +445,56 @@ def soft_nearest_neighbor_loss(
         return _loss(x, y, temperature, distance, reduction, block_size, traced)
 
 
-def _loss(x, y, temperature, distance, reduction, block_size, traced) -> Tensor:
+def snnl_at_optimum(
+    features: Tensor,
+    labels: Tensor,
+    temperature: float | Tensor,
+    *,
+    distance: Distance | str = Distance.EUCLIDEAN,
+    block_size: int | None = None,
+) -> Tensor:
+    r"""SNNL* of ``features`` (eq. 2, :math:`\min_T` of the mean SNNL) given its minimiser
+    ``temperature`` (T*, e.g. from :func:`snnl.temperature.snnl_star`), as a
+    differentiable function of the features.
+
+    The value is SNNL(x, T*) and the gradient that of SNNL* (the envelope theorem: T*
+    held fixed), both as :func:`soft_nearest_neighbor_loss` (mean) computes them, at the
+    same cost. Second derivatives (``create_graph=True``, ``torch.func``; a
+    ``torch.compile`` graph has no double backward) are SNNL*'s: the dependence of T* on the features adds
+    :math:`-H_{xu} H_{ux} / H_{uu}` (u = log T) to the Hessian at fixed T
+    (:func:`optimal_log_temperature`). A ``temperature`` that is not the minimiser gives
+    SNNL(x, T) and its first derivatives; its second derivatives are then not those of
+    any SNNL*. Arguments and checks as :func:`soft_nearest_neighbor_loss`.
+
+    Example:
+        >>> from snnl.temperature import snnl_star
+        >>> x = torch.tensor([[0.0], [1.0], [3.0], [4.5], [0.5], [4.0]], dtype=torch.float64)
+        >>> y = torch.tensor([0, 0, 1, 1, 0, 1])
+        >>> star = snnl_star(x, y)
+        >>> value = snnl_at_optimum(x, y, star.temperature)
+        >>> bool(torch.isclose(value, star.value))
+        True
+    """
+    traced = transformed(features, labels, temperature)
+    x, y = check_features_labels(features, labels, check_values=not traced)
+    distance = check_distance(distance)
+    check_temperature(temperature, x.dtype, check_value=not traced)
+    _check_block_size(block_size)
+    with autocast_off(x.device.type):
+        return _loss(x, y, temperature, distance, "mean", block_size, traced, optimal=True)
+
+
+def _loss(x, y, temperature, distance, reduction, block_size, traced, optimal=False) -> Tensor:
     t = _temperature_tensor(temperature, x)
     euclidean = distance.euclidean
     if traced:
         points = x if euclidean else unit_vectors(x)
+        # T* moves with the points: SNNL*'s second derivatives (torch.func); a compiled
+        # graph has no double backward, so compile skips the term (first order is equal)
+        if optimal and not torch.compiler.is_compiling():
+            valid = (y[:, None] == y[None, :]).sum(1) > 1
+            weights = valid.to(x.dtype) / valid.sum().clamp_min(1)
+            t = optimal_log_temperature(points, t, y, euclidean, weights).exp()
         return _reduce(*dense_snnl_terms(points, t, y, euclidean), reduction)
     n = x.shape[0]
     batch = _blocked.sort_by_class(y)
@@ -364,13 +502,15 @@ def _loss(x, y, temperature, distance, reduction, block_size, traced) -> Tensor:
     points = x if euclidean else unit_vectors(x)
     needs_grad = torch.is_grad_enabled() and (points.requires_grad or t.requires_grad)
     if reduction == "none":
-        return _SNNLFunction.apply(points, t, batch, euclidean, None, block_size, needs_grad)
+        return _SNNLFunction.apply(points, t, batch, euclidean, None, block_size, needs_grad, False)
     if batch.num_valid == 0:
         zero = (x * 0.0).sum()
         return zero + t * 0.0 if t.requires_grad else zero
     scale = 1.0 / batch.num_valid if reduction == "mean" else 1.0
     weights = batch.valid.to(x.dtype) * scale
-    return _SNNLFunction.apply(points, t, batch, euclidean, weights, block_size, needs_grad)
+    return _SNNLFunction.apply(
+        points, t, batch, euclidean, weights, block_size, needs_grad, optimal
+    )
 
 
 class SoftNearestNeighborLoss(nn.Module):

@@ -22,6 +22,7 @@ The input gradient used by attacks stays in :mod:`snnl.attacks`.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -300,7 +301,9 @@ def class_selectivity(
       space first; ``labels`` (N,) of any integer dtype. Returns (units,) float64.
     - Classes: only classes present in ``labels`` count (a class absent from a
       mini-batch is left out of both means); at least two must be present.
-      ``num_classes`` only validates the labels (``0 <= label < num_classes``).
+      ``num_classes`` validates the labels (``0 <= label < num_classes``) and gives the
+      class means a static shape: required under ``torch.compile`` (which cannot trace
+      ``torch.unique``), where the label checks are skipped.
     - Meant for post-ReLU (non-negative) activations, where SI is in [0, 1): 0 = the
       same mean response to every class, 1 = responds to one class only (up to
       epsilon). It stays in [0, 1) whenever every class mean is >= 0; when a class
@@ -321,31 +324,52 @@ def class_selectivity(
         0.0
     """
     a = _units(activations)
-    y = check_labels(labels, a.shape[0], device=a.device, non_negative=num_classes is not None)
-    if num_classes is not None:
-        k = check_int("num_classes", num_classes, low=2)
-        if int(y.max()) >= k:
-            raise ValueError(f"labels must be < num_classes = {k}, got {int(y.max())}")
-    classes, index = torch.unique(y, return_inverse=True)
-    n_classes = classes.numel()
-    if n_classes < 2:
+    compiling = torch.compiler.is_compiling()  # host reads of the labels are skipped there
+    y = check_labels(
+        labels, a.shape[0], device=a.device, non_negative=num_classes is not None and not compiling
+    )
+    if num_classes is not None:  # a static number of class slots: what compile can trace
+        slots = check_int("num_classes", num_classes, low=2)
+        if not compiling and int(y.max()) >= slots:
+            raise ValueError(f"labels must be < num_classes = {slots}, got {int(y.max())}")
+        index = y
+    elif compiling:
         raise ValueError(
-            f"class selectivity needs at least two classes present, got {n_classes} "
-            f"({classes.tolist()})"
+            "class_selectivity under torch.compile needs num_classes (the class means need "
+            "a static number of classes; without it the classes present are found by "
+            "torch.unique, a data-dependent shape)"
         )
-    counts = torch.bincount(index, minlength=n_classes).to(a.dtype)
-    sums = torch.zeros(n_classes, a.shape[1], dtype=a.dtype, device=a.device)
-    means = sums.index_add(0, index, a) / counts[:, None]  # (K, units)
+    else:
+        classes, index = torch.unique(y, return_inverse=True)
+        slots = classes.numel()
+    counts = torch.zeros(slots, dtype=a.dtype, device=a.device).index_add(
+        0, index, torch.ones_like(index, dtype=a.dtype)
+    )
+    present = counts > 0
+    n_classes = present.sum()
+    if not compiling and int(n_classes) < 2:
+        found = torch.unique(y).tolist()
+        raise ValueError(
+            f"class selectivity needs at least two classes present, got {len(found)} ({found})"
+        )
+    sums = torch.zeros(slots, a.shape[1], dtype=a.dtype, device=a.device)
+    means = sums.index_add(0, index, a) / counts.clamp_min(1)[:, None]  # (slots, units)
     # a check on the values: skipped inside torch.func transforms (vmap cannot branch on data)
-    if not torch._C._are_functorch_transforms_active() and bool((means.detach() < 0).any()):
+    if (
+        not compiling
+        and not torch._C._are_functorch_transforms_active()
+        and bool((means.detach() < 0).any())
+    ):
         warnings.warn(
             "class_selectivity: a class mean activation is negative, so the index is not "
             "bounded in [0, 1]; it is meant for non-negative (post-ReLU) activations",
             UserWarning,
             stacklevel=2,
         )
-    mu_max = means.amax(0)
-    mu_rest = (means.sum(0) - mu_max) / (n_classes - 1)
+    # classes absent from the batch (slots of num_classes) are left out of both means
+    mu_max = torch.where(present[:, None], means, -math.inf).amax(0)
+    others = (n_classes - 1).clamp_min(1)  # >= 1: checked above, or under compile finite
+    mu_rest = (torch.where(present[:, None], means, 0.0).sum(0) - mu_max) / others
     return (mu_max - mu_rest) / (mu_max + mu_rest + SELECTIVITY_EPS)
 
 

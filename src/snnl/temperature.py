@@ -51,7 +51,7 @@ from snnl._checks import (
 )
 from snnl._search import unit_vectors
 from snnl.distances import Distance, check_distance
-from snnl.loss import SNNLWarning, soft_nearest_neighbor_loss, warn_left_out
+from snnl.loss import SNNLWarning, snnl_at_optimum, soft_nearest_neighbor_loss, warn_left_out
 
 __all__ = [
     "SNNLStar",
@@ -226,9 +226,11 @@ def snnl_star(
 
     The one SNNL* of the package (the entanglement regulariser, the per-layer profiles,
     the metric and the experiments call it). T* is found without gradient (see the
-    module docstring) and held fixed; when ``features`` require grad the value is
-    :func:`snnl.loss.soft_nearest_neighbor_loss` at T*, whose gradient is that of SNNL*
-    (envelope theorem).
+    module docstring); when ``features`` require grad the value is
+    :func:`snnl.loss.snnl_at_optimum` at T*: its gradient is that of SNNL* (envelope
+    theorem, T* held fixed) and its second derivatives (``create_graph=True``) are SNNL*'s,
+    the implicit dependence of T* on the features included (a T* at a given bound, a
+    constrained minimum: those at T* held fixed).
 
     Args:
         features: (N, ...) float tensor, flattened to (N, D).
@@ -280,7 +282,9 @@ def _star(features, labels, distance, bounds, start, level: int, check: bool = T
         feats = x if torch.finfo(x.dtype).tiny <= t <= torch.finfo(x.dtype).max else x.double()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SNNLWarning)  # said above
-            out = soft_nearest_neighbor_loss(feats, y, t, distance=dist.value).double()
+            interior = bounds is None or bounds[0] < t < bounds[1]  # else a constrained min
+            loss = snnl_at_optimum if interior else soft_nearest_neighbor_loss
+            out = loss(feats, y, t, distance=dist.value).double()
     else:
         out = torch.tensor(value, dtype=torch.float64, device=x.device)
     return SNNLStar(out, t, evals)

@@ -8,6 +8,7 @@ model, the dense SNNL formula of tests/reference.py, a plain class-selectivity l
 
 from __future__ import annotations
 
+import math
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -54,8 +55,8 @@ def _data(n=30, dtype=torch.float64, seed=0):
 
 
 def _reg(kind: str, model: nn.Module):
-    if kind == "selectivity":
-        return SelectivityRegularizer(model, LAYERS, alpha=ALPHA)
+    if kind == "selectivity":  # num_classes: the static class slots compile needs
+        return SelectivityRegularizer(model, LAYERS, alpha=ALPHA, num_classes=3)
     return EntanglementRegularizer(
         model, LAYERS, alpha=ALPHA, temperature=2.0, temperature_mode=kind
     )
@@ -84,12 +85,31 @@ def _ref_selectivity(h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return torch.stack(out).mean()
 
 
+def _ref_star(h: torch.Tensor, y: torch.Tensor, t_found: float) -> torch.Tensor:
+    """SNNL*(h) with its second derivatives, by autograd through the dense formula: T*
+    polished by Newton steps on dS/du (u = log T), then u moved with h to first order,
+    du/dh = -S_uh / S_uu (the implicit function theorem; value and gradient unchanged)."""
+    u = torch.tensor(math.log(t_found), dtype=torch.float64)
+    for _ in range(3):
+        ur = u.clone().requires_grad_()
+        (gu,) = torch.autograd.grad(dense_snnl(h.detach(), y, ur.exp()), ur, create_graph=True)
+        (huu,) = torch.autograd.grad(gu, ur)
+        u = u - gu.detach() / huu
+    ur = u.clone().requires_grad_()
+    (gu,) = torch.autograd.grad(dense_snnl(h, y, ur.exp()), ur, create_graph=True)
+    (huu,) = torch.autograd.grad(gu, ur, retain_graph=True)
+    return dense_snnl(h, y, (u - (gu - gu.detach()) / huu.detach()).exp())
+
+
 def _ref_loss(kind: str, params: dict, x, y, temperatures: dict | None):
-    """CE - alpha * term, in float64, with the temperatures the regulariser used."""
+    """CE - alpha * term, in float64, with the temperatures the regulariser used (the
+    optimal mode: SNNL* at the T* it found)."""
     logits, hs = _ref_forward(params, x)
     ce = F.cross_entropy(logits, y)
     if kind == "selectivity":
         term = torch.stack([_ref_selectivity(hs[n], y) for n in LAYERS]).mean()
+    elif kind == "optimal":
+        term = sum(_ref_star(hs[n], y, temperatures[n]) for n in LAYERS)
     else:
         term = sum(dense_snnl(hs[n], y, temperatures[n]) for n in LAYERS)
     return ce - ALPHA * term
@@ -168,7 +188,8 @@ def test_autocast_cuda(kind, dtype):
 def test_gradient_penalty_hessian_vector_products(kind):
     """grad of the regularised loss wrt the input with create_graph, then backward: the
     HVP wrt x and the penalty's parameter gradients equal the float64 reference's (the
-    optimal mode's T* of the batch held fixed, as the regulariser's gradient holds it)."""
+    optimal mode: SNNL*'s, T* moving with the features; the other modes: at the batch's
+    temperatures held fixed)."""
     x, y = _data()
     v = torch.randn(x.shape, generator=torch.Generator().manual_seed(1), dtype=x.dtype)
     model = _model()
@@ -212,8 +233,9 @@ class _Step(nn.Module):
 @pytest.mark.parametrize("kind", REGS)
 def test_func_grad_parameters_and_input(kind):
     """torch.func.grad over the parameters (functional_call) and over the input equals the
-    float64 reference's gradient at the temperatures the regulariser used; the optimal
-    and reference modes also update their state inside the transform."""
+    float64 reference's gradient at the temperatures the regulariser used; the modes that
+    update their temperature (a search, an Adam step, the authors' step) update it inside
+    the transform exactly as one eager call does."""
     x, y = _data()
     model = _model()
     reg = _reg(kind, model)
@@ -223,12 +245,13 @@ def test_func_grad_parameters_and_input(kind):
     def loss(p):
         return torch.func.functional_call(step, p, (x, y))
 
-    if kind == "learned":  # its Adam step on log T cannot run inside a transform
-        with pytest.raises(RuntimeError, match="learned.*torch.func.*update_temperature=False"):
-            torch.func.grad(loss)(params)
-        step.reg = lambda a, b: reg(a, b, update_temperature=False)
+    twin = _reg(kind, _model())  # the same regulariser, called once eagerly
+    twin(x, y).total.backward()
     before = dict(getattr(reg, "temperatures", {}))
     grads = torch.func.grad(loss)(params)
+    assert getattr(reg, "temperatures", {}) == pytest.approx(
+        getattr(twin, "temperatures", {}), rel=1e-12
+    )
     used = before if kind in ("learned", "fixed", "selectivity") else reg._last_temperatures
     if kind == "optimal":  # it stored the batch's T*
         assert reg.temperatures == pytest.approx(used, rel=1e-12)
@@ -250,7 +273,8 @@ def _no_update(kind):
 @pytest.mark.parametrize("kind", REGS)
 def test_vmap_over_parameter_sets(kind):
     """An ensemble of K models (stacked parameters) in one vmap, without temperature
-    updates (a batched state cannot be stored): equal to a loop over the K models."""
+    updates (a batched state cannot be stored; the optimal mode finds each model's own T*):
+    equal to a loop over the K models; asking for an update under vmap raises."""
     x, y = _data()
     models = [_model(seed=s) for s in range(3)]
     regs = [_reg(kind, m) for m in models]
@@ -266,10 +290,9 @@ def test_vmap_over_parameter_sets(kind):
         with torch.no_grad():
             return torch.func.functional_call(base, p, (x, y))
 
-    if kind == "optimal":
-        with pytest.raises(RuntimeError, match="optimal.*vmap"):
-            torch.vmap(value)(stacked)
-        return
+    if kind in ("optimal", "learned", "reference"):  # gradients on: it would update
+        with pytest.raises(RuntimeError, match=f"{kind}.*vmap.*update_temperature=False"):
+            torch.vmap(lambda p: torch.func.functional_call(base, p, (x, y)))(stacked)
     values = torch.vmap(value)(stacked)
     loop = []
     for r, m in zip(regs, models, strict=True):
@@ -283,8 +306,9 @@ def test_vmap_over_parameter_sets(kind):
 
 @pytest.mark.parametrize("kind", REGS)
 def test_compile_fullgraph_training_step(kind):
-    """A compiled step calling regularized_loss equals eager (fixed mode); the modes whose
-    temperature is host work and the selectivity term raise, naming the reason."""
+    """A compiled step calling regularized_loss equals eager over steps, in every mode (the
+    temperature's search or step runs once per step inside the graph, as the op
+    snnl::choose_temperature, and the states stay equal) and for the selectivity term."""
     torch._dynamo.reset()
     x, y = _data(n=48, dtype=torch.float32)
     eager_model, compiled_model = _model(torch.float32), _model(torch.float32)
@@ -298,22 +322,24 @@ def test_compile_fullgraph_training_step(kind):
 
     compiled = torch.compile(step(compiled_reg, compiled_model), fullgraph=True)
     eager = step(eager_reg, eager_model)
-    if kind != "fixed":
-        reason = "SelectivityRegularizer" if kind == "selectivity" else f"mode='{kind}'"
-        with pytest.raises(torch._dynamo.exc.Unsupported, match=f"{reason}.*fullgraph"):
-            compiled(x, y)
-        return
-    for _ in range(3):  # later steps: no recompilation, state carried over
-        value = compiled(x, y)  # raises on any graph break
+    for i in range(3):  # later steps: no recompilation, state carried over
+        x_i = x * (1.0 + 0.1 * i)  # a new batch each step
+        value = compiled(x_i, y)  # raises on any graph break
         value.backward()
-        ref = eager(x, y)
+        ref = eager(x_i, y)
         ref.backward()
         assert value.item() == pytest.approx(ref.item(), rel=1e-5)
         for (k, p), q in zip(compiled_model.named_parameters(), eager_model.parameters(),
                              strict=True):  # fmt: skip
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=k)
+        temps = getattr(compiled_reg, "temperatures", {})
+        assert temps == pytest.approx(getattr(eager_reg, "temperatures", {}), rel=1e-5)
+    if kind in ("optimal", "learned", "reference"):
+        assert compiled_reg._state.calls == eager_reg._state.calls == 3  # once per step
+    x = x_i
     params = {k: v.detach().double() for k, v in eager_model.named_parameters()}
-    ref64 = _ref_loss(kind, params, x.double(), y, compiled_reg.temperatures)
+    used = getattr(compiled_reg, "_last_temperatures", None)
+    ref64 = _ref_loss(kind, params, x.double(), y, used)
     assert value.item() == pytest.approx(ref64.item(), rel=1e-5)
 
 
@@ -346,3 +372,62 @@ def test_deterministic_steps_are_bit_identical(kind):
     (a, ta), (b, tb) = runs
     assert ta == tb
     assert all(torch.equal(u, w) for u, w in zip(a, b, strict=True))
+
+
+@pytest.mark.parametrize("kind", ["learned", "reference"])
+def test_compile_fullgraph_authors_formula_steps(kind):
+    """The authors' formula takes its temperature step by autograd inside the op (autograd
+    restored there): a compiled step equals eager, temperatures included."""
+    torch._dynamo.reset()
+    x, y = _data(n=48, dtype=torch.float32)
+    models = [_model(torch.float32), _model(torch.float32)]
+    regs = [
+        EntanglementRegularizer(
+            m, LAYERS, alpha=ALPHA, temperature=2.0, temperature_mode=kind,
+            snnl_formula="reference",
+        )
+        for m in models
+    ]  # fmt: skip
+    compiled = torch.compile(lambda a, b: regularized_loss(models[0], a, b, [regs[0]]).total,
+                             fullgraph=True)  # fmt: skip
+    for i in range(3):
+        a = x * (1.0 + 0.2 * i)
+        value = compiled(a, y)
+        ref = regularized_loss(models[1], a, y, [regs[1]]).total
+        assert value.item() == pytest.approx(ref.item(), rel=1e-5)
+        assert regs[0].temperatures == pytest.approx(regs[1].temperatures, rel=1e-5)
+    assert regs[0].temperatures != pytest.approx({n: 2.0 for n in LAYERS})  # it stepped
+
+
+def test_copied_regulariser_has_its_own_temperature_state():
+    """A deepcopy's temperature op reaches the copy's state, not the original's."""
+    import copy
+
+    x, y = _data()
+    reg = _reg("learned", _model())
+    twin = copy.deepcopy(reg)
+    before = reg.temperatures
+    twin(x, y)
+    assert reg.temperatures == before
+    assert twin.temperatures != before
+
+
+def test_compile_selectivity_needs_num_classes_and_skips_one_class_batches():
+    torch._dynamo.reset()
+    x, y = _data(n=24, dtype=torch.float32)
+    model = _model(torch.float32)
+    reg = SelectivityRegularizer(model, LAYERS, alpha=ALPHA)
+    compiled = torch.compile(lambda a, b: regularized_loss(model, a, b, [reg]).total,
+                             fullgraph=True)  # fmt: skip
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="needs num_classes"):
+        compiled(x, y)
+    torch._dynamo.reset()
+    reg = SelectivityRegularizer(model, LAYERS, alpha=ALPHA, num_classes=3)
+    compiled = torch.compile(lambda a, b: regularized_loss(model, a, b, [reg]).total,
+                             fullgraph=True)  # fmt: skip
+    one = torch.zeros_like(y)  # a single class: no selectivity, the term is 0
+    value = compiled(x, one)
+    ce = F.cross_entropy(model(x), one)
+    assert value.item() == pytest.approx(ce.item(), rel=1e-6)
+    value.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())

@@ -27,15 +27,18 @@ so that experiments can test whether a result depends on that saturation.
 
 In a user's own loop (tests/regularizers/test_regularizer_training_loops.py):
 autocast (the SNNL in float32, the loss float32); ``create_graph=True`` gives a
-differentiable gradient (gradient penalties) whose second derivative is that of the SNNL
-at the temperatures chosen for the batch held fixed (for ``optimal``: T* held fixed, the
-envelope-theorem gradient; the implicit term dT*/dh of SNNL*'s exact Hessian is not
-included); torch.func.grad in every mode (``learned`` with ``update_temperature=False``:
-its Adam step on log T is in place, and raises inside a transform); torch.vmap for
-``fixed`` (and ``learned``/``reference`` without updates; ``optimal`` raises: its search
-is per-batch host work); torch.compile(fullgraph=True) for ``fixed`` (the other modes'
-temperature choice is host work: fullgraph raises naming it, fullgraph=False runs it
-eagerly at a graph break; inside a graph the left-out counts and warnings are skipped).
+differentiable gradient (gradient penalties): for ``optimal`` (exact formula) the second
+derivatives of SNNL* itself, the implicit dependence of T* on h included
+(:func:`snnl.loss.snnl_at_optimum`); for the other modes those of the SNNL at the batch's
+temperature held fixed. Every mode's temperature choice (the optimal search, the learned Adam step,
+the authors' step, with their counters and warnings) runs on the host inside one
+registered op, ``snnl::choose_temperature`` (:mod:`snnl.regularizers.modes`), so:
+torch.func.grad in every mode (the state updated once, as by an eager call);
+torch.vmap of calls that do not update (``update_temperature=False`` or under
+``torch.no_grad``; the optimal mode then finds each problem's own T*; an update under
+vmap raises, a batch of problems has no one state); torch.compile(fullgraph=True) of a
+step calling :func:`~snnl.regularizers.regularized_loss` in every mode, no graph break,
+the op run once per call (inside a graph the left-out count and warning are skipped).
 
 A batch in which no class occurs twice has no SNNL (eq. 1 is undefined there): it
 contributes no SNNL term (one :class:`~snnl.loss.SNNLWarning`, counted in
@@ -55,7 +58,7 @@ from torch import Tensor, nn
 
 from snnl._checks import check_choice, check_int, check_labels, check_positive
 from snnl.distances import Distance, check_distance
-from snnl.loss import SNNLWarning, soft_nearest_neighbor_loss
+from snnl.loss import SNNLWarning, snnl_at_optimum, soft_nearest_neighbor_loss
 from snnl.regularizers.compose import (
     check_batch,
     check_name,
@@ -149,11 +152,14 @@ def reference_formula_snnl(
     return (-torch.log(REFERENCE_EPS + (pick * same).sum(1))).mean()
 
 
-def _snnl_formula(formula: str, distance: Distance):
-    """The SNNL function (features, labels, T) -> 0-dim tensor of ``formula``."""
+def _snnl_formula(formula: str, distance: Distance, mode: TemperatureMode):
+    """The SNNL function (features, labels, T) -> 0-dim tensor of ``formula``; in the
+    optimal mode the exact formula is SNNL* (T the batch's T*), second derivatives
+    included (:func:`snnl.loss.snnl_at_optimum`)."""
     if formula == "reference":
         return lambda x, y, t: reference_formula_snnl(x, y, t, distance=distance)
-    return lambda x, y, t: soft_nearest_neighbor_loss(x, y, t, distance=distance.value)
+    loss = snnl_at_optimum if mode is TemperatureMode.OPTIMAL else soft_nearest_neighbor_loss
+    return lambda x, y, t: loss(x, y, t, distance=distance.value)
 
 
 # ----------------------------------------------------------------------------- entanglement
@@ -246,27 +252,19 @@ class EntanglementRegularizer:
             temps = {n: temperature for n in self.layers}
         t0 = {n: check_positive(f"temperature of layer {n!r}", t) for n, t in temps.items()}
         self._state = TemperatureState(t0)
+        self._snnl = _snnl_formula(self.snnl_formula, self.distance, self.temperature_mode)
         self._strategy = STRATEGIES[self.temperature_mode](
             self._state,
+            layers=self.layers,
+            snnl=self._snnl,
             distance=self.distance,
             lr=self.temperature_lr,
             regrid_every=self.regrid_every,
             formula=self.snnl_formula,
         )
-        self._snnl = _snnl_formula(self.snnl_formula, self.distance)
-        # Under torch.compile the mode's search / step runs eagerly at a graph break: with
-        # fullgraph=True torch.compile raises, naming this reason.
-        self._host_temperatures = torch.compiler.disable(
-            self._temperatures,
-            reason=f"temperature_mode={self.temperature_mode.value!r} chooses T by data-"
-            "dependent host work (a search or an optimiser step on the batch), which cannot "
-            "be inside a fullgraph=True graph: use temperature_mode='fixed' there, or "
-            "fullgraph=False (the choice then runs eagerly between graphs)",
-        )
         self.skipped_batches = 0
         self._warned_left_out = False
         self._warned_skipped = False
-        self._last_temperatures: dict[str, float] = {}
 
     # ------------------------------------------------------------------ state
 
@@ -284,6 +282,11 @@ class EntanglementRegularizer:
     def search_evaluations(self) -> int:
         """Curve evaluations of the optimal mode's searches so far."""
         return self._state.search_evaluations
+
+    @property
+    def _last_temperatures(self) -> dict[str, float]:
+        """Layer -> the temperature of its last SNNL (under vmap: the last problem's)."""
+        return dict(self._strategy.last)
 
     @property
     def _log_t(self) -> dict[str, Tensor]:
@@ -402,40 +405,15 @@ class EntanglementRegularizer:
             h = outputs[name]
             f = h.reshape(h.shape[0], -1)
             feats[name] = f if f.dtype in (torch.float32, torch.float64) else f.float()
-        if compiling and self._strategy.updates:
-            used = self._host_temperatures(feats, y, update)  # a graph break, see __init__
-        else:
-            used = self._temperatures(feats, y, update)
+        used = {n: self._strategy.temperature(n, feats[n], y, update) for n in self.layers}
         if compiling:
             terms = {n: self._snnl(feats[n], y, used[n]) for n in self.layers}
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SNNLWarning)
                 terms = {n: self._snnl(feats[n], y, used[n]) for n in self.layers}
-        self._last_temperatures = used
         total = torch.stack(list(terms.values())).sum()
         return total, {n: v.detach() for n, v in terms.items()}
-
-    def _temperatures(self, feats: Mapping[str, Tensor], y: Tensor, update: bool) -> dict:
-        """Each layer's temperature on this batch (the mode's search or step, host-side
-        work), updating the state when ``update``."""
-        used: dict[str, float] = {}
-        for name in self.layers:
-            try:
-                used[name] = self._strategy.choose(name, feats[name], y, update, self._snnl)
-            except RuntimeError as e:
-                if not str(e).startswith("vmap"):
-                    raise
-                raise RuntimeError(
-                    f"temperature_mode={self.temperature_mode.value!r} cannot run under "
-                    "torch.vmap: its temperature (a search or step per batch) is data-"
-                    "dependent host work; vmap a 'fixed' regulariser ('learned' and "
-                    "'reference' without update: under torch.no_grad or "
-                    "update_temperature=False), or loop over the problems"
-                ) from e
-        if update and not torch.compiler.is_compiling():
-            self._state.calls += 1
-        return used
 
     def __repr__(self) -> str:
         temps = ", ".join(f"{n}={t:.4g}" for n, t in self.temperatures.items())

@@ -12,15 +12,22 @@
   or non-finite (the authors' code lets it) is refused and counted.
 - ``fixed``: T_l never changes.
 
+A mode's choice is host work (a search, an optimiser step, counters, warnings): it runs
+inside the registered op ``snnl::choose_temperature``, one opaque node of a
+``torch.compile(fullgraph=True)`` graph run once per call, with a ``vmap`` rule (a loop
+over the problems, without updates) and reached from torch.func transforms.
+
 To add a mode: a member of :class:`TemperatureMode` and a :class:`TemperatureStrategy`
 subclass registered in ``STRATEGIES``.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -29,6 +36,7 @@ import torch
 from torch import Tensor
 
 from snnl.distances import Distance
+from snnl.loss import transformed
 from snnl.temperature import snnl_log_temperature_slope, snnl_star
 
 __all__ = [
@@ -94,8 +102,9 @@ class TemperatureState:
 
     ``t0``: the initial (or fixed) T; ``log_t``: log T (learned, and the optimal mode's
     warm start); ``t``: the reference mode's t (T = T0 / t); ``has_optimum``: whether
-    the optimal mode has found a T* to warm-start from; counters of calls, refused
-    steps and the optimal search's curve evaluations.
+    the optimal mode has found a T* to warm-start from; counters of the calls that
+    updated the temperatures (modes that update), refused steps and the optimal search's
+    curve evaluations.
     """
 
     t0: dict[str, float]
@@ -128,18 +137,48 @@ class TemperatureStrategy:
         self,
         state: TemperatureState,
         *,
+        layers: Sequence[str],
+        snnl: SNNLFunction,
         distance: Distance,
         lr: float,
         regrid_every: int,
         formula: str = "exact",
     ) -> None:
         self.state = state
+        self.layers = list(layers)
+        self.snnl = snnl  # the regulariser's SNNL formula (features, labels, T)
         self.distance = distance
         self.lr = lr
         self.regrid_every = regrid_every
         self.formula = formula  # "exact": temperature steps from one pass (no autograd)
+        #: layer -> the temperature of its last SNNL (the value :meth:`temperature` gave)
+        self.last: dict[str, float] = {}
+        self._register()
 
-    def slope(self, feats: Tensor, y: Tensor, t: float, snnl: SNNLFunction) -> float:
+    def _register(self) -> None:
+        self.handle = next(_HANDLES)
+        _STRATEGIES_BY_HANDLE[self.handle] = self
+
+    def __getstate__(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._register()  # a copy (deepcopy, pickle) is its own strategy, not the original's
+
+    def temperature(self, name: str, feats: Tensor, y: Tensor, update: bool) -> float | Tensor:
+        """The temperature of this batch's SNNL of layer ``name``, updating the state
+        when ``update``: a float in eager calls; under ``torch.compile`` and torch.func
+        transforms a float64 0-dim tensor, the output of the registered op
+        ``snnl::choose_temperature`` (the mode's search or step runs inside it, on the
+        host, so a ``fullgraph=True`` graph holds it and ``vmap`` loops over it)."""
+        if not self.updates:
+            self.last[name] = self.choose(name, feats, y, update)
+            return self.last[name]
+        t = torch.ops.snnl.choose_temperature(feats.detach(), y, self.handle, name, update)
+        return t if transformed(feats, y) else float(t)
+
+    def slope(self, feats: Tensor, y: Tensor, t: float) -> float:
         """dSNNL/dlog T of ``snnl`` at T = ``t`` on detached ``feats``: for the exact
         formula one pass over the distances (:func:`snnl.temperature.snnl_log_temperature_slope`,
         about a third of a second loss forward and backward, and closer to float64);
@@ -148,8 +187,9 @@ class TemperatureStrategy:
             _, g = snnl_log_temperature_slope(feats, y, t, distance=self.distance)
         else:
             leaf = torch.tensor(t, dtype=feats.dtype, requires_grad=True)
-            with torch.enable_grad():
-                (grad,) = torch.autograd.grad(snnl(feats, y, leaf), leaf, allow_unused=True)
+            with _autograd_restored(), torch.enable_grad():
+                value = self.snnl(feats, y, leaf)
+                (grad,) = torch.autograd.grad(value, leaf, allow_unused=True)
             g = float(grad) * t if grad is not None else 0.0  # dT/dlog T = T
         return g if math.isfinite(g) else 0.0
 
@@ -157,12 +197,9 @@ class TemperatureStrategy:
         """The temperature of layer ``name`` now."""
         raise NotImplementedError
 
-    def choose(
-        self, name: str, feats: Tensor, y: Tensor, update: bool, snnl: SNNLFunction
-    ) -> float:
-        """The temperature of this batch's SNNL of layer ``name`` (``feats`` (N, D)
-        detached or not; ``snnl`` the regulariser's formula), updating the state when
-        ``update``."""
+    def choose(self, name: str, feats: Tensor, y: Tensor, update: bool) -> float:
+        """The mode's rule on the host: the temperature of this batch's SNNL of layer
+        ``name`` (``feats`` (N, D) detached), updating the state when ``update``."""
         raise NotImplementedError
 
     def optimizer_state(self) -> dict[str, Any] | None:
@@ -179,7 +216,7 @@ class FixedTemperature(TemperatureStrategy):
     def current(self, name: str) -> float:
         return self.state.t0[name]
 
-    def choose(self, name, feats, y, update, snnl) -> float:
+    def choose(self, name, feats, y, update) -> float:
         return self.state.t0[name]
 
 
@@ -189,11 +226,11 @@ class OptimalTemperature(TemperatureStrategy):
     def current(self, name: str) -> float:
         return math.exp(float(self.state.log_t[name]))
 
-    def choose(self, name, feats, y, update, snnl) -> float:
+    def choose(self, name, feats, y, update) -> float:
         s = self.state
         regrid = not s.has_optimum[name] or s.calls % self.regrid_every == 0
         start = None if regrid else float(s.log_t[name])
-        star = snnl_star(feats.detach(), y, distance=self.distance, start=start, check=False)
+        star = snnl_star(feats, y, distance=self.distance, start=start, check=False)
         s.search_evaluations += star.evaluations
         if update:  # a new tensor, not fill_: also inside torch.func transforms
             s.log_t[name] = torch.tensor(star.log_temperature, dtype=torch.float64)
@@ -213,18 +250,11 @@ class LearnedTemperature(TemperatureStrategy):
     def current(self, name: str) -> float:
         return math.exp(float(self.state.log_t[name].detach()))
 
-    def choose(self, name, feats, y, update, snnl) -> float:
+    def choose(self, name, feats, y, update) -> float:
         t_now = self.current(name)
         if not update:
             return t_now
-        if torch._C._are_functorch_transforms_active():
-            raise RuntimeError(
-                "temperature_mode='learned' cannot update its temperature inside a torch.func "
-                "transform (grad, vmap, ...): its Adam step changes log T in place; call the "
-                "regulariser with update_temperature=False (or under torch.no_grad) inside "
-                "the transform and let an eager call take the temperature step"
-            )
-        g_log = self.slope(feats.detach(), y, t_now, snnl)
+        g_log = self.slope(feats, y, t_now)
         log_t = self.state.log_t[name]
         log_t.grad = torch.tensor(g_log, dtype=torch.float64)
         self.optimizer.step()
@@ -250,12 +280,12 @@ class ReferenceTemperature(TemperatureStrategy):
     def current(self, name: str) -> float:
         return self.state.t0[name] / float(self.state.t[name])
 
-    def choose(self, name, feats, y, update, snnl) -> float:
+    def choose(self, name, feats, y, update) -> float:
         if not update:
             return self.current(name)
         t0, t_var = self.state.t0[name], float(self.state.t[name])
         # T = T0 / t: dSNNL/dt = dSNNL/dlog T * dlog T/dt = -dSNNL/dlog T / t
-        grad = -self.slope(feats.detach(), y, t0 / t_var, snnl) / t_var
+        grad = -self.slope(feats, y, t0 / t_var) / t_var
         new_t = t_var - REFERENCE_T_STEP * grad
         if math.isfinite(new_t) and new_t > 0:  # a new tensor: also inside torch.func
             self.state.t[name] = torch.tensor(new_t, dtype=torch.float64)
@@ -277,3 +307,66 @@ STRATEGIES: dict[TemperatureMode, type[TemperatureStrategy]] = {
     cls.mode: cls
     for cls in (OptimalTemperature, LearnedTemperature, ReferenceTemperature, FixedTemperature)
 }
+
+
+# ----------------------------------------------------------------------------- the op
+
+_HANDLES = itertools.count()
+#: handle -> strategy: the op below reaches the strategy (its state, optimiser) by handle
+_STRATEGIES_BY_HANDLE: weakref.WeakValueDictionary[int, TemperatureStrategy] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def _autograd_restored():
+    """A region where autograd records again inside an op's kernel (the dispatcher turns
+    it off below the op's autograd key): the authors' formula's temperature slope is
+    computed by autograd there."""
+    exclude = torch._C._dispatch_tls_local_exclude_set() & torch._C._after_autograd_keyset
+    return torch._C._ForceDispatchKeyGuard(torch._C._dispatch_tls_local_include_set(), exclude)
+
+
+@torch.library.custom_op("snnl::choose_temperature", mutates_args=())
+def choose_temperature(
+    features: Tensor, labels: Tensor, strategy: int, layer: str, update: bool
+) -> Tensor:
+    """The temperature strategy ``strategy`` (a handle) chooses for layer ``layer`` on the
+    batch (``features`` (N, D) detached, ``labels`` (N,)), updating its state when
+    ``update``: a float64 0-dim CPU tensor.
+
+    A registered op so that the mode's host work (a search, an optimiser step, counters
+    and warnings) is one opaque node of a ``torch.compile(fullgraph=True)`` graph, run
+    once per call of the compiled function, and loops under ``vmap``.
+    """
+    chooser = _STRATEGIES_BY_HANDLE.get(strategy)
+    if chooser is None:
+        raise RuntimeError(f"no temperature strategy {strategy}: its regulariser was freed")
+    t = chooser.choose(layer, features, labels, update)
+    chooser.last[layer] = t
+    if update and layer == chooser.layers[-1]:
+        chooser.state.calls += 1
+    return torch.tensor(t, dtype=torch.float64)
+
+
+@choose_temperature.register_fake
+def _(features, labels, strategy, layer, update):
+    return torch.empty((), dtype=torch.float64, device="cpu")
+
+
+@choose_temperature.register_vmap
+def _(info, in_dims, features, labels, strategy, layer, update):
+    if update:
+        mode = _STRATEGIES_BY_HANDLE[strategy].mode.value
+        raise RuntimeError(
+            f"temperature_mode={mode!r} cannot update its temperature under torch.vmap (one "
+            "state, a batch of problems): call the regulariser with update_temperature=False "
+            "(or under torch.no_grad) inside vmap; each problem then gets its own "
+            f"{'T*' if mode == 'optimal' else 'current T'}"
+        )
+    f_dim, y_dim = in_dims[0], in_dims[1]
+    out = []
+    for i in range(info.batch_size):
+        f = features if f_dim is None else features.select(f_dim, i)
+        y = labels if y_dim is None else labels.select(y_dim, i)
+        out.append(choose_temperature(f, y, strategy, layer, update))
+    return torch.stack(out), 0

@@ -67,7 +67,8 @@ class SelectivityRegularizer:
         layers: ``"hidden"`` (post-ReLU outputs, see :func:`snnl.taps.resolve_layers`)
             or a list of module names.
         alpha: weight of the selectivity term (required).
-        num_classes: if given, labels are checked to lie in [0, num_classes).
+        num_classes: if given, labels are checked to lie in [0, num_classes); required
+            under ``torch.compile`` (the class means then have a static shape).
         always_compute_selectivity: with ``alpha == 0``, still compute the term (logging).
         name: the key of its terms in :func:`regularized_loss` (unique among those composed).
 
@@ -106,15 +107,6 @@ class SelectivityRegularizer:
         self.always_compute_selectivity = bool(always_compute_selectivity)
         self.skipped_batches = 0
         self._warned_skipped = False
-        # the class means group the batch by torch.unique of its labels (a shape that
-        # depends on the data): under torch.compile the term runs eagerly at a graph
-        # break, and fullgraph=True raises naming this reason
-        self._host_penalty = torch.compiler.disable(
-            self._penalty,
-            reason="SelectivityRegularizer's class means group the batch by the classes "
-            "present (torch.unique of the labels, a data-dependent shape), which cannot be "
-            "inside a fullgraph=True graph: compile with fullgraph=False",
-        )
 
     def active(self) -> bool:
         return self.alpha != 0 or self.always_compute_selectivity
@@ -149,12 +141,7 @@ class SelectivityRegularizer:
         ``update`` is accepted for the :func:`regularized_loss` protocol; nothing is updated.
         """
         if torch.compiler.is_compiling():
-            return self._host_penalty(outputs, y)  # a graph break, see __init__
-        return self._penalty(outputs, y)
-
-    def _penalty(
-        self, outputs: Mapping[str, Tensor], y: Tensor
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+            return self._compiled_penalty(outputs, y)
         if int(torch.unique(y).numel()) < 2:
             self.skipped_batches += 1
             if not self._warned_skipped:
@@ -173,6 +160,26 @@ class SelectivityRegularizer:
         }
         total = torch.stack(list(per_layer.values())).mean()
         return total, {n: v.detach() for n, v in per_layer.items()}
+
+    def _compiled_penalty(
+        self, outputs: Mapping[str, Tensor], y: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The penalty inside a ``torch.compile`` graph: class means over ``num_classes``
+        static slots; a batch with fewer than two classes gives 0 (not counted, no
+        warning: host work)."""
+        if self.num_classes is None:
+            raise ValueError(
+                "SelectivityRegularizer under torch.compile needs num_classes=... (the class "
+                "means need a static number of classes)"
+            )
+        slots = torch.arange(self.num_classes, device=y.device)
+        two = (y[:, None] == slots).any(0).sum() >= 2
+        per_layer = {
+            name: class_selectivity(outputs[name], y, self.num_classes).mean()
+            for name in self.layers
+        }
+        total = torch.where(two, torch.stack(list(per_layer.values())).mean(), 0.0)
+        return total, {n: torch.where(two, v, 0.0).detach() for n, v in per_layer.items()}
 
     def __repr__(self) -> str:
         return f"SelectivityRegularizer(alpha={self.alpha}, layers={list(self.layers)})"
