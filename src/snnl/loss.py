@@ -460,8 +460,8 @@ def snnl_at_optimum(
     The value is SNNL(x, T*) and the gradient that of SNNL* (the envelope theorem: T*
     held fixed), both as :func:`soft_nearest_neighbor_loss` (mean) computes them, at the
     same cost. Second derivatives (``create_graph=True``, ``torch.func``; a
-    ``torch.compile`` graph has no double backward) are SNNL*'s: the dependence of T* on the features adds
-    :math:`-H_{xu} H_{ux} / H_{uu}` (u = log T) to the Hessian at fixed T
+    ``torch.compile`` graph has no double backward) are SNNL*'s: the dependence of T* on
+    the features adds :math:`-H_{xu} H_{ux} / H_{uu}` (u = log T) to the Hessian at fixed T
     (:func:`optimal_log_temperature`). A ``temperature`` that is not the minimiser gives
     SNNL(x, T) and its first derivatives; its second derivatives are then not those of
     any SNNL*. Arguments and checks as :func:`soft_nearest_neighbor_loss`.
