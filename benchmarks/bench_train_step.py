@@ -1,6 +1,7 @@
 """One training step per temperature mode of the entanglement regulariser, against a plain step.
 
     python benchmarks/bench_train_step.py [--repeats 20] [--threads 1] [--models mlp,cnn,small]
+                                          [--compile]
 
 For the MLP (784-500-500-2000-10), the reference CNN and a user's small CNN (conv 16,
 conv 32, issue 19) on real 28x28 MNIST batches (mnist5k, consecutive batches of 128 and
@@ -12,6 +13,11 @@ fixed-T SNNL per hidden layer by the fused loss on activations captured by hooks
 registered once (the products the SNNL needs, no regulariser machinery). All measured in
 the same run with the steps interleaved (best of ``repeats``). Printed: milliseconds,
 each mode / plain, floor / plain, and the issue's targets (optimal <= 1.2x, others <= 1.5x).
+
+``--compile``: the same steps with the loss (forward, taps, the SNNL terms: the dense
+formula, the mode's temperature op) in ``torch.compile(fullgraph=True)`` and the optimiser
+step eager, ratios against the compiled plain step (the floor is an eager construct and
+is left out: "-").
 """
 
 from __future__ import annotations
@@ -55,10 +61,11 @@ def make_model(name: str) -> nn.Module:
     return small_cnn() if name == "small" else build_model(name, (1, 28, 28), 10)
 
 
-def step_fns(model_name: str, batch: int, data) -> dict:
+def step_fns(model_name: str, batch: int, data, compiled: bool = False) -> dict:
     fns = {}
     xs, ys = data.x_train, data.y_train
-    for kind in ("plain", "floor", *MODES):
+    kinds = ("plain", *MODES) if compiled else ("plain", "floor", *MODES)
+    for kind in kinds:
         torch.manual_seed(0)
         model = make_model(model_name)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -75,26 +82,28 @@ def step_fns(model_name: str, batch: int, data) -> dict:
                 modules[name].register_forward_hook(
                     lambda m, i, o, name=name, store=captured: store.__setitem__(name, o)
                 )
-        state = {"i": 0}
 
-        def step(
-            model=model, opt=opt, regs=regs, state=state, kind=kind, captured=captured
-        ) -> None:
-            i = state["i"]
-            state["i"] = (i + batch) % (len(ys) - batch)
-            x, y = xs[i : i + batch], ys[i : i + batch]
-            opt.zero_grad(set_to_none=True)
+        def loss_of(x, y, model=model, regs=regs, kind=kind, captured=captured):
             if regs:
-                regularized_loss(model, x, y, regs).total.backward()
-            elif kind == "floor":
+                return regularized_loss(model, x, y, regs).total
+            if kind == "floor":
                 loss = F.cross_entropy(model(x), y)
                 for h in captured.values():
                     loss = loss - 0.1 * soft_nearest_neighbor_loss(
                         h.reshape(h.shape[0], -1), y, T_FIXED
                     )
-                loss.backward()
-            else:
-                F.cross_entropy(model(x), y).backward()
+                return loss
+            return F.cross_entropy(model(x), y)
+
+        if compiled:
+            loss_of = torch.compile(loss_of, fullgraph=True)
+        state = {"i": 0}
+
+        def step(opt=opt, state=state, loss_of=loss_of) -> None:
+            i = state["i"]
+            state["i"] = (i + batch) % (len(ys) - batch)
+            opt.zero_grad(set_to_none=True)
+            loss_of(xs[i : i + batch], ys[i : i + batch]).backward()
             opt.step()
 
         fns[kind] = step
@@ -107,22 +116,28 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--models", default="mlp,cnn,small")
     parser.add_argument("--batches", default="128,256")
+    parser.add_argument("--compile", action="store_true", help="the loss compiled (fullgraph)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
     data = load_dataset("mnist5k")
-    print(f"threads={torch.get_num_threads()} torch={torch.__version__}")
+    mode = "compiled loss (fullgraph)" if args.compile else "eager"
+    print(f"threads={torch.get_num_threads()} torch={torch.__version__} {mode}")
     print("targets: " + ", ".join(f"{m} <= {t}x plain" for m, t in TARGETS.items()))
     head = " ".join(f"{m[:3] + '/pl':>7}" for m in MODES)
     print(f"{'model':<5} {'batch':>5} {'plain ms':>9} {'flr/pl':>7} {head}  misses")
     for model_name in args.models.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
-            t = best_times(step_fns(model_name, batch, data), args.repeats)
+            if args.compile:  # one compiled loss per kind: each its own cache entries
+                torch._dynamo.reset()
+                torch._dynamo.config.recompile_limit = 2 * (len(MODES) + 1)
+            t = best_times(step_fns(model_name, batch, data, args.compile), args.repeats)
             ratios = {k: v / t["plain"] for k, v in t.items()}
+            floor = f"{ratios['floor']:>7.2f}" if "floor" in ratios else f"{'-':>7}"
             cells = " ".join(f"{ratios[m]:>7.2f}" for m in MODES)
             misses = [m for m in MODES if ratios[m] > TARGETS[m]]
             print(
-                f"{model_name:<5} {batch:>5} {t['plain'] * 1e3:>9.2f} {ratios['floor']:>7.2f} "
+                f"{model_name:<5} {batch:>5} {t['plain'] * 1e3:>9.2f} {floor} "
                 f"{cells}  {','.join(misses) or '-'}"
             )
 

@@ -51,7 +51,13 @@ from snnl._checks import (
 )
 from snnl._search import unit_vectors
 from snnl.distances import Distance, check_distance
-from snnl.loss import SNNLWarning, snnl_at_optimum, soft_nearest_neighbor_loss, warn_left_out
+from snnl.loss import (
+    SNNLWarning,
+    snnl_at_optimum,
+    soft_nearest_neighbor_loss,
+    transformed,
+    warn_left_out,
+)
 
 __all__ = [
     "SNNLStar",
@@ -81,13 +87,14 @@ class SNNLStar:
         value: 0-dim float64 tensor, SNNL(x, y, T*); differentiable with respect to the
             features when they require grad (the gradient of SNNL at T* held fixed, which
             by the envelope theorem is the gradient of SNNL*).
-        temperature: T* (a Python float).
+        temperature: T* (a Python float; under ``torch.compile`` and torch.func
+            transforms a float64 0-dim tensor, batched under vmap).
         evaluations: curve evaluations the search took (value with derivatives, or a
-            grid point).
+            grid point); 0 under transforms (the count stays in the search's op).
     """
 
     value: Tensor
-    temperature: float
+    temperature: float | Tensor
     evaluations: int
 
     @property
@@ -230,7 +237,12 @@ def snnl_star(
     :func:`snnl.loss.snnl_at_optimum` at T*: its gradient is that of SNNL* (envelope
     theorem, T* held fixed) and its second derivatives (``create_graph=True``) are SNNL*'s,
     the implicit dependence of T* on the features included (a T* at a given bound, a
-    constrained minimum: those at T* held fixed).
+    constrained minimum: those at T* held fixed). Under ``torch.compile(fullgraph=True)``
+    and torch.func transforms (``vmap`` over a batch of problems, e.g. per head or per
+    class; ``grad``, ``hessian``) the search runs inside the registered op
+    ``snnl::snnl_star_log_temperature`` (no graph break; a loop under vmap) and the
+    value is :func:`snnl.loss.snnl_at_optimum` at its T* (``start`` and ``check`` apply
+    to eager calls).
 
     Args:
         features: (N, ...) float tensor, flattened to (N, D).
@@ -265,6 +277,8 @@ def snnl_star(
 
 def _star(features, labels, distance, bounds, start, level: int, check: bool = True) -> SNNLStar:
     """:func:`snnl_star`; ``level``: the caller's caller is the user (warnings point there)."""
+    if transformed(features, labels):
+        return _transformed_star(features, labels, distance, bounds)
     x, y = check_features_labels(features, labels)
     dist = check_distance(distance)
     bounds = check_bounds(bounds, x.dtype)
@@ -288,6 +302,48 @@ def _star(features, labels, distance, bounds, start, level: int, check: bool = T
     else:
         out = torch.tensor(value, dtype=torch.float64, device=x.device)
     return SNNLStar(out, t, evals)
+
+
+def _transformed_star(features, labels, distance, bounds) -> SNNLStar:
+    """:func:`snnl_star` under ``torch.compile`` and torch.func transforms: the search runs
+    inside the registered op ``snnl::snnl_star_log_temperature`` (host work: one opaque
+    node of a graph, a loop under vmap), the value is :func:`snnl.loss.snnl_at_optimum`
+    at its T* in plain torch ops. ``temperature`` is then a float64 0-dim tensor and
+    ``evaluations`` 0 (the count stays inside the op)."""
+    x, y = check_features_labels(features, labels, check_values=False)
+    dist = check_distance(distance)
+    low, high = check_bounds(bounds, x.dtype) or (0.0, 0.0)
+    t = torch.ops.snnl.snnl_star_log_temperature(x.detach(), y, dist.value, low, high).exp()
+    loss = snnl_at_optimum if bounds is None else soft_nearest_neighbor_loss  # a bound: T fixed
+    return SNNLStar(loss(x, y, t, distance=dist.value).double(), t, 0)
+
+
+@torch.library.custom_op("snnl::snnl_star_log_temperature", mutates_args=())
+def snnl_star_log_temperature(
+    features: Tensor, labels: Tensor, distance: str, low: float, high: float
+) -> Tensor:
+    """log T* of :func:`snnl_star` on ``features`` (N, D) and ``labels`` (N,) as a float64
+    0-dim CPU tensor (``high`` 0: no bounds, else the search is within [low, high]): the
+    search as a registered op, for :func:`snnl_star` under compile and vmap."""
+    bounds = (low, high) if high > 0 else None
+    star = _star(features, labels, distance, bounds, None, level=4)
+    return torch.tensor(math.log(star.temperature), dtype=torch.float64)
+
+
+@snnl_star_log_temperature.register_fake
+def _(features, labels, distance, low, high):
+    return torch.empty((), dtype=torch.float64, device="cpu")
+
+
+@snnl_star_log_temperature.register_vmap
+def _(info, in_dims, features, labels, distance, low, high):
+    f_dim, y_dim = in_dims[0], in_dims[1]
+    out = []
+    for i in range(info.batch_size):
+        f = features if f_dim is None else features.select(f_dim, i)
+        y = labels if y_dim is None else labels.select(y_dim, i)
+        out.append(snnl_star_log_temperature(f, y, distance, low, high))
+    return torch.stack(out), 0
 
 
 def optimal_temperature(
