@@ -340,6 +340,17 @@ def transformed(*values) -> bool:
     return any(isinstance(v, Tensor) and wrapped(v) for v in values)
 
 
+def vmap_by_loop(op, info, in_dims, tensors: tuple, *args) -> tuple[Tensor, int]:
+    """A registered op's vmap rule that loops: ``op(*problem_tensors, *args)`` for each of
+    the ``info.batch_size`` problems (``tensors`` sliced along their ``in_dims``; None:
+    shared), stacked along dim 0."""
+    out = []
+    for i in range(info.batch_size):
+        parts = [t if d is None else t.select(d, i) for t, d in zip(tensors, in_dims, strict=False)]
+        out.append(op(*parts, *args))
+    return torch.stack(out), 0
+
+
 def autocast_off(device_type: str):
     """A region with autocast off on ``device_type`` when it is on (else a no-op): the SNNL
     computes in float32/float64 whatever the caller's autocast says."""

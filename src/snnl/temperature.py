@@ -56,6 +56,7 @@ from snnl.loss import (
     snnl_at_optimum,
     soft_nearest_neighbor_loss,
     transformed,
+    vmap_by_loop,
     warn_left_out,
 )
 
@@ -337,13 +338,8 @@ def _(features, labels, distance, low, high):
 
 @snnl_star_log_temperature.register_vmap
 def _(info, in_dims, features, labels, distance, low, high):
-    f_dim, y_dim = in_dims[0], in_dims[1]
-    out = []
-    for i in range(info.batch_size):
-        f = features if f_dim is None else features.select(f_dim, i)
-        y = labels if y_dim is None else labels.select(y_dim, i)
-        out.append(snnl_star_log_temperature(f, y, distance, low, high))
-    return torch.stack(out), 0
+    op = snnl_star_log_temperature
+    return vmap_by_loop(op, info, in_dims, (features, labels), distance, low, high)
 
 
 def optimal_temperature(

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from snnl.distances import Distance
-from snnl.loss import transformed
+from snnl.loss import transformed, vmap_by_loop
 from snnl.temperature import snnl_log_temperature_slope, snnl_star
 
 __all__ = [
@@ -363,10 +363,5 @@ def _(info, in_dims, features, labels, strategy, layer, update):
             "(or under torch.no_grad) inside vmap; each problem then gets its own "
             f"{'T*' if mode == 'optimal' else 'current T'}"
         )
-    f_dim, y_dim = in_dims[0], in_dims[1]
-    out = []
-    for i in range(info.batch_size):
-        f = features if f_dim is None else features.select(f_dim, i)
-        y = labels if y_dim is None else labels.select(y_dim, i)
-        out.append(choose_temperature(f, y, strategy, layer, update))
-    return torch.stack(out), 0
+    op = choose_temperature
+    return vmap_by_loop(op, info, in_dims, (features, labels), strategy, layer, update)
