@@ -22,7 +22,7 @@ from reference import (
     snnl_star_reference,
 )
 from snnl import _search
-from snnl.loss import SNNLWarning, open_npy
+from snnl.loss import SNNLWarning, open_npy, soft_nearest_neighbor_loss_and_slope
 from snnl.temperature import (
     SNNLStar,
     entanglement,
@@ -524,6 +524,33 @@ def test_log_temperature_slope_is_the_float64_dense_formulas_derivative(distance
         f, slope = snnl_log_temperature_slope(x, y, t, distance=distance)
         assert f == pytest.approx(value.item(), rel=tol, abs=1e-300)
         assert slope == pytest.approx(t * grad.item(), rel=tol * 10, abs=1e-9 * abs(f))
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_loss_pass_slope_is_the_float64_dense_formulas_derivative(distance, dtype):
+    """The slope the loss's fused pass gives with its value (the learned mode steps on it)
+    against autograd through the dense float64 formula; None where no fused pass with a
+    gradient runs."""
+    g = torch.Generator().manual_seed(4)
+    y = torch.cat([torch.arange(47) % 5, torch.tensor([9])])
+    shift = 1.2 * torch.nn.functional.one_hot(y % 5, 7).double()
+    x = (torch.randn(48, 7, generator=g, dtype=torch.float64) + shift).to(dtype)
+    scale = 1.0 if distance == "cosine" else 14.0
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for t in (0.3 * scale, scale, 8.0 * scale):
+        leaf = torch.tensor(t, dtype=torch.float64, requires_grad=True)
+        value = dense_snnl(x.double(), y, leaf, distance)
+        (grad,) = torch.autograd.grad(value, leaf)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SNNLWarning)  # the class of one point
+            f, slope = soft_nearest_neighbor_loss_and_slope(
+                x.clone().requires_grad_(), y, t, distance=distance
+            )
+            _, none = soft_nearest_neighbor_loss_and_slope(x, y, t, distance=distance)
+        assert f.item() == pytest.approx(value.item(), rel=tol)
+        assert slope == pytest.approx(t * grad.item(), rel=tol, abs=1e-9)
+        assert none is None  # features without a gradient: no fused backward pass
 
 
 def test_log_temperature_slope_is_zero_where_snnl_does_not_depend_on_t():

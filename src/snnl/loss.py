@@ -40,6 +40,7 @@ from snnl.distances import Distance, check_distance
 __all__ = [
     "SNNLWarning",
     "soft_nearest_neighbor_loss",
+    "soft_nearest_neighbor_loss_and_slope",
     "snnl_at_optimum",
     "SoftNearestNeighborLoss",
     "dense_snnl_terms",
@@ -113,7 +114,16 @@ class _SNNLFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, points, temperature, batch, euclidean, weights, block_rows, needs_grad, optimal
+        ctx,
+        points,
+        temperature,
+        batch,
+        euclidean,
+        weights,
+        block_rows,
+        needs_grad,
+        optimal,
+        slope_out=None,
     ):
         t = float(temperature)
         prep = _blocked.prepare_points(points.detach(), batch, euclidean, t)
@@ -137,6 +147,8 @@ class _SNNLFunction(torch.autograd.Function):
             grad_x = torch.empty_like(res.grad_x)
             grad_x[batch.perm] = res.grad_x
             ctx.grads = grad_x, _scalar_like(res.grad_t, temperature)
+            if slope_out is not None:  # d(sum)/dlog T = T d(sum)/dT, from this same pass
+                slope_out.append(res.grad_t * t)
         ctx.mode = "sum"
         return total
 
@@ -154,7 +166,7 @@ class _SNNLFunction(torch.autograd.Function):
             grad_x, grad_t = ctx.grads
             gx = grad_x * grad_out if ctx.needs_input_grad[0] else None
             gt = grad_t * grad_out.to(grad_t.dtype) if ctx.needs_input_grad[1] else None
-            return gx, gt, None, None, None, None, None, None
+            return gx, gt, None, None, None, None, None, None, None
         batch = ctx.batch
         w = torch.nan_to_num(grad_out, nan=0.0, posinf=0.0, neginf=0.0)
         w = torch.where(batch.valid, w, torch.zeros_like(w))[batch.perm]
@@ -163,7 +175,7 @@ class _SNNLFunction(torch.autograd.Function):
         grad_x[batch.perm] = res.grad_x
         gx = grad_x if ctx.needs_input_grad[0] else None
         gt = _scalar_like(res.grad_t, grad_out) if ctx.needs_input_grad[1] else None
-        return gx, gt, None, None, None, None, None, None
+        return gx, gt, None, None, None, None, None, None, None
 
     @staticmethod
     def graph_backward(ctx, points, temperature, grad_out):
@@ -187,7 +199,7 @@ class _SNNLFunction(torch.autograd.Function):
         gt = (grads.pop(0) if need_t else None, temperature)
         out = [torch.zeros_like(v) if g is None and need else g
                for (g, v), need in ((gx, need_x), (gt, need_t))]  # fmt: skip
-        return (*out, None, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None, None)
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -495,7 +507,44 @@ def snnl_at_optimum(
         return _loss(x, y, temperature, distance, "mean", block_size, traced, optimal=True)
 
 
-def _loss(x, y, temperature, distance, reduction, block_size, traced, optimal=False) -> Tensor:
+def soft_nearest_neighbor_loss_and_slope(
+    features: Tensor,
+    labels: Tensor,
+    temperature: float,
+    *,
+    distance: Distance | str = Distance.EUCLIDEAN,
+) -> tuple[Tensor, float | None]:
+    r"""The mean :func:`soft_nearest_neighbor_loss` and its slope in log T,
+    :math:`\partial\,\mathrm{SNNL} / \partial \log T`, from the same fused pass (its
+    gradient with respect to T rides along the gradient with respect to the features).
+
+    The slope is None where no fused pass with a gradient runs (grad mode off, features
+    that do not require grad, ``torch.compile`` and torch.func transforms): there
+    :func:`snnl.temperature.snnl_log_temperature_slope` gives it in one pass of its own.
+    The ``learned`` temperature mode of the entanglement regulariser steps log T on it.
+
+    Example:
+        >>> x = torch.randn(40, 3, dtype=torch.float64, requires_grad=True)
+        >>> y = torch.arange(40) % 4
+        >>> t = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+        >>> value, slope = soft_nearest_neighbor_loss_and_slope(x, y, 2.0)
+        >>> (grad,) = torch.autograd.grad(soft_nearest_neighbor_loss(x, y, t), t)
+        >>> abs(slope - 2.0 * grad.item()) < 1e-12
+        True
+    """
+    traced = transformed(features, labels)
+    x, y = check_features_labels(features, labels, check_values=not traced)
+    distance = check_distance(distance)
+    check_temperature(temperature, x.dtype, check_value=not traced)
+    slope: list[float] = []
+    with autocast_off(x.device.type):
+        value = _loss(x, y, temperature, distance, "mean", None, traced, slope_out=slope)
+    return value, (slope[0] if slope else None)
+
+
+def _loss(
+    x, y, temperature, distance, reduction, block_size, traced, optimal=False, slope_out=None
+) -> Tensor:
     t = _temperature_tensor(temperature, x)
     euclidean = distance.euclidean
     if traced:
@@ -520,7 +569,7 @@ def _loss(x, y, temperature, distance, reduction, block_size, traced, optimal=Fa
     scale = 1.0 / batch.num_valid if reduction == "mean" else 1.0
     weights = batch.valid.to(x.dtype) * scale
     return _SNNLFunction.apply(
-        points, t, batch, euclidean, weights, block_size, needs_grad, optimal
+        points, t, batch, euclidean, weights, block_size, needs_grad, optimal, slope_out
     )
 
 

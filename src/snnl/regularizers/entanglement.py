@@ -58,7 +58,13 @@ from torch import Tensor, nn
 
 from snnl._checks import check_choice, check_int, check_labels, check_positive
 from snnl.distances import Distance, check_distance
-from snnl.loss import SNNLWarning, snnl_at_optimum, soft_nearest_neighbor_loss
+from snnl.loss import (
+    SNNLWarning,
+    snnl_at_optimum,
+    soft_nearest_neighbor_loss,
+    soft_nearest_neighbor_loss_and_slope,
+    transformed,
+)
 from snnl.regularizers.compose import (
     check_batch,
     check_name,
@@ -405,15 +411,47 @@ class EntanglementRegularizer:
             h = outputs[name]
             f = h.reshape(h.shape[0], -1)
             feats[name] = f if f.dtype in (torch.float32, torch.float64) else f.float()
-        used = {n: self._strategy.temperature(n, feats[n], y, update) for n in self.layers}
         if compiling:
+            used = {n: self._strategy.temperature(n, feats[n], y, update) for n in self.layers}
             terms = {n: self._snnl(feats[n], y, used[n]) for n in self.layers}
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SNNLWarning)
-                terms = {n: self._snnl(feats[n], y, used[n]) for n in self.layers}
+                if self._steps_on_the_loss_pass(feats, y, update):
+                    terms = {n: self._learned_term(n, feats[n], y) for n in self.layers}
+                else:
+                    used = {
+                        n: self._strategy.temperature(n, feats[n], y, update) for n in self.layers
+                    }
+                    terms = {n: self._snnl(feats[n], y, used[n]) for n in self.layers}
         total = torch.stack(list(terms.values())).sum()
         return total, {n: v.detach() for n, v in terms.items()}
+
+    def _steps_on_the_loss_pass(self, feats: Mapping[str, Tensor], y: Tensor, update) -> bool:
+        """Whether the learned mode's Adam step on log T takes its slope from the loss's
+        own fused pass (eager, exact formula, updating, with a gradient): no pass of its
+        own."""
+        return (
+            self._strategy.mode is TemperatureMode.LEARNED
+            and self.snnl_formula == "exact"
+            and update
+            and torch.is_grad_enabled()
+            and not transformed(*feats.values(), y)
+        )
+
+    def _learned_term(self, name: str, feats: Tensor, y: Tensor) -> Tensor:
+        """The learned mode's SNNL of layer ``name`` at the current T, and its Adam step on
+        log T from the slope of that same pass (the one-pass slope where the features
+        carry no gradient); the SNNL uses the T before the step, as ``choose`` does."""
+        t = self._strategy.current(name)
+        term, slope = soft_nearest_neighbor_loss_and_slope(
+            feats, y, t, distance=self.distance.value
+        )
+        if slope is None:
+            slope = self._strategy.slope(feats.detach(), y, t)
+        self._strategy.step(name, slope)
+        self._strategy.record(name, t, True)
+        return term
 
     def __repr__(self) -> str:
         temps = ", ".join(f"{n}={t:.4g}" for n, t in self.temperatures.items())

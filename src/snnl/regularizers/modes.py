@@ -6,7 +6,10 @@
   the grid on the first call and every ``regrid_every`` calls), held fixed for the
   network's gradient: by the envelope theorem the exact gradient of SNNL*(h_l).
 - ``learned``: one Adam step per call on log T_l that minimises that layer's SNNL (its
-  gradient does not reach the network); the SNNL uses the T before the step.
+  gradient does not reach the network); the SNNL uses the T before the step. In an eager
+  training step its slope dSNNL/dlog T comes from the loss's own fused pass
+  (:func:`snnl.loss.soft_nearest_neighbor_loss_and_slope`: no pass of its own), else
+  from :func:`snnl.temperature.snnl_log_temperature_slope`.
 - ``reference``: the authors' scheme, T = T0 / t with t starting at 1; each call takes
   one plain step t <- t - 0.1 dSNNL/dt and uses the new T. A step that would make t <= 0
   or non-finite (the authors' code lets it) is refused and counted.
@@ -197,6 +200,13 @@ class TemperatureStrategy:
         """The temperature of layer ``name`` now."""
         raise NotImplementedError
 
+    def record(self, name: str, t: float, update: bool) -> None:
+        """Note that layer ``name``'s SNNL of this call was at ``t``; an updating call is
+        counted once its last layer is done."""
+        self.last[name] = t
+        if update and name == self.layers[-1]:
+            self.state.calls += 1
+
     def choose(self, name: str, feats: Tensor, y: Tensor, update: bool) -> float:
         """The mode's rule on the host: the temperature of this batch's SNNL of layer
         ``name`` (``feats`` (N, D) detached), updating the state when ``update``."""
@@ -254,14 +264,19 @@ class LearnedTemperature(TemperatureStrategy):
         t_now = self.current(name)
         if not update:
             return t_now
-        g_log = self.slope(feats, y, t_now)
+        self.step(name, self.slope(feats, y, t_now))
+        return t_now  # the network's SNNL uses the T before this step
+
+    def step(self, name: str, g_log: float) -> None:
+        """One Adam step on layer ``name``'s log T with dSNNL/dlog T = ``g_log`` (taken as
+        0 where not finite), then the clamp to ``LOG_T_BOUNDS``."""
         log_t = self.state.log_t[name]
-        log_t.grad = torch.tensor(g_log, dtype=torch.float64)
+        g = g_log if math.isfinite(g_log) else 0.0
+        log_t.grad = torch.tensor(g, dtype=torch.float64)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             log_t.clamp_(*LOG_T_BOUNDS)
-        return t_now  # the network's SNNL uses the T before this step
 
     def optimizer_state(self) -> dict[str, Any] | None:
         return self.optimizer.state_dict()
@@ -342,9 +357,7 @@ def choose_temperature(
     if chooser is None:
         raise RuntimeError(f"no temperature strategy {strategy}: its regulariser was freed")
     t = chooser.choose(layer, features, labels, update)
-    chooser.last[layer] = t
-    if update and layer == chooser.layers[-1]:
-        chooser.state.calls += 1
+    chooser.record(layer, t, update)
     return torch.tensor(t, dtype=torch.float64)
 
 
