@@ -505,22 +505,33 @@ def test_whole_dataset_and_estimate_paths_share_the_search(tmp_path):
 # ----------------------------------------------------------------------------- slope in log T
 
 
+def _slope_problem(seed: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """48 points in 7-D, 5 overlapping classes and a class of one point (left out)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.cat([torch.arange(47) % 5, torch.tensor([9])])
+    shift = 1.2 * torch.nn.functional.one_hot(y % 5, 7).double()
+    return (torch.randn(48, 7, generator=g, dtype=torch.float64) + shift).to(dtype), y
+
+
+def _dense_value_and_t_grad(x, y, t: float, distance: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dense float64 formula's SNNL and dSNNL/dT by autograd."""
+    leaf = torch.tensor(t, dtype=torch.float64, requires_grad=True)
+    value = dense_snnl(x.double(), y, leaf, distance)
+    (grad,) = torch.autograd.grad(value, leaf)
+    return value, grad
+
+
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_log_temperature_slope_is_the_float64_dense_formulas_derivative(distance, dtype):
     """SNNL and dSNNL/dlog T from one pass against autograd through the dense float64
     formula (tests/reference.py), over temperatures from far below to far above the
     distances, with a class of one point (left out, as the loss does)."""
-    g = torch.Generator().manual_seed(3)
-    y = torch.cat([torch.arange(47) % 5, torch.tensor([9])])
-    shift = 1.2 * torch.nn.functional.one_hot(y % 5, 7).double()
-    x = (torch.randn(48, 7, generator=g, dtype=torch.float64) + shift).to(dtype)
+    x, y = _slope_problem(3, dtype)
     scale = 1.0 if distance == "cosine" else 14.0
     tol = 1e-11 if dtype == torch.float64 else 2e-5
     for t in (0.02 * scale, 0.3 * scale, scale, 8.0 * scale, 200.0 * scale):
-        leaf = torch.tensor(t, dtype=torch.float64, requires_grad=True)
-        value = dense_snnl(x.double(), y, leaf, distance)
-        (grad,) = torch.autograd.grad(value, leaf)
+        value, grad = _dense_value_and_t_grad(x, y, t, distance)
         f, slope = snnl_log_temperature_slope(x, y, t, distance=distance)
         assert f == pytest.approx(value.item(), rel=tol, abs=1e-300)
         assert slope == pytest.approx(t * grad.item(), rel=tol * 10, abs=1e-9 * abs(f))
@@ -532,16 +543,11 @@ def test_loss_pass_slope_is_the_float64_dense_formulas_derivative(distance, dtyp
     """The slope the loss's fused pass gives with its value (the learned mode steps on it)
     against autograd through the dense float64 formula; None where no fused pass with a
     gradient runs."""
-    g = torch.Generator().manual_seed(4)
-    y = torch.cat([torch.arange(47) % 5, torch.tensor([9])])
-    shift = 1.2 * torch.nn.functional.one_hot(y % 5, 7).double()
-    x = (torch.randn(48, 7, generator=g, dtype=torch.float64) + shift).to(dtype)
+    x, y = _slope_problem(4, dtype)
     scale = 1.0 if distance == "cosine" else 14.0
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     for t in (0.3 * scale, scale, 8.0 * scale):
-        leaf = torch.tensor(t, dtype=torch.float64, requires_grad=True)
-        value = dense_snnl(x.double(), y, leaf, distance)
-        (grad,) = torch.autograd.grad(value, leaf)
+        value, grad = _dense_value_and_t_grad(x, y, t, distance)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SNNLWarning)  # the class of one point
             f, slope = soft_nearest_neighbor_loss_and_slope(
