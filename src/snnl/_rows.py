@@ -3,7 +3,8 @@
 Every block of B anchor rows is processed once: one (B, D) x (D, N) product for the
 logits and, when a gradient is needed, two products for the gradient (rows: G X,
 columns: G^T X_B), so forward and backward take three N x N x D products in total and
-O(B x N) extra memory. Small problems are one masked block.
+O(B x N) extra memory. Small problems are one masked block, whose gradient is one
+product, (G + G^T) X: two N x N x D products in all.
 """
 
 from __future__ import annotations
@@ -179,6 +180,11 @@ def row_block_pass(
         # -Q * neg_sum on positives, so that G = w * sigmoid(z) * (N - Q).
         sig = torch.nan_to_num(torch.sigmoid(z), nan=0.0)  # rows without a positive
         coef = weights[r0:r1] * sig / neg_sum
+        if r1 - r0 == n:  # the whole problem: (G + G^T) X, one product instead of two
+            g = logits.mul_(coef.unsqueeze(1))
+            col_sum += g.sum(0)
+            acc.addmm_(g + g.T, xs)
+            continue
         acc[r0:r1] += coef.unsqueeze(1) * (logits @ xs)
         acc.addmm_(logits.T, coef.unsqueeze(1) * xs[r0:r1])
         col_sum.addmv_(logits.T, coef)
