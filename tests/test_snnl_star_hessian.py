@@ -171,3 +171,21 @@ def test_snnl_star_under_vmap_grad_hessian_and_compile():
     eager.backward()
     assert value.item() == pytest.approx(eager.item(), rel=1e-6)
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_snnl_star_in_transforms_on_cuda():
+    """On a GPU: the search op runs on the device's features and its CPU scalar enters
+    the graph; vmap, compile and the Hessian equal their CPU float64 references."""
+    x, y, v = _problem(seed=5, n=18, d=3)
+    xc, yc = x.cuda(), y.cuda()
+    heads = torch.stack([xc, 1.5 * xc])
+    batched = torch.vmap(lambda h: snnl_star(h, yc).value)(heads)
+    loop = torch.stack([snnl_star(h, y).value for h in heads.cpu()])
+    torch.testing.assert_close(batched.cpu(), loop, rtol=1e-9, atol=0.0)
+    hess = torch.func.hessian(lambda a: snnl_star(a, yc).value)(xc)
+    hv_ref, _ = _implicit_hvp(x, y, v, _t_star(x, y, "euclidean"), "euclidean")
+    torch.testing.assert_close((hess.cpu() * v).sum((2, 3)), hv_ref, rtol=1e-8, atol=1e-11)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a: snnl_star(a, yc).value, fullgraph=True)
+    assert compiled(xc.float()).item() == pytest.approx(loop[0].item(), rel=1e-5)
