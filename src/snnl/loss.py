@@ -45,7 +45,7 @@ __all__ = [
     "SoftNearestNeighborLoss",
     "dense_snnl_terms",
     "dense_log_temperature_derivatives",
-    "optimal_log_temperature",
+    "implicit_log_temperature",
     "SNNLEstimate",
     "open_npy",
     "snnl_streamed",
@@ -108,7 +108,7 @@ class _SNNLFunction(torch.autograd.Function):
     differentiates the dense formula :func:`dense_snnl_terms` of the saved inputs instead,
     so the gradient it returns is itself differentiable (exactly, never detached); with
     ``optimal`` (the temperature is the minimiser T* of the weighted sum) log T there is
-    :func:`optimal_log_temperature` of the points, so second derivatives are SNNL*'s.
+    :func:`implicit_log_temperature` of the points, so second derivatives are SNNL*'s.
     Backward runs with autocast off (the forward's caller turned it off too).
     """
 
@@ -185,7 +185,7 @@ class _SNNLFunction(torch.autograd.Function):
         classes[batch.perm] = batch.group
         t = temperature
         if ctx.optimal:  # T* moves with the points: SNNL*'s second derivatives
-            t = optimal_log_temperature(points, t, classes, ctx.euclidean, ctx.weights).exp()
+            t = implicit_log_temperature(points, t, classes, ctx.euclidean, ctx.weights).exp()
         per, valid = dense_snnl_terms(points, t, classes, ctx.euclidean)
         if ctx.mode == "sum":
             w = ctx.weights * grad_out
@@ -301,7 +301,7 @@ def dense_log_temperature_derivatives(
     return mean_num - mean_den, var_den + mean_den - var_num - mean_num
 
 
-def optimal_log_temperature(
+def implicit_log_temperature(
     points: Tensor, temperature: Tensor, labels: Tensor, euclidean: bool, weights: Tensor
 ) -> Tensor:
     r"""log T* as a differentiable function of the points, to first order: value log T* of
@@ -485,7 +485,7 @@ def snnl_at_optimum(
     same cost. Second derivatives (``create_graph=True``, ``torch.func``; a
     ``torch.compile`` graph has no double backward) are SNNL*'s: the dependence of T* on
     the features adds :math:`-H_{xu} H_{ux} / H_{uu}` (u = log T) to the Hessian at fixed T
-    (:func:`optimal_log_temperature`). A ``temperature`` that is not the minimiser gives
+    (:func:`implicit_log_temperature`). A ``temperature`` that is not the minimiser gives
     SNNL(x, T) and its first derivatives; its second derivatives are then not those of
     any SNNL*. Arguments and checks as :func:`soft_nearest_neighbor_loss`.
 
@@ -554,7 +554,7 @@ def _loss(
         if optimal and not torch.compiler.is_compiling():
             valid = (y[:, None] == y[None, :]).sum(1) > 1
             weights = valid.to(x.dtype) / valid.sum().clamp_min(1)
-            t = optimal_log_temperature(points, t, y, euclidean, weights).exp()
+            t = implicit_log_temperature(points, t, y, euclidean, weights).exp()
         return _reduce(*dense_snnl_terms(points, t, y, euclidean), reduction)
     n = x.shape[0]
     batch = _blocked.sort_by_class(y)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from reference import dense_snnl, snnl_star_reference
+from snnl.distances import Distance
 from snnl.loss import SNNLWarning
 from snnl.models import MLP
 from snnl.regularizers import (
@@ -24,6 +25,7 @@ from snnl.regularizers import (
     reference_formula_snnl,
     regularized_loss,
 )
+from snnl.regularizers.modes import STRATEGIES, TemperatureMode, TemperatureState, _dense_slope
 
 # tiny problems: one torch thread (see conftest.py)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -251,3 +253,23 @@ def test_learned_mode_takes_one_adam_step_on_the_float64_slope() -> None:
     assert out.temperatures["relu1"] == pytest.approx(t0, rel=1e-12)
     assert out.snnl["relu1"].item() == pytest.approx(float(dense_snnl(h, y, t0)), rel=1e-5)
     assert math.log(reg.temperatures["relu1"]) == pytest.approx(float(log_t.detach()), rel=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e18, 1e20])
+def test_temperature_slope_dense_and_one_pass_agree_with_float64(scale) -> None:
+    """A temperature step's slope: the dense closed form on a mini-batch (features at
+    1e18 too), the one-pass slope where float32 cannot hold it (at 1e20 |x|^2 and T are
+    beyond float32), both equal to autograd through the float64 dense formula."""
+    x, y = _batch(40, 6, seed=7)
+    x = torch.relu(x) * scale
+    t = 3.0 * scale * scale
+    leaf = torch.tensor(t, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(dense_snnl(x.double() / scale, y, leaf / scale**2), leaf)
+    expected = t * float(g)
+    strategy = STRATEGIES[TemperatureMode.REFERENCE](
+        TemperatureState({"h": t}), layers=["h"], snnl=None, distance=Distance.EUCLIDEAN,
+        lr=0.1, regrid_every=1,
+    )  # fmt: skip
+    assert strategy.slope(x, y, t) == pytest.approx(expected, rel=1e-4)
+    dense = _dense_slope(x, y, t, Distance.EUCLIDEAN)
+    assert (dense is None) == (scale > 1e19)  # beyond float32: the one-pass slope

@@ -38,8 +38,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from snnl._search import unit_vectors
 from snnl.distances import Distance
-from snnl.loss import transformed, vmap_by_loop
+from snnl.loss import dense_log_temperature_derivatives, transformed, vmap_by_loop
 from snnl.temperature import snnl_log_temperature_slope, snnl_star
 
 __all__ = [
@@ -183,11 +184,15 @@ class TemperatureStrategy:
 
     def slope(self, feats: Tensor, y: Tensor, t: float) -> float:
         """dSNNL/dlog T of ``snnl`` at T = ``t`` on detached ``feats``: for the exact
-        formula one pass over the distances (:func:`snnl.temperature.snnl_log_temperature_slope`,
-        about a third of a second loss forward and backward, and closer to float64);
-        for the authors' formula autograd through it. 0 where not finite."""
+        formula on a mini-batch (N <= ``DENSE_SLOPE_POINTS``) the dense formula's closed
+        form (one product and a few N x N passes), else, or where that is not finite, one
+        pass over the shifted distances (:func:`snnl.temperature.snnl_log_temperature_slope`,
+        exact in every regime); for the authors' formula autograd through it. 0 where not
+        finite."""
         if self.formula == "exact":
-            _, g = snnl_log_temperature_slope(feats, y, t, distance=self.distance)
+            g = _dense_slope(feats, y, t, self.distance)
+            if g is None:
+                _, g = snnl_log_temperature_slope(feats, y, t, distance=self.distance)
         else:
             leaf = torch.tensor(t, dtype=feats.dtype, requires_grad=True)
             with _autograd_restored(), torch.enable_grad():
@@ -322,6 +327,34 @@ STRATEGIES: dict[TemperatureMode, type[TemperatureStrategy]] = {
     cls.mode: cls
     for cls in (OptimalTemperature, LearnedTemperature, ReferenceTemperature, FixedTemperature)
 }
+
+
+# ----------------------------------------------------------------------------- slopes
+
+#: Up to this many points a temperature step's slope takes the dense closed form.
+DENSE_SLOPE_POINTS = 1024
+
+
+def _dense_slope(feats: Tensor, y: Tensor, t: float, distance: Distance) -> float | None:
+    """dSNNL/dlog T at ``t`` by :func:`snnl.loss.dense_log_temperature_derivatives`, the
+    mean over anchors with a positive; None beyond ``DENSE_SLOPE_POINTS`` points, for a
+    T outside the dtype's normal range, or where the result is not finite."""
+    n = feats.shape[0]
+    x = feats.reshape(n, -1)
+    x = x if x.dtype in (torch.float32, torch.float64) else x.float()
+    info = torch.finfo(x.dtype)
+    if n > DENSE_SLOPE_POINTS or not info.tiny <= t <= info.max:
+        return None
+    points = x if distance.euclidean else unit_vectors(x)
+    temperature = torch.tensor(t, dtype=x.dtype, device=x.device)
+    first, _ = dense_log_temperature_derivatives(points, temperature, y, distance.euclidean)
+    same = y[:, None] == y[None, :]
+    valid = same.sum(1) > 1
+    count = int(valid.sum())
+    if count == 0:
+        return 0.0
+    g = float(torch.where(valid, first, 0.0).sum()) / count
+    return g if math.isfinite(g) else None
 
 
 # ----------------------------------------------------------------------------- the op
