@@ -9,7 +9,7 @@
   gradient does not reach the network); the SNNL uses the T before the step. In an eager
   training step its slope dSNNL/dlog T comes from the loss's own fused pass
   (:func:`snnl.loss.soft_nearest_neighbor_loss_and_slope`: no pass of its own), else
-  from :func:`snnl.temperature.snnl_log_temperature_slope`.
+  from :meth:`TemperatureStrategy.slope` (as the ``reference`` mode's step).
 - ``reference``: the authors' scheme, T = T0 / t with t starting at 1; each call takes
   one plain step t <- t - 0.1 dSNNL/dt and uses the new T. A step that would make t <= 0
   or non-finite (the authors' code lets it) is refused and counted.
