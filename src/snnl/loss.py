@@ -21,7 +21,7 @@ import contextlib
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -183,10 +183,12 @@ class _SNNLFunction(torch.autograd.Function):
         batch = ctx.batch
         classes = torch.empty_like(batch.group)
         classes[batch.perm] = batch.group
-        t = temperature
         if ctx.optimal:  # T* moves with the points: SNNL*'s second derivatives
-            t = implicit_log_temperature(points, t, classes, ctx.euclidean, ctx.weights).exp()
-        per, valid = dense_snnl_terms(points, t, classes, ctx.euclidean)
+            per, valid = _dense_snnl_terms_at_optimum(
+                points, temperature, classes, ctx.euclidean, ctx.weights
+            )
+        else:
+            per, valid = dense_snnl_terms(points, temperature, classes, ctx.euclidean)
         if ctx.mode == "sum":
             w = ctx.weights * grad_out
         else:
@@ -233,18 +235,22 @@ def dense_snnl_terms(
         >>> valid.tolist(), round(float(terms[0]), 6)
         ([True, True, False, False], 0.0)
     """
-    logits, eye, pos, valid = _dense_logits(points, temperature, labels, euclidean)
-    ninf = torch.full((), -math.inf, dtype=logits.dtype, device=logits.device)
-    den = torch.logsumexp(torch.where(eye, ninf, logits), 1)
-    num = torch.logsumexp(torch.where(pos, logits, ninf), 1)
-    return den - num, valid
+    pairs = _dense_pairs(points, labels, euclidean)
+    return _dense_terms(pairs, temperature), pairs.valid
 
 
-def _dense_logits(
-    points: Tensor, temperature: Tensor, labels: Tensor, euclidean: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(-d / T (N, N), the diagonal, the positives (with a placeholder row for anchors
-    without one), valid (N,)) of the dense formula."""
+class _DensePairs(NamedTuple):
+    """The dense formula's pairs: distances d (N, N), the diagonal, the positives (with a
+    placeholder row for anchors without one) and valid (N,): what every temperature's
+    terms and derivatives share (one N x N x D product)."""
+
+    d: Tensor
+    eye: Tensor
+    pos: Tensor
+    valid: Tensor
+
+
+def _dense_pairs(points: Tensor, labels: Tensor, euclidean: bool) -> _DensePairs:
     n = points.shape[0]
     if euclidean:
         xc = points - points.detach().mean(0)  # d is translation-invariant: exact gradient
@@ -256,7 +262,16 @@ def _dense_logits(
     pos = (labels[:, None] == labels[None, :]) & ~eye
     valid = pos.any(1)
     pos = pos | (~valid[:, None] & ~eye)  # rows without a positive: a finite placeholder
-    return -d / temperature, eye, pos, valid
+    return _DensePairs(d, eye, pos, valid)
+
+
+def _dense_terms(pairs: _DensePairs, temperature: Tensor) -> Tensor:
+    """Per-anchor terms (N,) at ``temperature`` (see :func:`dense_snnl_terms`)."""
+    logits = -pairs.d / temperature
+    ninf = torch.full((), -math.inf, dtype=logits.dtype, device=logits.device)
+    den = torch.logsumexp(torch.where(pairs.eye, ninf, logits), 1)
+    num = torch.logsumexp(torch.where(pairs.pos, logits, ninf), 1)
+    return den - num
 
 
 def dense_log_temperature_derivatives(
@@ -276,19 +291,25 @@ def dense_log_temperature_derivatives(
     Args and the placeholder of anchors without a positive: as :func:`dense_snnl_terms`.
 
     Returns:
-        (first (N,), second (N,)).
+        (first (N,), second (N,), valid (N,) bool).
 
     Example:
         >>> x = torch.tensor([[0.0], [1.0], [3.0], [4.5]], dtype=torch.float64)
         >>> t = torch.tensor(2.0, dtype=torch.float64)
-        >>> g, h = dense_log_temperature_derivatives(x, t, torch.tensor([0, 0, 1, 1]), True)
+        >>> g, h, _ = dense_log_temperature_derivatives(x, t, torch.tensor([0, 0, 1, 1]), True)
         >>> u = torch.tensor(math.log(2.0), dtype=torch.float64, requires_grad=True)
         >>> ell = dense_snnl_terms(x, u.exp(), torch.tensor([0, 0, 1, 1]), True)[0].sum()
         >>> (dg,) = torch.autograd.grad(ell, u)
         >>> bool(torch.isclose(g.sum(), dg))
         True
     """
-    logits, eye, pos, _ = _dense_logits(points, temperature, labels, euclidean)
+    pairs = _dense_pairs(points, labels, euclidean)
+    return (*_dense_derivatives(pairs, temperature), pairs.valid)
+
+
+def _dense_derivatives(pairs: _DensePairs, temperature: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-anchor (first, second) derivatives in log T at ``temperature``."""
+    logits = -pairs.d / temperature
 
     def moments(mask: Tensor) -> tuple[Tensor, Tensor]:
         z = torch.where(mask, logits, 0.0)
@@ -296,13 +317,17 @@ def dense_log_temperature_derivatives(
         mean = (p * z).sum(1)
         return mean, (p * (z - mean[:, None]) ** 2).sum(1)
 
-    mean_den, var_den = moments(~eye)
-    mean_num, var_num = moments(pos)
+    mean_den, var_den = moments(~pairs.eye)
+    mean_num, var_num = moments(pairs.pos)
     return mean_num - mean_den, var_den + mean_den - var_num - mean_num
 
 
 def implicit_log_temperature(
-    points: Tensor, temperature: Tensor, labels: Tensor, euclidean: bool, weights: Tensor
+    points: Tensor,
+    temperature: Tensor,
+    labels: Tensor,
+    euclidean: bool,
+    weights: Tensor | None = None,
 ) -> Tensor:
     r"""log T* as a differentiable function of the points, to first order: value log T* of
     :math:`S(x, u) = \sum_i w_i \ell_i` (u = log T), derivative
@@ -311,26 +336,49 @@ def implicit_log_temperature(
     :math:`S(x, u(x))` then has the value and gradient of :math:`S^*(x) = \min_u S` (the
     envelope theorem: :math:`\partial_u S = 0` at T*) and its Hessian
     :math:`H_{xx} - H_{xu} H_{ux} / H_{uu}`, the exact second derivatives of SNNL*.
-    ``temperature`` is a search's T* (good to ~1e-8 in log T, its value being flat
-    there): one Newton step on the dense derivatives first puts it at the minimiser to
-    rounding, since the Hessian's error is :math:`\partial_u S` times a second
+    ``temperature`` is a search's T* (good to 1e-8 to 2e-7 in log T, its value being
+    flat there): one Newton step on the dense derivatives first puts it at the minimiser
+    to rounding, since the Hessian's error is :math:`\partial_u S` times a second
     derivative of u. A ``temperature`` more than 1e-3 in log T from a minimum, or where
     :math:`\partial_u^2 S \le 0` (no strict minimum), is held fixed (no term added).
-    ``weights`` (N,) those of the reduction (``valid / |V|`` for the mean).
+    ``weights`` (N,) those of the reduction; None: the mean over anchors with a positive.
     """
+    pairs = _dense_pairs(points, labels, euclidean)
+    return _implicit_log_temperature(pairs, temperature, weights)
+
+
+def _implicit_log_temperature(
+    pairs: _DensePairs, temperature: Tensor, weights: Tensor | None
+) -> Tensor:
+    if weights is None:
+        weights = pairs.valid.to(pairs.d.dtype) / pairs.valid.sum().clamp_min(1)
     u0 = temperature.detach().log()
-    fixed = points.detach()
-    first, second = dense_log_temperature_derivatives(fixed, u0.exp(), labels, euclidean)
+    fixed = pairs._replace(d=pairs.d.detach())
+    first, second = _dense_derivatives(fixed, u0.exp())
     slope0, curvature0 = (weights * first).sum(), (weights * second).sum()
     polish = -slope0 / torch.where(curvature0 > 0, curvature0, 1.0)
     near = (curvature0 > 0) & (polish.abs() < 1e-3)
     u1 = torch.where(near, u0 + polish, u0)
-    first, second = dense_log_temperature_derivatives(points, u1.exp(), labels, euclidean)
+    first, second = _dense_derivatives(pairs, u1.exp())
     slope = (weights * first).sum()
     curvature = (weights * second).sum().detach()
     use = near & (curvature > 0)
     step = (slope - slope.detach()) / torch.where(use, curvature, 1.0)
     return u1 - torch.where(use, step, 0.0)
+
+
+def _dense_snnl_terms_at_optimum(
+    points: Tensor,
+    temperature: Tensor,
+    labels: Tensor,
+    euclidean: bool,
+    weights: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """:func:`dense_snnl_terms` at :func:`implicit_log_temperature` of the points (T* moving
+    with them: SNNL*'s second derivatives), from one distance matrix."""
+    pairs = _dense_pairs(points, labels, euclidean)
+    u = _implicit_log_temperature(pairs, temperature, weights)
+    return _dense_terms(pairs, u.exp()), pairs.valid
 
 
 def _reduce(terms: Tensor, valid: Tensor, reduction: str) -> Tensor:
@@ -458,14 +506,21 @@ def soft_nearest_neighbor_loss(
         >>> float(soft_nearest_neighbor_loss(x, torch.tensor([0, 1, 0, 1]), 10.0)) > 1
         True
     """
+    check_choice("reduction", reduction, REDUCTIONS)
+    x, y, distance, traced = _checked(features, labels, temperature, distance, block_size)
+    with autocast_off(x.device.type):
+        return _loss(x, y, temperature, distance, reduction, block_size, traced)
+
+
+def _checked(features, labels, temperature, distance, block_size):
+    """(features (N, D), labels, Distance, traced) after the loss's input checks; the
+    checks that read values on the host are skipped where the call is traced."""
     traced = transformed(features, labels, temperature)
     x, y = check_features_labels(features, labels, check_values=not traced)
     distance = check_distance(distance)
-    check_choice("reduction", reduction, REDUCTIONS)
     check_temperature(temperature, x.dtype, check_value=not traced)
     _check_block_size(block_size)
-    with autocast_off(x.device.type):
-        return _loss(x, y, temperature, distance, reduction, block_size, traced)
+    return x, y, distance, traced
 
 
 def snnl_at_optimum(
@@ -498,11 +553,7 @@ def snnl_at_optimum(
         >>> bool(torch.isclose(value, star.value))
         True
     """
-    traced = transformed(features, labels, temperature)
-    x, y = check_features_labels(features, labels, check_values=not traced)
-    distance = check_distance(distance)
-    check_temperature(temperature, x.dtype, check_value=not traced)
-    _check_block_size(block_size)
+    x, y, distance, traced = _checked(features, labels, temperature, distance, block_size)
     with autocast_off(x.device.type):
         return _loss(x, y, temperature, distance, "mean", block_size, traced, optimal=True)
 
@@ -532,10 +583,7 @@ def soft_nearest_neighbor_loss_and_slope(
         >>> abs(slope - 2.0 * grad.item()) < 1e-12
         True
     """
-    traced = transformed(features, labels)
-    x, y = check_features_labels(features, labels, check_values=not traced)
-    distance = check_distance(distance)
-    check_temperature(temperature, x.dtype, check_value=not traced)
+    x, y, distance, traced = _checked(features, labels, temperature, distance, None)
     slope: list[float] = []
     with autocast_off(x.device.type):
         value = _loss(x, y, temperature, distance, "mean", None, traced, slope_out=slope)
@@ -552,9 +600,7 @@ def _loss(
         # T* moves with the points: SNNL*'s second derivatives (torch.func); a compiled
         # graph has no double backward, so compile skips the term (first order is equal)
         if optimal and not torch.compiler.is_compiling():
-            valid = (y[:, None] == y[None, :]).sum(1) > 1
-            weights = valid.to(x.dtype) / valid.sum().clamp_min(1)
-            t = implicit_log_temperature(points, t, y, euclidean, weights).exp()
+            return _reduce(*_dense_snnl_terms_at_optimum(points, t, y, euclidean), reduction)
         return _reduce(*dense_snnl_terms(points, t, y, euclidean), reduction)
     n = x.shape[0]
     batch = _blocked.sort_by_class(y)

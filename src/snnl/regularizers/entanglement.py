@@ -411,21 +411,21 @@ class EntanglementRegularizer:
             h = outputs[name]
             f = h.reshape(h.shape[0], -1)
             feats[name] = f if f.dtype in (torch.float32, torch.float64) else f.float()
-        if compiling:
-            used = {n: self._strategy.temperature(n, feats[n], y, update) for n in self.layers}
-            terms = {n: self._snnl(feats[n], y, used[n]) for n in self.layers}
+        if compiling:  # a graph holds no warnings filter (and the loss warns none there)
+            terms = self._terms(feats, y, update)
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SNNLWarning)
-                if self._steps_on_the_loss_pass(feats, y, update):
-                    terms = {n: self._learned_term(n, feats[n], y) for n in self.layers}
-                else:
-                    used = {
-                        n: self._strategy.temperature(n, feats[n], y, update) for n in self.layers
-                    }
-                    terms = {n: self._snnl(feats[n], y, used[n]) for n in self.layers}
+                terms = self._terms(feats, y, update)
         total = torch.stack(list(terms.values())).sum()
         return total, {n: v.detach() for n, v in terms.items()}
+
+    def _terms(self, feats: Mapping[str, Tensor], y: Tensor, update: bool) -> dict:
+        """Each layer's SNNL at the temperature its mode chooses on this batch."""
+        if self._steps_on_the_loss_pass(feats, y, update):
+            return {n: self._learned_term(n, feats[n], y) for n in self.layers}
+        used = {n: self._strategy.temperature(n, feats[n], y, update) for n in self.layers}
+        return {n: self._snnl(feats[n], y, used[n]) for n in self.layers}
 
     def _steps_on_the_loss_pass(self, feats: Mapping[str, Tensor], y: Tensor, update) -> bool:
         """Whether the learned mode's Adam step on log T takes its slope from the loss's

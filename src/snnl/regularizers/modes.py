@@ -347,9 +347,7 @@ def _dense_slope(feats: Tensor, y: Tensor, t: float, distance: Distance) -> floa
         return None
     points = x if distance.euclidean else unit_vectors(x)
     temperature = torch.tensor(t, dtype=x.dtype, device=x.device)
-    first, _ = dense_log_temperature_derivatives(points, temperature, y, distance.euclidean)
-    same = y[:, None] == y[None, :]
-    valid = same.sum(1) > 1
+    first, _, valid = dense_log_temperature_derivatives(points, temperature, y, distance.euclidean)
     count = int(valid.sum())
     if count == 0:
         return 0.0
