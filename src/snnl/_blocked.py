@@ -75,7 +75,12 @@ from snnl._points import (
     softplus,
     sort_by_class,
 )
-from snnl._rows import default_block_rows, row_block_pass, snnl_temperature_grid
+from snnl._rows import (
+    default_block_rows,
+    row_block_pass,
+    snnl_temperature_grid,
+    whole_block_logits,
+)
 from snnl._tiles import (
     KEPT_TILE_ELEMENTS,
     LSEStats,
@@ -94,6 +99,7 @@ __all__ = [  # the kernels' names, here or re-exported from their modules
     "KEEP_LOGITS_BYTES",
     "ROUNDING_SLACK",
     "SYMMETRIC_MIN_POINTS",
+    "BlockLogits",
     "ExactOut",
     "KernelOut",
     "LSEStats",
@@ -106,6 +112,7 @@ __all__ = [  # the kernels' names, here or re-exported from their modules
     "default_block_rows",
     "exact_grid",
     "exact_pass",
+    "first_tier_logits",
     "logit_bound_log2",
     "max_log2",
     "needs_check",
@@ -122,6 +129,7 @@ __all__ = [  # the kernels' names, here or re-exported from their modules
     "tile_pair_stats",
     "tile_plan",
     "times_pow2",
+    "whole_block_logits",
 ]
 
 # Above this many points (N^2 > 2**20, see _rows) the symmetric kernel is used; below,
@@ -449,6 +457,7 @@ def exact_pass(
     dtype: torch.dtype,
     weights: Tensor | None,
     block_rows: int | None = None,
+    shared: BlockLogits | None = None,
 ) -> ExactOut:
     """The loss (and gradients) of the caller's features at the caller's ``temperature``.
 
@@ -456,18 +465,25 @@ def exact_pass(
     turn until one passes the spot check: float32 (unless its logits could leave the
     float32 range), float64, then (euclidean) float64 by direct differences. The
     symmetric kernel serves N >= SYMMETRIC_MIN_POINTS (``block_rows`` = its tile rows),
-    the row kernel smaller problems and the direct differences.
+    the row kernel smaller problems and the direct differences. ``shared``: the points
+    and one-block logits at T = 1 already computed for ``prep`` (:func:`first_tier_logits`),
+    used by the pass of their dtype.
     """
     t_kernel = prep.kernel_temperature(temperature)
-    xs = prep.points(dtype)
-    norms = (xs * xs).sum(1)
+
+    def points(tier_dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        if shared is not None and shared.xs.dtype == tier_dtype:
+            return shared.xs, shared.norms
+        xs = prep.points(tier_dtype)
+        return xs, (xs * xs).sum(1)
+
+    xs, norms = points(dtype if shared is None else shared.xs.dtype)
     bound = logit_bound_log2(max_log2(norms), t_kernel, prep.euclidean)
     _check_logit_range(bound, temperature)
     tiers = _tiers(dtype, bound, prep.euclidean)
     for k, (tier_dtype, direct) in enumerate(tiers):
         if tier_dtype != xs.dtype:
-            xs = prep.points(tier_dtype)
-            norms = (xs * xs).sum(1)
+            xs, norms = points(tier_dtype)
         w = None if weights is None else weights.to(tier_dtype)
         if direct:
             xd = prep.points(tier_dtype, centred=False)
@@ -475,7 +491,8 @@ def exact_pass(
         elif xs.shape[0] >= SYMMETRIC_MIN_POINTS:
             out = symmetric_pass(xs, batch, t_kernel, prep.euclidean, w, block_rows, norms)
         else:
-            out = row_block_pass(xs, batch, t_kernel, prep.euclidean, w, block_rows)
+            raw = shared.raw if shared is not None and shared.xs is xs else None
+            out = row_block_pass(xs, batch, t_kernel, prep.euclidean, w, block_rows, None, raw)
         last = k == len(tiers) - 1
         if last or _pass_is_exact(prep, norms, batch, [t_kernel], [out.loss], tier_dtype):
             break
@@ -484,6 +501,33 @@ def exact_pass(
         return ExactOut(loss, None, None)
     grad_x, grad_t = _to_caller_grads(prep, xs, out, temperature, dtype)
     return ExactOut(loss, grad_x, grad_t)
+
+
+class BlockLogits(NamedTuple):
+    """The one block's logits at T = 1 (``_rows.whole_block_logits``) of prepared points,
+    with the sorted kernel points and their |x|^2 they came from, in the dtype of the
+    first pass :func:`exact_pass` tries: a temperature step's slope takes them and the
+    loss at the new T reuses them (no product, no points of its own)."""
+
+    prep: PreparedPoints
+    xs: Tensor
+    norms: Tensor
+    raw: Tensor
+
+
+def first_tier_logits(prep: PreparedPoints, temperature: float, dtype: torch.dtype) -> BlockLogits:
+    """:class:`BlockLogits` of ``prep`` (N < SYMMETRIC_MIN_POINTS) for a pass at
+    ``temperature`` of features of ``dtype``."""
+    xs = prep.points(dtype)
+    norms = (xs * xs).sum(1)
+    bound = logit_bound_log2(max_log2(norms), prep.kernel_temperature(temperature),
+                             prep.euclidean)  # fmt: skip
+    _check_logit_range(bound, temperature)
+    tier_dtype, _ = _tiers(dtype, bound, prep.euclidean)[0]
+    if tier_dtype != xs.dtype:
+        xs = prep.points(tier_dtype)
+        norms = (xs * xs).sum(1)
+    return BlockLogits(prep, xs, norms, whole_block_logits(xs, norms, prep.euclidean))
 
 
 def _check_logit_range(bound: float, temperature: float) -> None:

@@ -106,6 +106,7 @@ class PreparedPoints:
     euclidean: bool
     k: int  # power-of-two exponent: caller's units = 2**k * kernel units
     centre: Tensor | None  # (D,) float64 centre in kernel units (euclidean)
+    k_data: int = 0  # the exponent the largest coordinate asks for (before the T clamp)
 
     def points(
         self, dtype: torch.dtype, rows: Tensor | slice | None = None, centred: bool = True
@@ -124,6 +125,10 @@ class PreparedPoints:
         x = scale_pow2(x, self.k)
         return x - self.centre.to(dtype) if centred else x
 
+    def serves(self, temperature: float) -> bool:
+        """Whether :func:`prepare_points` at ``temperature`` gives these points."""
+        return not self.euclidean or _exponent(self.k_data, temperature) == self.k
+
     def kernel_temperature(self, temperature: float) -> float:
         """T in kernel units: T * 2**-2k (euclidean), T (cosine)."""
         return math.ldexp(temperature, -2 * self.k) if self.euclidean else temperature
@@ -139,14 +144,20 @@ def prepare_points(x: Tensor, batch: SortedBatch, euclidean: bool, temperature: 
     """
     if not euclidean:
         return PreparedPoints(x, batch.perm, False, 0, None)
-    k = _largest_exponent(x)
-    log2_t = math.log2(temperature)
-    k = min(max(k, math.ceil((log2_t - 1000) / 2)), math.floor((log2_t + 1000) / 2))
+    k_data = _largest_exponent(x)
+    k = _exponent(k_data, temperature)
     if abs(k) <= 100:  # the sum of N coordinates <= 2**100 stays far from overflow
         centre = scale_pow2(x.mean(0), k)
     else:
         centre = scale_pow2(x, k).mean(0)
-    return PreparedPoints(x, batch.perm, True, k, centre.double())
+    return PreparedPoints(x, batch.perm, True, k, centre.double(), k_data)
+
+
+def _exponent(k_data: int, temperature: float) -> int:
+    """The points' exponent: ``k_data``, moved so that T in kernel units stays within
+    float64's range."""
+    log2_t = math.log2(temperature)
+    return min(max(k_data, math.ceil((log2_t - 1000) / 2)), math.floor((log2_t + 1000) / 2))
 
 
 class KernelOut(NamedTuple):

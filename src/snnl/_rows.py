@@ -152,12 +152,15 @@ def row_block_pass(
     weights: Tensor | None,
     block_rows: int | None = None,
     direct: Tensor | None = None,
+    raw: Tensor | None = None,
 ) -> KernelOut:
     """Row-block kernel over sorted kernel points ``xs`` (N, D); see the module doc.
 
     ``weights`` (N,) in sorted order: also return H X and H 1 for the gradient of
     sum_i weights_i * loss_i. ``direct``: the uncentred points, for euclidean logits
-    by explicit differences (``xs`` still serves the gradient's products).
+    by explicit differences (``xs`` still serves the gradient's products). ``raw``: the
+    one block's logits at T = 1 (:func:`whole_block_logits` of ``xs``), already computed
+    (a temperature step took its slope from them): the logits are raw / T, no product.
     """
     n, _ = xs.shape
     a = 2.0 if euclidean else 1.0
@@ -171,7 +174,10 @@ def row_block_pass(
         col_sum = xs.new_zeros(n)  # sum_i G_ij (the rows of G sum to 0)
     for block in _row_blocks(batch, n, block_rows):
         r0, r1 = block.r0, block.r1
-        logits = _block_logits(xs, bias_t, a * inv_t, r0, r1, direct)
+        if raw is not None and r1 - r0 == n and direct is None:
+            logits = raw * inv_t
+        else:
+            logits = _block_logits(xs, bias_t, a * inv_t, r0, r1, direct)
         z, neg_sum = _lse_parts(logits, block, batch, need_grad)
         loss[r0:r1] = softplus(z)
         if not need_grad:
@@ -191,6 +197,18 @@ def row_block_pass(
     if not need_grad:
         return KernelOut(loss, None, None)
     return KernelOut(loss, acc, col_sum)
+
+
+def whole_block_logits(xs: Tensor, norms: Tensor, euclidean: bool) -> Tensor:
+    """The logits (N, N) of the one-block pass at T = 1 over sorted kernel points ``xs``
+    (``norms``: their |x|^2), without the row constant b_i, self pairs -inf:
+    a <x_i, x_j> + b_j (euclidean: minus the squared distance plus |x_i|^2). One product,
+    shared by a temperature step's slope and the loss at the new T
+    (:func:`snnl.temperature.soft_nearest_neighbor_loss_after_step`).
+    """
+    n = xs.shape[0]
+    bias = -norms if euclidean else xs.new_zeros(n)
+    return _block_logits(xs, bias, 2.0 if euclidean else 1.0, 0, n)
 
 
 def snnl_temperature_grid(

@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +35,13 @@ from snnl._checks import (
     check_real,
     check_temperature,
 )
+from snnl._dense import (
+    block_logits_and_slope,
+    dense_log_temperature_derivatives,
+    dense_snnl_terms,
+    dense_snnl_terms_at_optimum,
+    implicit_log_temperature,
+)
 from snnl._search import sample_anchors, stream_inputs, unit_vectors
 from snnl.distances import Distance, check_distance
 
@@ -41,6 +49,8 @@ __all__ = [
     "SNNLWarning",
     "soft_nearest_neighbor_loss",
     "soft_nearest_neighbor_loss_and_slope",
+    "soft_nearest_neighbor_loss_after_step",
+    "WHOLE_BLOCK_POINTS",
     "snnl_at_optimum",
     "SoftNearestNeighborLoss",
     "dense_snnl_terms",
@@ -54,6 +64,9 @@ __all__ = [
 ]
 
 Reduction = Literal["mean", "sum", "none"]
+#: Up to this many points the loss is one block (``snnl._rows``), whose logits a
+#: temperature step's slope can share (:func:`soft_nearest_neighbor_loss_after_step`).
+WHOLE_BLOCK_POINTS = _blocked.SYMMETRIC_MIN_POINTS - 1
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -124,9 +137,14 @@ class _SNNLFunction(torch.autograd.Function):
         needs_grad,
         optimal,
         slope_out=None,
+        shared=None,
     ):
         t = float(temperature)
-        prep = _blocked.prepare_points(points.detach(), batch, euclidean, t)
+        if shared is None or not shared.prep.serves(t):  # shared: _blocked.BlockLogits
+            shared = None
+            prep = _blocked.prepare_points(points.detach(), batch, euclidean, t)
+        else:
+            prep = shared.prep
         ctx.prep, ctx.batch, ctx.t, ctx.block_rows = prep, batch, t, block_rows
         ctx.optimal = optimal
         ctx.dtype, ctx.euclidean, ctx.weights = points.dtype, euclidean, weights
@@ -139,7 +157,7 @@ class _SNNLFunction(torch.autograd.Function):
             return out
         w_sorted = weights[batch.perm]
         res = _blocked.exact_pass(
-            prep, batch, t, points.dtype, w_sorted if needs_grad else None, block_rows
+            prep, batch, t, points.dtype, w_sorted if needs_grad else None, block_rows, shared
         )
         valid = ~torch.isnan(res.loss)
         total = (res.loss[valid].double() * w_sorted[valid].double()).sum().to(points.dtype)
@@ -166,7 +184,7 @@ class _SNNLFunction(torch.autograd.Function):
             grad_x, grad_t = ctx.grads
             gx = grad_x * grad_out if ctx.needs_input_grad[0] else None
             gt = grad_t * grad_out.to(grad_t.dtype) if ctx.needs_input_grad[1] else None
-            return gx, gt, None, None, None, None, None, None, None
+            return gx, gt, None, None, None, None, None, None, None, None
         batch = ctx.batch
         w = torch.nan_to_num(grad_out, nan=0.0, posinf=0.0, neginf=0.0)
         w = torch.where(batch.valid, w, torch.zeros_like(w))[batch.perm]
@@ -175,7 +193,7 @@ class _SNNLFunction(torch.autograd.Function):
         grad_x[batch.perm] = res.grad_x
         gx = grad_x if ctx.needs_input_grad[0] else None
         gt = _scalar_like(res.grad_t, grad_out) if ctx.needs_input_grad[1] else None
-        return gx, gt, None, None, None, None, None, None, None
+        return gx, gt, None, None, None, None, None, None, None, None
 
     @staticmethod
     def graph_backward(ctx, points, temperature, grad_out):
@@ -184,7 +202,7 @@ class _SNNLFunction(torch.autograd.Function):
         classes = torch.empty_like(batch.group)
         classes[batch.perm] = batch.group
         if ctx.optimal:  # T* moves with the points: SNNL*'s second derivatives
-            per, valid = _dense_snnl_terms_at_optimum(
+            per, valid = dense_snnl_terms_at_optimum(
                 points, temperature, classes, ctx.euclidean, ctx.weights
             )
         else:
@@ -201,184 +219,10 @@ class _SNNLFunction(torch.autograd.Function):
         gt = (grads.pop(0) if need_t else None, temperature)
         out = [torch.zeros_like(v) if g is None and need else g
                for (g, v), need in ((gx, need_x), (gt, need_t))]  # fmt: skip
-        return (*out, None, None, None, None, None, None, None)
+        return (*out, None, None, None, None, None, None, None, None)
 
 
 # ----------------------------------------------------------------------------- transforms
-
-
-def dense_snnl_terms(
-    points: Tensor, temperature: Tensor, labels: Tensor, euclidean: bool
-) -> tuple[Tensor, Tensor]:
-    r"""Per-anchor SNNL terms by the dense formula in plain (differentiable) torch ops.
-
-    :math:`\ell_i = \log \sum_{k \ne i} e^{-d_{ik}/T} - \log \sum_{j \ne i, y_j = y_i}
-    e^{-d_{ij}/T}` with d the squared Euclidean distance (centred, |a|^2 + |b|^2 - 2ab) or,
-    for unit vectors, 1 - cos. Memory O(N^2); the precision of ``points``' dtype (no
-    float64 spot check). This is the path of higher-order gradients, torch.func
-    transforms (grad, vmap, jacrev) and ``torch.compile``: every op composes with them.
-
-    Args:
-        points: (N, D) float32/float64 (unit vectors for cosine).
-        temperature: 0-dim tensor of ``points``' dtype.
-        labels: (N,) integer classes.
-        euclidean: squared Euclidean (True) or cosine on unit vectors (False).
-
-    Returns:
-        (terms (N,), valid (N,) bool): anchors without a positive have ``valid`` False and
-        a finite placeholder term (its gradient is finite, so masking it keeps NaN away).
-
-    Example:
-        >>> x = torch.tensor([[0.0], [0.1], [5.0], [5.2]], dtype=torch.float64)
-        >>> terms, valid = dense_snnl_terms(x, torch.tensor(1.0, dtype=torch.float64),
-        ...                                 torch.tensor([0, 0, 1, 2]), True)
-        >>> valid.tolist(), round(float(terms[0]), 6)
-        ([True, True, False, False], 0.0)
-    """
-    pairs = _dense_pairs(points, labels, euclidean)
-    return _dense_terms(pairs, temperature), pairs.valid
-
-
-class _DensePairs(NamedTuple):
-    """The dense formula's pairs: distances d (N, N), the diagonal, the positives (with a
-    placeholder row for anchors without one) and valid (N,): what every temperature's
-    terms and derivatives share (one N x N x D product)."""
-
-    d: Tensor
-    eye: Tensor
-    pos: Tensor
-    valid: Tensor
-
-
-def _dense_pairs(points: Tensor, labels: Tensor, euclidean: bool) -> _DensePairs:
-    n = points.shape[0]
-    if euclidean:
-        xc = points - points.detach().mean(0)  # d is translation-invariant: exact gradient
-        sq = (xc * xc).sum(1)
-        d = (sq[:, None] + sq[None, :] - 2.0 * (xc @ xc.T)).clamp_min(0.0)
-    else:
-        d = 1.0 - points @ points.T
-    eye = torch.eye(n, dtype=torch.bool, device=points.device)
-    pos = (labels[:, None] == labels[None, :]) & ~eye
-    valid = pos.any(1)
-    pos = pos | (~valid[:, None] & ~eye)  # rows without a positive: a finite placeholder
-    return _DensePairs(d, eye, pos, valid)
-
-
-def _dense_terms(pairs: _DensePairs, temperature: Tensor) -> Tensor:
-    """Per-anchor terms (N,) at ``temperature`` (see :func:`dense_snnl_terms`)."""
-    logits = -pairs.d / temperature
-    ninf = torch.full((), -math.inf, dtype=logits.dtype, device=logits.device)
-    den = torch.logsumexp(torch.where(pairs.eye, ninf, logits), 1)
-    num = torch.logsumexp(torch.where(pairs.pos, logits, ninf), 1)
-    return den - num
-
-
-def dense_log_temperature_derivatives(
-    points: Tensor, temperature: Tensor, labels: Tensor, euclidean: bool
-) -> tuple[Tensor, Tensor]:
-    r"""Per-anchor first and second derivatives of the SNNL terms in u = log T, by the
-    dense formula in plain (differentiable) torch ops.
-
-    With :math:`z_{ik} = -d_{ik}/T` (so :math:`\partial z/\partial u = -z`), a log-sum-exp
-    over a set S has :math:`\partial_u = -E_S[z]` and :math:`\partial_u^2 = Var_S(z) +
-    E_S[z]` under its softmax weights; :math:`\ell_i` = den (k != i) - num (positives):
-
-    .. math::
-        \partial_u \ell_i = E_{num}[z] - E_{den}[z], \quad
-        \partial_u^2 \ell_i = Var_{den}(z) + E_{den}[z] - Var_{num}(z) - E_{num}[z]
-
-    Args and the placeholder of anchors without a positive: as :func:`dense_snnl_terms`.
-
-    Returns:
-        (first (N,), second (N,), valid (N,) bool).
-
-    Example:
-        >>> x = torch.tensor([[0.0], [1.0], [3.0], [4.5]], dtype=torch.float64)
-        >>> t = torch.tensor(2.0, dtype=torch.float64)
-        >>> g, h, _ = dense_log_temperature_derivatives(x, t, torch.tensor([0, 0, 1, 1]), True)
-        >>> u = torch.tensor(math.log(2.0), dtype=torch.float64, requires_grad=True)
-        >>> ell = dense_snnl_terms(x, u.exp(), torch.tensor([0, 0, 1, 1]), True)[0].sum()
-        >>> (dg,) = torch.autograd.grad(ell, u)
-        >>> bool(torch.isclose(g.sum(), dg))
-        True
-    """
-    pairs = _dense_pairs(points, labels, euclidean)
-    return (*_dense_derivatives(pairs, temperature), pairs.valid)
-
-
-def _dense_derivatives(pairs: _DensePairs, temperature: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-anchor (first, second) derivatives in log T at ``temperature``."""
-    logits = -pairs.d / temperature
-
-    def moments(mask: Tensor) -> tuple[Tensor, Tensor]:
-        z = torch.where(mask, logits, 0.0)
-        p = torch.softmax(torch.where(mask, logits, -math.inf), 1)
-        mean = (p * z).sum(1)
-        return mean, (p * (z - mean[:, None]) ** 2).sum(1)
-
-    mean_den, var_den = moments(~pairs.eye)
-    mean_num, var_num = moments(pairs.pos)
-    return mean_num - mean_den, var_den + mean_den - var_num - mean_num
-
-
-def implicit_log_temperature(
-    points: Tensor,
-    temperature: Tensor,
-    labels: Tensor,
-    euclidean: bool,
-    weights: Tensor | None = None,
-) -> Tensor:
-    r"""log T* as a differentiable function of the points, to first order: value log T* of
-    :math:`S(x, u) = \sum_i w_i \ell_i` (u = log T), derivative
-    :math:`-\partial_x\partial_u S / \partial_u^2 S` (the implicit function theorem).
-
-    :math:`S(x, u(x))` then has the value and gradient of :math:`S^*(x) = \min_u S` (the
-    envelope theorem: :math:`\partial_u S = 0` at T*) and its Hessian
-    :math:`H_{xx} - H_{xu} H_{ux} / H_{uu}`, the exact second derivatives of SNNL*.
-    ``temperature`` is a search's T* (good to 1e-8 to 2e-7 in log T, its value being
-    flat there): one Newton step on the dense derivatives first puts it at the minimiser
-    to rounding, since the Hessian's error is :math:`\partial_u S` times a second
-    derivative of u. A ``temperature`` more than 1e-3 in log T from a minimum, or where
-    :math:`\partial_u^2 S \le 0` (no strict minimum), is held fixed (no term added).
-    ``weights`` (N,) those of the reduction; None: the mean over anchors with a positive.
-    """
-    pairs = _dense_pairs(points, labels, euclidean)
-    return _implicit_log_temperature(pairs, temperature, weights)
-
-
-def _implicit_log_temperature(
-    pairs: _DensePairs, temperature: Tensor, weights: Tensor | None
-) -> Tensor:
-    if weights is None:
-        weights = pairs.valid.to(pairs.d.dtype) / pairs.valid.sum().clamp_min(1)
-    u0 = temperature.detach().log()
-    fixed = pairs._replace(d=pairs.d.detach())
-    first, second = _dense_derivatives(fixed, u0.exp())
-    slope0, curvature0 = (weights * first).sum(), (weights * second).sum()
-    polish = -slope0 / torch.where(curvature0 > 0, curvature0, 1.0)
-    near = (curvature0 > 0) & (polish.abs() < 1e-3)
-    u1 = torch.where(near, u0 + polish, u0)
-    first, second = _dense_derivatives(pairs, u1.exp())
-    slope = (weights * first).sum()
-    curvature = (weights * second).sum().detach()
-    use = near & (curvature > 0)
-    step = (slope - slope.detach()) / torch.where(use, curvature, 1.0)
-    return u1 - torch.where(use, step, 0.0)
-
-
-def _dense_snnl_terms_at_optimum(
-    points: Tensor,
-    temperature: Tensor,
-    labels: Tensor,
-    euclidean: bool,
-    weights: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """:func:`dense_snnl_terms` at :func:`implicit_log_temperature` of the points (T* moving
-    with them: SNNL*'s second derivatives), from one distance matrix."""
-    pairs = _dense_pairs(points, labels, euclidean)
-    u = _implicit_log_temperature(pairs, temperature, weights)
-    return _dense_terms(pairs, u.exp()), pairs.valid
 
 
 def _reduce(terms: Tensor, valid: Tensor, reduction: str) -> Tensor:
@@ -590,8 +434,64 @@ def soft_nearest_neighbor_loss_and_slope(
     return value, (slope[0] if slope else None)
 
 
+def soft_nearest_neighbor_loss_after_step(
+    features: Tensor,
+    labels: Tensor,
+    temperature: float,
+    step: Callable[[float | None], float],
+    *,
+    distance: Distance | str = Distance.EUCLIDEAN,
+) -> tuple[Tensor, float]:
+    r"""The mean :func:`soft_nearest_neighbor_loss` at the temperature ``step`` returns from
+    the slope at ``temperature``: a step on T from :math:`\partial\,\mathrm{SNNL} /
+    \partial \log T` at the current T, then the loss at the new T (the authors' scheme),
+    with the slope and the loss from one N x N x D product.
+
+    On a mini-batch (at most ``WHOLE_BLOCK_POINTS``, eager) the slope comes from the
+    logits of the loss's one block at T = 1
+    (:func:`snnl.temperature.whole_block_log_temperature_slope`), which the loss at the
+    new T then reuses: two products in all (the loss's forward
+    and gradient) instead of three. ``step(g)`` gets None where that slope is not
+    available (more points, ``torch.compile`` and torch.func transforms, not finite):
+    the caller computes it otherwise (:func:`snnl.temperature.snnl_log_temperature_slope`).
+
+    Returns:
+        (the mean SNNL at the new temperature, the new temperature).
+
+    Example:
+        >>> x = torch.randn(40, 3, dtype=torch.float64)
+        >>> y = torch.arange(40) % 4
+        >>> value, t = soft_nearest_neighbor_loss_after_step(x, y, 2.0, lambda g: 2.0 - 0.1 * g)
+        >>> from snnl.temperature import whole_block_log_temperature_slope
+        >>> g = whole_block_log_temperature_slope(x, y, 2.0)
+        >>> t == 2.0 - 0.1 * g and bool(torch.isclose(value, soft_nearest_neighbor_loss(x, y, t)))
+        True
+    """
+    x, y, distance, traced = _checked(features, labels, temperature, distance, None)
+    if traced or x.shape[0] > WHOLE_BLOCK_POINTS:
+        t = step(None)
+        return soft_nearest_neighbor_loss(x, y, t, distance=distance), t
+    with autocast_off(x.device.type):
+        batch = _blocked.sort_by_class(y)
+        points = x if distance.euclidean else unit_vectors(x)
+        shared, slope = block_logits_and_slope(points.detach(), batch, distance.euclidean,
+                                               float(temperature))  # fmt: skip
+        t = step(slope)
+        return _loss(x, y, t, distance, "mean", None, False, batch=batch, shared=shared), t
+
+
 def _loss(
-    x, y, temperature, distance, reduction, block_size, traced, optimal=False, slope_out=None
+    x,
+    y,
+    temperature,
+    distance,
+    reduction,
+    block_size,
+    traced,
+    optimal=False,
+    slope_out=None,
+    batch=None,
+    shared=None,
 ) -> Tensor:
     t = _temperature_tensor(temperature, x)
     euclidean = distance.euclidean
@@ -600,10 +500,10 @@ def _loss(
         # T* moves with the points: SNNL*'s second derivatives (torch.func); a compiled
         # graph has no double backward, so compile skips the term (first order is equal)
         if optimal and not torch.compiler.is_compiling():
-            return _reduce(*_dense_snnl_terms_at_optimum(points, t, y, euclidean), reduction)
+            return _reduce(*dense_snnl_terms_at_optimum(points, t, y, euclidean), reduction)
         return _reduce(*dense_snnl_terms(points, t, y, euclidean), reduction)
     n = x.shape[0]
-    batch = _blocked.sort_by_class(y)
+    batch = _blocked.sort_by_class(y) if batch is None else batch
     warn_left_out(batch.num_valid, n, stacklevel=4)
     points = x if euclidean else unit_vectors(x)
     needs_grad = torch.is_grad_enabled() and (points.requires_grad or t.requires_grad)
@@ -615,7 +515,7 @@ def _loss(
     scale = 1.0 / batch.num_valid if reduction == "mean" else 1.0
     weights = batch.valid.to(x.dtype) * scale
     return _SNNLFunction.apply(
-        points, t, batch, euclidean, weights, block_size, needs_grad, optimal, slope_out
+        points, t, batch, euclidean, weights, block_size, needs_grad, optimal, slope_out, shared
     )
 
 

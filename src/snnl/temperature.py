@@ -49,10 +49,13 @@ from snnl._checks import (
     check_positive,
     check_temperatures,
 )
+from snnl._dense import block_logits_and_slope
 from snnl._search import unit_vectors
 from snnl.distances import Distance, check_distance
 from snnl.loss import (
+    WHOLE_BLOCK_POINTS,
     SNNLWarning,
+    autocast_off,
     snnl_at_optimum,
     soft_nearest_neighbor_loss,
     transformed,
@@ -67,6 +70,7 @@ __all__ = [
     "optimal_log_temperature",
     "snnl_temperature_curve",
     "snnl_log_temperature_slope",
+    "whole_block_log_temperature_slope",
     "estimate_optimal_temperature",
     "estimate_temperature_curve",
     "entanglement_between",
@@ -546,6 +550,39 @@ def snnl_log_temperature_slope(
             f, f1, _ = curve.stats(u)
             return f, f1
         return curve.first[1], curve.first[2]
+
+
+def whole_block_log_temperature_slope(
+    features: Tensor,
+    labels: Tensor,
+    temperature: float,
+    *,
+    distance: Distance | str = Distance.EUCLIDEAN,
+) -> float | None:
+    r""":math:`\partial\,\mathrm{SNNL} / \partial \log T` (the mean over anchors with a
+    positive) at ``temperature`` on a mini-batch, from the closed form of
+    :func:`dense_log_temperature_derivatives` over the logits of the loss's one block
+    (kernel units: scaled by a power of two and centred, so any finite features are in
+    range, any T > 0): one N x N x D product and a few N x N passes. None beyond
+    ``WHOLE_BLOCK_POINTS`` points or where it is not finite.
+
+    Example:
+        >>> x = torch.tensor([[0.0], [1.0], [3.0], [4.5]], dtype=torch.float64)
+        >>> y = torch.tensor([0, 0, 1, 1])
+        >>> t = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+        >>> (grad,) = torch.autograd.grad(soft_nearest_neighbor_loss(x, y, t), t)
+        >>> abs(whole_block_log_temperature_slope(x, y, 2.0) - 2.0 * grad.item()) < 1e-12
+        True
+    """
+    x, y = check_features_labels(features, labels)
+    distance = check_distance(distance)
+    temperature = check_positive("temperature", temperature)
+    if x.shape[0] > WHOLE_BLOCK_POINTS:
+        return None
+    with autocast_off(x.device.type):
+        points = x if distance.euclidean else unit_vectors(x)
+        batch = _blocked.sort_by_class(y)
+        return block_logits_and_slope(points.detach(), batch, distance.euclidean, temperature)[1]
 
 
 def estimate_temperature_curve(

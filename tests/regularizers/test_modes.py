@@ -25,7 +25,8 @@ from snnl.regularizers import (
     reference_formula_snnl,
     regularized_loss,
 )
-from snnl.regularizers.modes import STRATEGIES, TemperatureMode, TemperatureState, _dense_slope
+from snnl.regularizers.modes import STRATEGIES, TemperatureMode, TemperatureState
+from snnl.temperature import snnl_log_temperature_slope, whole_block_log_temperature_slope
 
 # tiny problems: one torch thread (see conftest.py)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -175,6 +176,34 @@ def test_reference_mode_takes_the_authors_step_on_t() -> None:
     )
 
 
+def _gram_products(fn) -> int:
+    """How many (N, D) x (D, N) products ``fn`` runs (every aten mm/addmm, also inside
+    registered ops), N the batch size of ``_batch``."""
+    from torch.profiler import profile
+
+    with profile(record_shapes=True) as prof:
+        fn()
+    n = len(_batch()[1])
+    count = 0
+    for event in prof.events():
+        if event.name in ("aten::mm", "aten::addmm"):  # addmm: (bias, mat1, mat2, beta, alpha)
+            a, b = event.input_shapes[1:3] if event.name == "aten::addmm" else event.input_shapes
+            count += len(a) == len(b) == 2 and a[0] == b[1] == n and a[1] == b[0]
+    return count
+
+
+def test_reference_mode_step_and_loss_share_one_logits_product() -> None:
+    """In a training step the reference mode's slope at the old T and the loss at the new
+    T come from one N x N product per layer (was two: the slope's own distances)."""
+    torch.manual_seed(0)
+    model = MLP((6,), 4, widths=(10, 10))
+    x, y = _batch()
+    reg = EntanglementRegularizer(model, alpha=1.0, temperature=5.0, temperature_mode="reference")
+    assert _gram_products(lambda: reg(x, y).total.backward()) == 2  # one per layer
+    with torch.no_grad():  # no fused pass to share: the slope, then the loss
+        assert _gram_products(lambda: reg(x, y, update_temperature=True)) == 4
+
+
 def test_reference_mode_refuses_a_step_to_non_positive_t() -> None:
     torch.manual_seed(0)
     model = MLP((6,), 4, widths=(10,))
@@ -257,9 +286,10 @@ def test_learned_mode_takes_one_adam_step_on_the_float64_slope() -> None:
 
 @pytest.mark.parametrize("scale", [1.0, 1e18, 1e20])
 def test_temperature_slope_dense_and_one_pass_agree_with_float64(scale) -> None:
-    """A temperature step's slope: the dense closed form on a mini-batch (features at
-    1e18 too), the one-pass slope where float32 cannot hold it (at 1e20 |x|^2 and T are
-    beyond float32), both equal to autograd through the float64 dense formula."""
+    """A temperature step's slope: the closed form over the loss's block logits on a
+    mini-batch (kernel units: at 1e18 and 1e20 too, where |x|^2 and T are beyond
+    float32) and the one-pass slope (used beyond a mini-batch), both equal to autograd
+    through the float64 dense formula."""
     x, y = _batch(40, 6, seed=7)
     x = torch.relu(x) * scale
     t = 3.0 * scale * scale
@@ -271,5 +301,8 @@ def test_temperature_slope_dense_and_one_pass_agree_with_float64(scale) -> None:
         lr=0.1, regrid_every=1,
     )  # fmt: skip
     assert strategy.slope(x, y, t) == pytest.approx(expected, rel=1e-4)
-    dense = _dense_slope(x, y, t, Distance.EUCLIDEAN)
-    assert (dense is None) == (scale > 1e19)  # beyond float32: the one-pass slope
+    shared = whole_block_log_temperature_slope(x, y, t)
+    assert shared == pytest.approx(expected, rel=1e-4)
+    assert shared == strategy.slope(x, y, t)  # the strategy takes this form here
+    _, one_pass = snnl_log_temperature_slope(x, y, t)
+    assert one_pass == pytest.approx(expected, rel=1e-4)

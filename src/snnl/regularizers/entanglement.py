@@ -62,6 +62,7 @@ from snnl.loss import (
     SNNLWarning,
     snnl_at_optimum,
     soft_nearest_neighbor_loss,
+    soft_nearest_neighbor_loss_after_step,
     soft_nearest_neighbor_loss_and_slope,
     transformed,
 )
@@ -423,21 +424,44 @@ class EntanglementRegularizer:
     def _terms(self, feats: Mapping[str, Tensor], y: Tensor, update: bool) -> dict:
         """Each layer's SNNL at the temperature its mode chooses on this batch."""
         if self._steps_on_the_loss_pass(feats, y, update):
-            return {n: self._learned_term(n, feats[n], y) for n in self.layers}
+            term = {
+                TemperatureMode.LEARNED: self._learned_term,
+                TemperatureMode.REFERENCE: self._reference_term,
+            }[self._strategy.mode]
+            return {n: term(n, feats[n], y) for n in self.layers}
         used = {n: self._strategy.temperature(n, feats[n], y, update) for n in self.layers}
         return {n: self._snnl(feats[n], y, used[n]) for n in self.layers}
 
     def _steps_on_the_loss_pass(self, feats: Mapping[str, Tensor], y: Tensor, update) -> bool:
-        """Whether the learned mode's Adam step on log T takes its slope from the loss's
-        own fused pass (eager, exact formula, updating, with a gradient): no pass of its
-        own."""
+        """Whether a temperature step shares the loss's pass (eager, exact formula,
+        updating, with a gradient): the learned mode's Adam step takes its slope from the
+        loss's fused pass, the reference mode's step its slope from the loss's block
+        logits; neither a pass of its own."""
         return (
-            self._strategy.mode is TemperatureMode.LEARNED
+            self._strategy.mode in (TemperatureMode.LEARNED, TemperatureMode.REFERENCE)
             and self.snnl_formula == "exact"
             and update
             and torch.is_grad_enabled()
             and not transformed(*feats.values(), y)
         )
+
+    def _reference_term(self, name: str, feats: Tensor, y: Tensor) -> Tensor:
+        """The reference mode's SNNL of layer ``name`` at the new T after the authors'
+        step, the step's slope at the current T from the logits the loss then reuses
+        (:func:`snnl.temperature.soft_nearest_neighbor_loss_after_step`; the one-pass
+        slope beyond a mini-batch)."""
+        t_now = self._strategy.current(name)
+
+        def step(slope: float | None) -> float:
+            if slope is None:
+                slope = self._strategy.slope(feats.detach(), y, t_now)
+            return self._strategy.step(name, slope)
+
+        term, t = soft_nearest_neighbor_loss_after_step(
+            feats, y, t_now, step, distance=self.distance.value
+        )
+        self._strategy.record(name, t, True)
+        return term
 
     def _learned_term(self, name: str, feats: Tensor, y: Tensor) -> Tensor:
         """The learned mode's SNNL of layer ``name`` at the current T, and its Adam step on

@@ -12,7 +12,10 @@
   from :meth:`TemperatureStrategy.slope` (as the ``reference`` mode's step).
 - ``reference``: the authors' scheme, T = T0 / t with t starting at 1; each call takes
   one plain step t <- t - 0.1 dSNNL/dt and uses the new T. A step that would make t <= 0
-  or non-finite (the authors' code lets it) is refused and counted.
+  or non-finite (the authors' code lets it) is refused and counted. In an eager training
+  step on a mini-batch the slope at the old T and the loss at the new T share one
+  product (:func:`snnl.temperature.soft_nearest_neighbor_loss_after_step`), else the
+  slope is :meth:`TemperatureStrategy.slope`.
 - ``fixed``: T_l never changes.
 
 A mode's choice is host work (a search, an optimiser step, counters, warnings): it runs
@@ -38,10 +41,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from snnl._search import unit_vectors
 from snnl.distances import Distance
-from snnl.loss import dense_log_temperature_derivatives, transformed, vmap_by_loop
-from snnl.temperature import snnl_log_temperature_slope, snnl_star
+from snnl.loss import transformed, vmap_by_loop
+from snnl.temperature import (
+    snnl_log_temperature_slope,
+    snnl_star,
+    whole_block_log_temperature_slope,
+)
 
 __all__ = [
     "DEFAULT_TEMPERATURE_MODE",
@@ -184,13 +190,14 @@ class TemperatureStrategy:
 
     def slope(self, feats: Tensor, y: Tensor, t: float) -> float:
         """dSNNL/dlog T of ``snnl`` at T = ``t`` on detached ``feats``: for the exact
-        formula on a mini-batch (N <= ``DENSE_SLOPE_POINTS``) the dense formula's closed
-        form (one product and a few N x N passes), else, or where that is not finite, one
-        pass over the shifted distances (:func:`snnl.temperature.snnl_log_temperature_slope`,
-        exact in every regime); for the authors' formula autograd through it. 0 where not
-        finite."""
+        formula on a mini-batch (N <= ``WHOLE_BLOCK_POINTS``) the dense formula's closed
+        form over the loss's block logits (one product and a few N x N passes,
+        :func:`snnl.temperature.whole_block_log_temperature_slope`), else, or where that
+        is not finite, one pass over the shifted distances
+        (:func:`snnl.temperature.snnl_log_temperature_slope`, exact in every regime); for
+        the authors' formula autograd through it. 0 where not finite."""
         if self.formula == "exact":
-            g = _dense_slope(feats, y, t, self.distance)
+            g = whole_block_log_temperature_slope(feats, y, t, distance=self.distance)
             if g is None:
                 _, g = snnl_log_temperature_slope(feats, y, t, distance=self.distance)
         else:
@@ -303,9 +310,15 @@ class ReferenceTemperature(TemperatureStrategy):
     def choose(self, name, feats, y, update) -> float:
         if not update:
             return self.current(name)
+        return self.step(name, self.slope(feats, y, self.current(name)))
+
+    def step(self, name: str, g_log: float) -> float:
+        """The authors' step on layer ``name``'s t with dSNNL/dlog T = ``g_log`` at the
+        current T (refused and counted where it would make t <= 0 or not finite): the
+        new T."""
         t0, t_var = self.state.t0[name], float(self.state.t[name])
         # T = T0 / t: dSNNL/dt = dSNNL/dlog T * dlog T/dt = -dSNNL/dlog T / t
-        grad = -self.slope(feats, y, t0 / t_var) / t_var
+        grad = -g_log / t_var
         new_t = t_var - REFERENCE_T_STEP * grad
         if math.isfinite(new_t) and new_t > 0:  # a new tensor: also inside torch.func
             self.state.t[name] = torch.tensor(new_t, dtype=torch.float64)
@@ -327,32 +340,6 @@ STRATEGIES: dict[TemperatureMode, type[TemperatureStrategy]] = {
     cls.mode: cls
     for cls in (OptimalTemperature, LearnedTemperature, ReferenceTemperature, FixedTemperature)
 }
-
-
-# ----------------------------------------------------------------------------- slopes
-
-#: Up to this many points a temperature step's slope takes the dense closed form.
-DENSE_SLOPE_POINTS = 1024
-
-
-def _dense_slope(feats: Tensor, y: Tensor, t: float, distance: Distance) -> float | None:
-    """dSNNL/dlog T at ``t`` by :func:`snnl.loss.dense_log_temperature_derivatives`, the
-    mean over anchors with a positive; None beyond ``DENSE_SLOPE_POINTS`` points, for a
-    T outside the dtype's normal range, or where the result is not finite."""
-    n = feats.shape[0]
-    x = feats.reshape(n, -1)
-    x = x if x.dtype in (torch.float32, torch.float64) else x.float()
-    info = torch.finfo(x.dtype)
-    if n > DENSE_SLOPE_POINTS or not info.tiny <= t <= info.max:
-        return None
-    points = x if distance.euclidean else unit_vectors(x)
-    temperature = torch.tensor(t, dtype=x.dtype, device=x.device)
-    first, _, valid = dense_log_temperature_derivatives(points, temperature, y, distance.euclidean)
-    count = int(valid.sum())
-    if count == 0:
-        return 0.0
-    g = float(torch.where(valid, first, 0.0).sum()) / count
-    return g if math.isfinite(g) else None
 
 
 # ----------------------------------------------------------------------------- the op
