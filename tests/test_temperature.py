@@ -27,8 +27,8 @@ from snnl.loss import (
     SNNLWarning,
     open_npy,
     soft_nearest_neighbor_loss,
-    soft_nearest_neighbor_loss_after_step,
     soft_nearest_neighbor_loss_and_slope,
+    soft_nearest_neighbor_loss_at_chosen_temperature,
 )
 from snnl.temperature import (
     SNNLStar,
@@ -38,10 +38,10 @@ from snnl.temperature import (
     estimate_temperature_curve,
     optimal_log_temperature,
     optimal_temperature,
+    optimal_temperature_of_block,
     snnl_log_temperature_slope,
     snnl_star,
     snnl_temperature_curve,
-    whole_block_log_temperature_slope,
 )
 
 DISTANCES = ("euclidean", "cosine")
@@ -547,47 +547,27 @@ def test_log_temperature_slope_is_the_float64_dense_formulas_derivative(distance
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_whole_block_slope_is_the_float64_dense_formulas_derivative(distance, dtype):
-    """The slope from the loss's block logits (the closed form in kernel units) against
-    autograd through the dense float64 formula, far below to far above the distances,
-    at feature scales float32 cannot square; None beyond a mini-batch."""
-    x, y = _slope_problem(5, dtype)
-    scale = 1.0 if distance == "cosine" else 14.0
-    tol = 1e-10 if dtype == torch.float64 else 1e-4
-    for t in (0.02 * scale, 0.3 * scale, scale, 8.0 * scale, 200.0 * scale):
-        _, grad = _dense_value_and_t_grad(x, y, t, distance)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SNNLWarning)  # the class of one point
-            slope = whole_block_log_temperature_slope(x, y, t, distance=distance)
-            big = whole_block_log_temperature_slope(x * 1e25, y, t * 1e50, distance=distance)
-        assert slope == pytest.approx(t * grad.item(), rel=tol, abs=1e-9)
-        if distance == "euclidean":  # SNNL(c x, c^2 T) = SNNL(x, T): the same slope
-            assert big == pytest.approx(t * grad.item(), rel=tol, abs=1e-9)
-    many = torch.randn(WHOLE_BLOCK_POINTS + 1, 3)
-    assert whole_block_log_temperature_slope(many, torch.arange(len(many)) % 3, 1.0) is None
-
-
-@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_loss_after_step_is_the_float64_loss_at_the_stepped_temperature(distance, dtype):
-    """The authors' scheme with one shared product: ``step`` sees dSNNL/dlog T at the old
-    T (autograd through the dense float64 formula), and the value and gradient are those
-    of the dense float64 formula at the T it returns. Beyond a mini-batch, and under a
-    torch.func transform, ``step`` gets None and the loss is the plain one."""
+def test_loss_at_a_step_from_the_block_is_the_float64_loss_there(distance, dtype):
+    """The authors' scheme with one shared product: the block's slope is dSNNL/dlog T at
+    the old T (autograd through the dense float64 formula), and the value and gradient
+    are those of the dense float64 formula at the T the step returns. Beyond a
+    mini-batch, and under a torch.func transform, ``choose`` gets None and the loss is
+    the plain one at the T it returns."""
     x, y = _slope_problem(6, dtype)
     t_old = 0.5 if distance == "cosine" else 9.0
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     _, grad = _dense_value_and_t_grad(x, y, t_old, distance)
     seen = []
 
-    def step(g):
+    def step(block):
+        g = None if block is None else block.log_temperature_slope(t_old)
         seen.append(g)
         return t_old * math.exp(-0.3 * (0.0 if g is None else g))
 
     leaf = x.clone().requires_grad_()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SNNLWarning)
-        value, t_new = soft_nearest_neighbor_loss_after_step(
+        value, t_new = soft_nearest_neighbor_loss_at_chosen_temperature(
             leaf, y, t_old, step, distance=distance
         )
     assert seen[0] == pytest.approx(t_old * grad.item(), rel=tol, abs=1e-9)
@@ -601,17 +581,55 @@ def test_loss_after_step_is_the_float64_loss_at_the_stepped_temperature(distance
     torch.testing.assert_close(got_grad.double(), ref_grad, rtol=tol * 10, atol=tol * 1e-2)
     many = torch.randn(WHOLE_BLOCK_POINTS + 1, 3, dtype=dtype)
     labels = torch.arange(len(many)) % 3
-    out, t_many = soft_nearest_neighbor_loss_after_step(many, labels, 1.0, step, distance=distance)
+    out, t_many = soft_nearest_neighbor_loss_at_chosen_temperature(
+        many, labels, 1.0, step, distance=distance
+    )
     assert seen[-1] is None and t_many == t_old
     plain = soft_nearest_neighbor_loss(many, labels, t_many, distance=distance)
     assert out.item() == pytest.approx(plain.item(), rel=1e-6)
     seen.clear()
     traced = torch.func.grad(
-        lambda a: soft_nearest_neighbor_loss_after_step(a, y, t_old, step, distance=distance)[0]
+        lambda a: soft_nearest_neighbor_loss_at_chosen_temperature(
+            a, y, t_old, step, distance=distance
+        )[0]
     )(x.double())
     (plain_grad,) = torch.autograd.grad(dense_snnl(ref_x, y, t_old, distance), ref_x)
     assert seen == [None]
     torch.testing.assert_close(traced, plain_grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("start", [None, "warm"])
+def test_search_on_the_block_finds_the_float64_optimum(distance, dtype, start):
+    """T* from the loss's block (its distances, no product) against the float64 dense
+    scan + Brent of tests/reference.py, from the grid and warm-started; the loss at the
+    chosen T* equals the float64 SNNL* with its gradient."""
+    x, y = _slope_problem(8, dtype)
+    scale = 1.0 if distance == "cosine" else 14.0
+    keep = y != 9  # no class of one point: the reference scans every anchor
+    x, y = x[keep], y[keep]
+    t_ref, v_ref = snnl_star_reference(x.double().numpy(), y.numpy(), distance=distance)
+    warm = None if start is None else math.log(t_ref) + 0.3
+    found = []
+
+    def choose(block):
+        t, evaluations = optimal_temperature_of_block(block, start=warm)
+        found.append(evaluations)
+        return t
+
+    leaf = x.clone().requires_grad_()
+    value, t = soft_nearest_neighbor_loss_at_chosen_temperature(
+        leaf, y, scale, choose, distance=distance, optimal=True
+    )
+    tol = 1e-9 if dtype == torch.float64 else 2e-6
+    assert value.item() == pytest.approx(v_ref, rel=tol)
+    assert math.log(t) == pytest.approx(math.log(t_ref), abs=1e-3)
+    assert found[0] > 0
+    ref_x = x.double().requires_grad_()
+    (ref_grad,) = torch.autograd.grad(dense_snnl(ref_x, y, t, distance), ref_x)
+    (got_grad,) = torch.autograd.grad(value, leaf)
+    torch.testing.assert_close(got_grad.double(), ref_grad, rtol=1e-3, atol=1e-7)
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])

@@ -20,7 +20,8 @@ from snnl import _blocked
 
 __all__ = [
     "DensePairs",
-    "block_logits_and_slope",
+    "MiniBatchBlock",
+    "mini_batch_block",
     "dense_derivatives",
     "dense_log_temperature_derivatives",
     "dense_pairs",
@@ -212,24 +213,37 @@ def dense_snnl_terms_at_optimum(
     return dense_terms(pairs, u.exp()), pairs.valid
 
 
-def block_logits_and_slope(
+class MiniBatchBlock(NamedTuple):
+    """A mini-batch's one loss block at T = 1 (:class:`snnl._blocked.BlockLogits`: the
+    points in kernel units, sorted by class, and their logits) with its sorted batch: a
+    temperature rule takes its slope or its T* from it, then the loss at that T reuses
+    it (:func:`snnl.loss.soft_nearest_neighbor_loss_at_chosen_temperature`)."""
+
+    logits: _blocked.BlockLogits
+    batch: _blocked.SortedBatch
+
+    def log_temperature_slope(self, temperature: float) -> float | None:
+        """dSNNL/dlog T (the mean over anchors with a positive) at ``temperature``
+        (caller units): the closed form of :func:`dense_log_temperature_derivatives` on
+        d - |x_i|^2 in kernel units (a row constant changes no derivative). None for a
+        kernel T outside the logits' dtype or a slope that is not finite."""
+        block, batch = self.logits, self.batch
+        if batch.num_valid == 0:
+            return 0.0
+        t_kernel = block.prep.kernel_temperature(temperature)
+        info = torch.finfo(block.raw.dtype)
+        if not info.tiny <= t_kernel <= info.max:
+            return None
+        pairs = pairs_of(-block.raw, batch.group)
+        first, _ = dense_derivatives(pairs, torch.tensor(t_kernel, dtype=block.raw.dtype))
+        g = float(torch.where(pairs.valid, first, 0.0).sum()) / batch.num_valid
+        return g if math.isfinite(g) else None
+
+
+def mini_batch_block(
     points: Tensor, batch: _blocked.SortedBatch, euclidean: bool, temperature: float
-) -> tuple[_blocked.BlockLogits, float | None]:
-    """The one block's logits at T = 1 of detached ``points`` (N < SYMMETRIC_MIN_POINTS;
-    :func:`snnl._blocked.first_tier_logits`) and dSNNL/dlog T at ``temperature`` from them
-    (the mean over anchors with a positive): the closed form of
-    :func:`dense_log_temperature_derivatives` on d - |x_i|^2 in kernel units (a row
-    constant changes no derivative), None for a kernel T outside the logits' dtype or a
-    slope that is not finite."""
+) -> MiniBatchBlock:
+    """The :class:`MiniBatchBlock` of detached ``points`` (N < SYMMETRIC_MIN_POINTS)
+    prepared for a loss near ``temperature`` (:func:`snnl._blocked.first_tier_logits`)."""
     prep = _blocked.prepare_points(points, batch, euclidean, temperature)
-    shared = _blocked.first_tier_logits(prep, temperature, points.dtype)
-    if batch.num_valid == 0:
-        return shared, 0.0
-    t_kernel = prep.kernel_temperature(temperature)
-    info = torch.finfo(shared.raw.dtype)
-    if not info.tiny <= t_kernel <= info.max:
-        return shared, None
-    pairs = pairs_of(-shared.raw, batch.group)
-    first, _ = dense_derivatives(pairs, torch.tensor(t_kernel, dtype=shared.raw.dtype))
-    g = float(torch.where(pairs.valid, first, 0.0).sum()) / batch.num_valid
-    return shared, (g if math.isfinite(g) else None)
+    return MiniBatchBlock(_blocked.first_tier_logits(prep, temperature, points.dtype), batch)

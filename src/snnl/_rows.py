@@ -204,7 +204,7 @@ def whole_block_logits(xs: Tensor, norms: Tensor, euclidean: bool) -> Tensor:
     (``norms``: their |x|^2), without the row constant b_i, self pairs -inf:
     a <x_i, x_j> + b_j (euclidean: minus the squared distance plus |x_i|^2). One product,
     shared by a temperature step's slope and the loss at the new T
-    (:func:`snnl.temperature.soft_nearest_neighbor_loss_after_step`).
+    (:func:`snnl.loss.soft_nearest_neighbor_loss_at_chosen_temperature`).
     """
     n = xs.shape[0]
     bias = -norms if euclidean else xs.new_zeros(n)

@@ -51,6 +51,7 @@ __all__ = [
     "spot_check",
     "stream_inputs",
     "distances",
+    "block_distances",
     "unit_vectors",
 ]
 
@@ -155,6 +156,22 @@ class KernelPoints:
             self._all, k = None, self._prep.k
         self.log_scale = 2.0 * k * math.log(2.0) if euclidean else 0.0
 
+    @classmethod
+    def of_block(cls, block: _blocked.BlockLogits) -> KernelPoints:
+        """The loss's prepared points of a mini-batch (``block.xs``, sorted by class, in
+        its kernel units), as the search's points in that sorted order: no pass of their
+        own. ``exact_rows`` reads the caller's features through the sort."""
+        prep = block.prep
+        points = cls.__new__(cls)
+        points.euclidean, points.dtype = prep.euclidean, block.xs.dtype
+        points.device, (points.n, points.d) = block.xs.device, block.xs.shape
+        points._source, points._all, points._k = None, block.xs, prep.k
+        points._x = _SortedRows(prep.source, prep.perm)
+        if prep.euclidean:
+            points._centre64 = prep.centre
+        points.log_scale = 2.0 * prep.k * math.log(2.0) if prep.euclidean else 0.0
+        return points
+
     def _prepare_tensor(self, x: Tensor) -> tuple[Tensor, int]:
         x = x.to(self.dtype)
         if not self.euclidean:
@@ -198,6 +215,27 @@ class KernelPoints:
             return _blocked.scale_pow2(x.double(), self._k) - self._centre64
         raw = self._source.take(index) if index is not None else self._source.rows(r0, r1)
         return self._prep.points(raw.double(), torch.float64)
+
+
+class _SortedRows:
+    """Rows of ``source`` in the order ``perm`` (sorted index -> row), read on demand."""
+
+    def __init__(self, source: Tensor, perm: Tensor) -> None:
+        self.source, self.perm = source, perm
+
+    def __getitem__(self, index: Tensor | slice) -> Tensor:
+        return self.source[self.perm[index]]
+
+
+def block_distances(block: _blocked.BlockLogits) -> Tensor:
+    """The (N, N) distances of a mini-batch's loss block (kernel units, sorted, self pairs
+    0) from its logits at T = 1: |x_i|^2 - raw_ij (euclidean: the expansion
+    :func:`distances` computes), 1 - raw_ij (cosine), clamped at 0."""
+    if block.prep.euclidean:
+        d = block.norms.unsqueeze(1) - block.raw
+    else:
+        d = 1.0 - block.raw
+    return d.clamp_min_(0.0).fill_diagonal_(0.0)
 
 
 def _operand(x: Tensor, euclidean: bool) -> tuple[Tensor, Tensor]:
@@ -257,6 +295,10 @@ class Curve:
     an anchor's positives are one run of columns: its sums over positives are slices,
     and over negatives the row sums once that run is zeroed (no cancellation).
 
+    ``distances``: the (N, N) distances between the points (kernel units, self pairs
+    0), already computed (a mini-batch's loss block, :func:`block_distances`): no
+    product of its own.
+
     Attributes after construction: ``u_lo``, ``u_hi`` (the data's search range,
     kernel units), ``log_scale`` (caller u = kernel u + log_scale), ``constant`` (a
     reason string where SNNL does not depend on T, else None), ``evaluations``, and
@@ -271,8 +313,10 @@ class Curve:
         anchors: Tensor,
         first_u: float | None = None,
         progress: bool = False,
+        distances: Tensor | None = None,
     ) -> None:
         self.points = points
+        self._given = distances
         self.progress = progress
         self.dtype, self.device = points.dtype, points.device
         self.log_scale = points.log_scale
@@ -373,6 +417,11 @@ class Curve:
 
     def _distances(self, block: _Block, out: Tensor) -> Tensor:
         """Raw distances (B, W) of a block (clamped at 0), written into ``out``."""
+        if self._given is not None:
+            rows = self.anchors[block.a0 : block.a1].to(self.device)
+            cols = block.chunk.cols.to(self.device)
+            d = out[: len(rows) * len(cols)].view(len(rows), len(cols))
+            return d.copy_(self._given[rows[:, None], cols[None, :]])
         b = self._chunk_operand(block.chunk)
         return distances(self._anchor_operand(block), b, self.points.euclidean, out)
 
@@ -393,7 +442,7 @@ class Curve:
             sums = torch.zeros(3, 2, self.v, dtype=torch.float64, device=self.device)
         # every point an anchor: each pair is multiplied once, the lower rows filled from
         # the upper ones (the distances are symmetric; the rows' order is the columns')
-        symmetric = self.store and self.same_order
+        symmetric = self.store and self.same_order and self._given is None
         offset = 0
         for block, size in self._blocks(zip(self.blocks, sizes, strict=True), "distances"):
             if symmetric:

@@ -36,11 +36,12 @@ from snnl._checks import (
     check_temperature,
 )
 from snnl._dense import (
-    block_logits_and_slope,
+    MiniBatchBlock,
     dense_log_temperature_derivatives,
     dense_snnl_terms,
     dense_snnl_terms_at_optimum,
     implicit_log_temperature,
+    mini_batch_block,
 )
 from snnl._search import sample_anchors, stream_inputs, unit_vectors
 from snnl.distances import Distance, check_distance
@@ -49,7 +50,7 @@ __all__ = [
     "SNNLWarning",
     "soft_nearest_neighbor_loss",
     "soft_nearest_neighbor_loss_and_slope",
-    "soft_nearest_neighbor_loss_after_step",
+    "soft_nearest_neighbor_loss_at_chosen_temperature",
     "WHOLE_BLOCK_POINTS",
     "snnl_at_optimum",
     "SoftNearestNeighborLoss",
@@ -65,7 +66,7 @@ __all__ = [
 
 Reduction = Literal["mean", "sum", "none"]
 #: Up to this many points the loss is one block (``snnl._rows``), whose logits a
-#: temperature step's slope can share (:func:`soft_nearest_neighbor_loss_after_step`).
+#: temperature choice can share (:func:`soft_nearest_neighbor_loss_at_chosen_temperature`).
 WHOLE_BLOCK_POINTS = _blocked.SYMMETRIC_MIN_POINTS - 1
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -434,34 +435,38 @@ def soft_nearest_neighbor_loss_and_slope(
     return value, (slope[0] if slope else None)
 
 
-def soft_nearest_neighbor_loss_after_step(
+def soft_nearest_neighbor_loss_at_chosen_temperature(
     features: Tensor,
     labels: Tensor,
     temperature: float,
-    step: Callable[[float | None], float],
+    choose: Callable[[MiniBatchBlock | None], float],
     *,
     distance: Distance | str = Distance.EUCLIDEAN,
+    optimal: bool = False,
 ) -> tuple[Tensor, float]:
-    r"""The mean :func:`soft_nearest_neighbor_loss` at the temperature ``step`` returns from
-    the slope at ``temperature``: a step on T from :math:`\partial\,\mathrm{SNNL} /
-    \partial \log T` at the current T, then the loss at the new T (the authors' scheme),
-    with the slope and the loss from one N x N x D product.
+    r"""The mean :func:`soft_nearest_neighbor_loss` at the temperature ``choose`` picks
+    from the batch's own distances, the choice and the loss sharing one N x N x D product.
 
-    On a mini-batch (at most ``WHOLE_BLOCK_POINTS``, eager) the slope comes from the
-    logits of the loss's one block at T = 1
-    (:func:`snnl.temperature.whole_block_log_temperature_slope`), which the loss at the
-    new T then reuses: two products in all (the loss's forward
-    and gradient) instead of three. ``step(g)`` gets None where that slope is not
-    available (more points, ``torch.compile`` and torch.func transforms, not finite):
-    the caller computes it otherwise (:func:`snnl.temperature.snnl_log_temperature_slope`).
+    On a mini-batch (at most ``WHOLE_BLOCK_POINTS`` points, eager) ``choose`` gets the
+    loss's one block at T = 1 (:class:`snnl._dense.MiniBatchBlock`, prepared near
+    ``temperature``, e.g. the current T): a temperature step takes its slope from it
+    (``block.log_temperature_slope(T)``: the reference mode's step on T, then the loss
+    at the new T), a search its T* (:func:`snnl.temperature.optimal_temperature_of_block`:
+    the optimal mode). The loss at the returned T then reuses the block's points and
+    logits: two products in all (its forward and gradient) where the choice took one of
+    its own before. Elsewhere (more points, ``torch.compile`` and torch.func transforms)
+    ``choose(None)``: the caller computes its choice from the features. ``optimal``: the
+    returned T is the batch's T*, so second derivatives are SNNL*'s
+    (:func:`snnl_at_optimum`).
 
     Returns:
-        (the mean SNNL at the new temperature, the new temperature).
+        (the mean SNNL at the chosen temperature, that temperature).
 
     Example:
         >>> x = torch.randn(40, 3, dtype=torch.float64)
         >>> y = torch.arange(40) % 4
-        >>> value, t = soft_nearest_neighbor_loss_after_step(x, y, 2.0, lambda g: 2.0 - 0.1 * g)
+        >>> step = lambda block: 2.0 - 0.1 * block.log_temperature_slope(2.0)
+        >>> value, t = soft_nearest_neighbor_loss_at_chosen_temperature(x, y, 2.0, step)
         >>> from snnl.temperature import whole_block_log_temperature_slope
         >>> g = whole_block_log_temperature_slope(x, y, 2.0)
         >>> t == 2.0 - 0.1 * g and bool(torch.isclose(value, soft_nearest_neighbor_loss(x, y, t)))
@@ -469,15 +474,17 @@ def soft_nearest_neighbor_loss_after_step(
     """
     x, y, distance, traced = _checked(features, labels, temperature, distance, None)
     if traced or x.shape[0] > WHOLE_BLOCK_POINTS:
-        t = step(None)
-        return soft_nearest_neighbor_loss(x, y, t, distance=distance), t
+        t = choose(None)
+        loss = snnl_at_optimum if optimal else soft_nearest_neighbor_loss
+        return loss(x, y, t, distance=distance), t
     with autocast_off(x.device.type):
         batch = _blocked.sort_by_class(y)
         points = x if distance.euclidean else unit_vectors(x)
-        shared, slope = block_logits_and_slope(points.detach(), batch, distance.euclidean,
-                                               float(temperature))  # fmt: skip
-        t = step(slope)
-        return _loss(x, y, t, distance, "mean", None, False, batch=batch, shared=shared), t
+        block = mini_batch_block(points.detach(), batch, distance.euclidean, float(temperature))
+        t = choose(block)
+        check_temperature(t, x.dtype)
+        value = _loss(x, y, t, distance, "mean", None, False, optimal, None, batch, block.logits)
+    return value, t
 
 
 def _loss(

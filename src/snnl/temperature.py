@@ -49,7 +49,7 @@ from snnl._checks import (
     check_positive,
     check_temperatures,
 )
-from snnl._dense import block_logits_and_slope
+from snnl._dense import MiniBatchBlock, mini_batch_block
 from snnl._search import unit_vectors
 from snnl.distances import Distance, check_distance
 from snnl.loss import (
@@ -71,6 +71,7 @@ __all__ = [
     "snnl_temperature_curve",
     "snnl_log_temperature_slope",
     "whole_block_log_temperature_slope",
+    "optimal_temperature_of_block",
     "estimate_optimal_temperature",
     "estimate_temperature_curve",
     "entanglement_between",
@@ -133,13 +134,22 @@ def _find(
 ) -> tuple[float, float, int]:
     """(T*, SNNL*, evaluations) of ``anchors`` against every point; see the module doc.
 
-    ``features``: a validated (N, D) tensor or a :class:`snnl._stream.Source`; ``start``:
+    ``features``: a validated (N, D) tensor, a :class:`snnl._stream.Source` or a
+    mini-batch's loss block (:class:`snnl._blocked.BlockLogits`: its distances, no product;
+    ``labels`` and ``anchors`` then in its sorted order; no spot check: the loss at T*
+    checks its own pass); ``start``:
     a previous log T* (warm start, checked); ``level``: the stack level of the user for
     a warning issued here. Beyond ``2 * GRID_SAMPLE`` anchors the grid
     and the first Newton steps run on a spread-out sample of ``GRID_SAMPLE`` anchors; the
     full curve is then built with its first evaluation at the sample's minimum.
     """
-    points = _search.KernelPoints(features, distance.euclidean)
+    given = None
+    if isinstance(features, _blocked.BlockLogits):  # a mini-batch's loss block
+        points = _search.KernelPoints.of_block(features)
+        given = _search.block_distances(features)
+        check = False
+    else:
+        points = _search.KernelPoints(features, distance.euclidean)
     scale = points.log_scale
     evals = 0
     u_start, third = (None if start is None else start - scale), None
@@ -149,7 +159,7 @@ def _find(
             lo, hi = _range(few, bounds, scale)
             u_start, third = _search.grid_start(few, lo, hi, refine=True)
             evals += few.evaluations
-    curve = _search.Curve(points, labels, anchors, first_u=u_start, progress=progress)
+    curve = _search.Curve(points, labels, anchors, u_start, progress, distances=given)
     lo, hi = _range(curve, bounds, scale)
     if curve.constant is not None:
         u = lo if (bounds is not None or curve.has_scale) else -scale  # no scale: T = 1
@@ -582,7 +592,39 @@ def whole_block_log_temperature_slope(
     with autocast_off(x.device.type):
         points = x if distance.euclidean else unit_vectors(x)
         batch = _blocked.sort_by_class(y)
-        return block_logits_and_slope(points.detach(), batch, distance.euclidean, temperature)[1]
+        block = mini_batch_block(points.detach(), batch, distance.euclidean, temperature)
+        return block.log_temperature_slope(temperature)
+
+
+def optimal_temperature_of_block(
+    block: MiniBatchBlock, *, start: float | None = None
+) -> tuple[float, int]:
+    """T* (caller units) of a mini-batch from the loss's one block at T = 1 (its points'
+    distances: no product of their own) and the curve evaluations the search took: the
+    one search of :func:`snnl_star` (grid over the data's range or Newton warm-started
+    from ``start``, a previous log T*, checked), without its float32 spot check (the loss
+    at T* is checked); the optimal mode's choice in a training step
+    (:func:`snnl.loss.soft_nearest_neighbor_loss_at_chosen_temperature`).
+
+    Example:
+        >>> from snnl._blocked import sort_by_class
+        >>> from snnl._dense import mini_batch_block
+        >>> g = torch.Generator().manual_seed(0)
+        >>> y = torch.arange(60) % 3
+        >>> x = torch.randn(60, 5, generator=g, dtype=torch.float64) + 2.0 * y[:, None]
+        >>> block = mini_batch_block(x, sort_by_class(y), True, 1.0)
+        >>> t, _ = optimal_temperature_of_block(block)
+        >>> abs(t / snnl_star(x, y).temperature - 1) < 1e-6
+        True
+    """
+    batch = block.batch
+    anchors = torch.nonzero(batch.valid[batch.perm].cpu()).squeeze(1)
+    if len(anchors) == 0:
+        return 1.0, 0
+    distance = Distance.EUCLIDEAN if block.logits.prep.euclidean else Distance.COSINE
+    t, _, evals = _find(block.logits, batch.group, anchors, distance, None, start=start,
+                        level=4, check=False)  # fmt: skip
+    return t, evals
 
 
 def estimate_temperature_curve(

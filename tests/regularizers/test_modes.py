@@ -192,16 +192,29 @@ def _gram_products(fn) -> int:
     return count
 
 
-def test_reference_mode_step_and_loss_share_one_logits_product() -> None:
-    """In a training step the reference mode's slope at the old T and the loss at the new
-    T come from one N x N product per layer (was two: the slope's own distances)."""
+@pytest.mark.parametrize("mode", ["optimal", "reference"])
+def test_temperature_choice_and_loss_share_one_logits_product(mode) -> None:
+    """In a training step the optimal mode's search for T* (grid, then warm-started) and
+    the reference mode's slope at the old T take the batch's distances from the loss's
+    own block logits: one N x N product per layer (was two: the choice's own distances),
+    and the same temperatures and values as the choice on the features."""
     torch.manual_seed(0)
     model = MLP((6,), 4, widths=(10, 10))
+    twin = copy.deepcopy(model)
     x, y = _batch()
-    reg = EntanglementRegularizer(model, alpha=1.0, temperature=5.0, temperature_mode="reference")
-    assert _gram_products(lambda: reg(x, y).total.backward()) == 2  # one per layer
-    with torch.no_grad():  # no fused pass to share: the slope, then the loss
-        assert _gram_products(lambda: reg(x, y, update_temperature=True)) == 4
+    regs = [
+        EntanglementRegularizer(m, alpha=1.0, temperature=5.0, temperature_mode=mode)
+        for m in (model, twin)
+    ]
+    for step in range(3):  # the optimal mode: the grid, then warm starts
+        xb = x + 0.1 * step
+        assert _gram_products(lambda xb=xb: regs[0](xb, y).total.backward()) == 2  # per layer
+        with torch.no_grad():  # no fused pass to share: the choice, then the loss
+            assert _gram_products(lambda xb=xb: regs[1](xb, y, update_temperature=True)) == 4
+        for name in regs[0].layers:
+            shared, own = regs[0].temperatures[name], regs[1].temperatures[name]
+            assert shared == pytest.approx(own, rel=1e-5)
+    assert regs[0].search_evaluations > 0 or mode == "reference"
 
 
 def test_reference_mode_refuses_a_step_to_non_positive_t() -> None:

@@ -62,8 +62,8 @@ from snnl.loss import (
     SNNLWarning,
     snnl_at_optimum,
     soft_nearest_neighbor_loss,
-    soft_nearest_neighbor_loss_after_step,
     soft_nearest_neighbor_loss_and_slope,
+    soft_nearest_neighbor_loss_at_chosen_temperature,
     transformed,
 )
 from snnl.regularizers.compose import (
@@ -423,44 +423,49 @@ class EntanglementRegularizer:
 
     def _terms(self, feats: Mapping[str, Tensor], y: Tensor, update: bool) -> dict:
         """Each layer's SNNL at the temperature its mode chooses on this batch."""
-        if self._steps_on_the_loss_pass(feats, y, update):
+        if self._shares_the_loss_pass(feats, y, update):
             term = {
+                TemperatureMode.OPTIMAL: self._chosen_term,
                 TemperatureMode.LEARNED: self._learned_term,
-                TemperatureMode.REFERENCE: self._reference_term,
+                TemperatureMode.REFERENCE: self._chosen_term,
             }[self._strategy.mode]
             return {n: term(n, feats[n], y) for n in self.layers}
         used = {n: self._strategy.temperature(n, feats[n], y, update) for n in self.layers}
         return {n: self._snnl(feats[n], y, used[n]) for n in self.layers}
 
-    def _steps_on_the_loss_pass(self, feats: Mapping[str, Tensor], y: Tensor, update) -> bool:
-        """Whether a temperature step shares the loss's pass (eager, exact formula,
-        updating, with a gradient): the learned mode's Adam step takes its slope from the
-        loss's fused pass, the reference mode's step its slope from the loss's block
-        logits; neither a pass of its own."""
+    def _shares_the_loss_pass(self, feats: Mapping[str, Tensor], y: Tensor, update) -> bool:
+        """Whether the mode's temperature choice shares the loss's pass (eager, exact
+        formula, updating, with a gradient): the learned mode's Adam step takes its slope
+        from the loss's fused pass; the optimal mode's search and the reference mode's
+        step take the batch's distances from the loss's block logits (mini-batches)."""
         return (
-            self._strategy.mode in (TemperatureMode.LEARNED, TemperatureMode.REFERENCE)
+            self._strategy.mode is not TemperatureMode.FIXED
             and self.snnl_formula == "exact"
             and update
             and torch.is_grad_enabled()
             and not transformed(*feats.values(), y)
         )
 
-    def _reference_term(self, name: str, feats: Tensor, y: Tensor) -> Tensor:
-        """The reference mode's SNNL of layer ``name`` at the new T after the authors'
-        step, the step's slope at the current T from the logits the loss then reuses
-        (:func:`snnl.temperature.soft_nearest_neighbor_loss_after_step`; the one-pass
-        slope beyond a mini-batch)."""
-        t_now = self._strategy.current(name)
+    def _chosen_term(self, name: str, feats: Tensor, y: Tensor) -> Tensor:
+        """The optimal or reference mode's SNNL of layer ``name`` at the T its rule
+        chooses from the loss's own block logits (T* of the batch; the authors' step from
+        the slope at the current T), which the loss at that T reuses
+        (:func:`snnl.loss.soft_nearest_neighbor_loss_at_chosen_temperature`); beyond a
+        mini-batch the rule runs on the features (``TemperatureStrategy.temperature``)."""
+        strategy = self._strategy
 
-        def step(slope: float | None) -> float:
-            if slope is None:
-                slope = self._strategy.slope(feats.detach(), y, t_now)
-            return self._strategy.step(name, slope)
+        def choose(block) -> float:
+            if block is None:
+                return strategy.temperature(name, feats, y, True)  # recorded by the op
+            t = strategy.choose_on_block(name, block)
+            strategy.record(name, t, True)
+            return t
 
-        term, t = soft_nearest_neighbor_loss_after_step(
-            feats, y, t_now, step, distance=self.distance.value
-        )
-        self._strategy.record(name, t, True)
+        optimal = strategy.mode is TemperatureMode.OPTIMAL
+        term, _ = soft_nearest_neighbor_loss_at_chosen_temperature(
+            feats, y, strategy.current(name), choose, distance=self.distance.value,
+            optimal=optimal,
+        )  # fmt: skip
         return term
 
     def _learned_term(self, name: str, feats: Tensor, y: Tensor) -> Tensor:

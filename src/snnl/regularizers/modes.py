@@ -12,11 +12,15 @@
   from :meth:`TemperatureStrategy.slope` (as the ``reference`` mode's step).
 - ``reference``: the authors' scheme, T = T0 / t with t starting at 1; each call takes
   one plain step t <- t - 0.1 dSNNL/dt and uses the new T. A step that would make t <= 0
-  or non-finite (the authors' code lets it) is refused and counted. In an eager training
-  step on a mini-batch the slope at the old T and the loss at the new T share one
-  product (:func:`snnl.temperature.soft_nearest_neighbor_loss_after_step`), else the
-  slope is :meth:`TemperatureStrategy.slope`.
+  or non-finite (the authors' code lets it) is refused and counted.
 - ``fixed``: T_l never changes.
+
+In an eager training step on a mini-batch (at most ``snnl.loss.WHOLE_BLOCK_POINTS``
+points) the optimal mode's search and the reference mode's slope take the batch's
+distances from the loss's own block logits at T = 1, which the loss at the chosen T then
+reuses (:meth:`TemperatureStrategy.choose_on_block`,
+:func:`snnl.loss.soft_nearest_neighbor_loss_at_chosen_temperature`): no product of their
+own.
 
 A mode's choice is host work (a search, an optimiser step, counters, warnings): it runs
 inside the registered op ``snnl::choose_temperature``, one opaque node of a
@@ -41,9 +45,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from snnl._dense import MiniBatchBlock
 from snnl.distances import Distance
 from snnl.loss import transformed, vmap_by_loop
 from snnl.temperature import (
+    optimal_temperature_of_block,
     snnl_log_temperature_slope,
     snnl_star,
     whole_block_log_temperature_slope,
@@ -224,6 +230,12 @@ class TemperatureStrategy:
         ``name`` (``feats`` (N, D) detached), updating the state when ``update``."""
         raise NotImplementedError
 
+    def choose_on_block(self, name: str, block: MiniBatchBlock) -> float:
+        """:meth:`choose` (updating) from a mini-batch's loss block at T = 1 (the batch's
+        distances, which the loss at the chosen T then reuses) instead of the features:
+        the optimal and reference modes."""
+        raise NotImplementedError
+
     def optimizer_state(self) -> dict[str, Any] | None:
         return None
 
@@ -249,15 +261,26 @@ class OptimalTemperature(TemperatureStrategy):
         return math.exp(float(self.state.log_t[name]))
 
     def choose(self, name, feats, y, update) -> float:
+        star = snnl_star(feats, y, distance=self.distance, start=self._start(name), check=False)
+        return self._found(name, star.temperature, star.evaluations, update)
+
+    def choose_on_block(self, name: str, block: MiniBatchBlock) -> float:
+        t, evaluations = optimal_temperature_of_block(block, start=self._start(name))
+        return self._found(name, t, evaluations, True)
+
+    def _start(self, name: str) -> float | None:
+        """The warm start (the previous T*), or None: the grid (first call, regrid)."""
         s = self.state
         regrid = not s.has_optimum[name] or s.calls % self.regrid_every == 0
-        start = None if regrid else float(s.log_t[name])
-        star = snnl_star(feats, y, distance=self.distance, start=start, check=False)
-        s.search_evaluations += star.evaluations
+        return None if regrid else float(s.log_t[name])
+
+    def _found(self, name: str, t: float, evaluations: int, update: bool) -> float:
+        s = self.state
+        s.search_evaluations += evaluations
         if update:  # a new tensor, not fill_: also inside torch.func transforms
-            s.log_t[name] = torch.tensor(star.log_temperature, dtype=torch.float64)
+            s.log_t[name] = torch.tensor(math.log(t), dtype=torch.float64)
             s.has_optimum[name] = True
-        return star.temperature
+        return t
 
 
 class LearnedTemperature(TemperatureStrategy):
@@ -311,6 +334,15 @@ class ReferenceTemperature(TemperatureStrategy):
         if not update:
             return self.current(name)
         return self.step(name, self.slope(feats, y, self.current(name)))
+
+    def choose_on_block(self, name: str, block: MiniBatchBlock) -> float:
+        t_now = self.current(name)
+        g = block.log_temperature_slope(t_now)
+        if g is None:  # not finite there: the one-pass slope of the features
+            feats = block.logits.prep.source
+            labels = block.batch.group[torch.argsort(block.batch.perm)]
+            g = self.slope(feats, labels, t_now)
+        return self.step(name, g)
 
     def step(self, name: str, g_log: float) -> float:
         """The authors' step on layer ``name``'s t with dSNNL/dlog T = ``g_log`` at the
