@@ -25,7 +25,7 @@ they "marginally" outperform normal models. This experiment trains, per seed:
   core on mnist5k against ~3 s for the MLP: a tuned and paired CNN comparison is ~40
   runs, ~15 minutes on 2 cores).
 
-Cost of the default (mnist5k, 2 cores, 2 workers; measured): 225 s in all, of which the
+Cost of the default (mnist5k, 2 cores, 2 workers; measured): 223 s in all, of which the
 sweep with the reference CNN's three 4-epoch runs ~80 s and the headline's search and 8
 paired seeds ~130 s (:func:`expected_seconds`
 gives an upper estimate for any config: 5.0 minutes here, ~55 for ``--full``).
