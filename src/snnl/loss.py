@@ -51,6 +51,7 @@ __all__ = [
     "soft_nearest_neighbor_loss",
     "soft_nearest_neighbor_loss_and_slope",
     "soft_nearest_neighbor_loss_at_chosen_temperature",
+    "MiniBatchBlock",
     "WHOLE_BLOCK_POINTS",
     "snnl_at_optimum",
     "SoftNearestNeighborLoss",
@@ -448,7 +449,7 @@ def soft_nearest_neighbor_loss_at_chosen_temperature(
     from the batch's own distances, the choice and the loss sharing one N x N x D product.
 
     On a mini-batch (at most ``WHOLE_BLOCK_POINTS`` points, eager) ``choose`` gets the
-    loss's one block at T = 1 (:class:`snnl._dense.MiniBatchBlock`, prepared near
+    loss's one block at T = 1 (:class:`MiniBatchBlock`, prepared near
     ``temperature``, e.g. the current T): a temperature step takes its slope from it
     (``block.log_temperature_slope(T)``: the reference mode's step on T, then the loss
     at the new T), a search its T* (:func:`snnl.temperature.optimal_temperature_of_block`:

@@ -49,11 +49,12 @@ from snnl._checks import (
     check_positive,
     check_temperatures,
 )
-from snnl._dense import MiniBatchBlock, mini_batch_block
+from snnl._dense import mini_batch_block
 from snnl._search import unit_vectors
 from snnl.distances import Distance, check_distance
 from snnl.loss import (
     WHOLE_BLOCK_POINTS,
+    MiniBatchBlock,
     SNNLWarning,
     autocast_off,
     snnl_at_optimum,
@@ -607,15 +608,16 @@ def optimal_temperature_of_block(
     (:func:`snnl.loss.soft_nearest_neighbor_loss_at_chosen_temperature`).
 
     Example:
-        >>> from snnl._blocked import sort_by_class
-        >>> from snnl._dense import mini_batch_block
+        >>> from snnl.loss import soft_nearest_neighbor_loss_at_chosen_temperature
         >>> g = torch.Generator().manual_seed(0)
         >>> y = torch.arange(60) % 3
         >>> x = torch.randn(60, 5, generator=g, dtype=torch.float64) + 2.0 * y[:, None]
-        >>> block = mini_batch_block(x, sort_by_class(y), True, 1.0)
-        >>> t, _ = optimal_temperature_of_block(block)
-        >>> abs(t / snnl_star(x, y).temperature - 1) < 1e-6
-        True
+        >>> search = lambda block: optimal_temperature_of_block(block)[0]
+        >>> value, t = soft_nearest_neighbor_loss_at_chosen_temperature(
+        ...     x, y, 1.0, search, optimal=True)
+        >>> star = snnl_star(x, y)
+        >>> abs(t / star.temperature - 1) < 1e-6, abs(value.item() / star.value.item() - 1) < 1e-9
+        (True, True)
     """
     batch = block.batch
     anchors = torch.nonzero(batch.valid[batch.perm].cpu()).squeeze(1)

@@ -45,9 +45,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from snnl._dense import MiniBatchBlock
 from snnl.distances import Distance
-from snnl.loss import transformed, vmap_by_loop
+from snnl.loss import MiniBatchBlock, transformed, vmap_by_loop
 from snnl.temperature import (
     optimal_temperature_of_block,
     snnl_log_temperature_slope,
