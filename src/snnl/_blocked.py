@@ -478,9 +478,7 @@ def exact_pass(
         return xs, (xs * xs).sum(1)
 
     xs, norms = points(dtype if shared is None else shared.xs.dtype)
-    bound = logit_bound_log2(max_log2(norms), t_kernel, prep.euclidean)
-    _check_logit_range(bound, temperature)
-    tiers = _tiers(dtype, bound, prep.euclidean)
+    tiers = _passes(prep, norms, temperature, dtype)
     for k, (tier_dtype, direct) in enumerate(tiers):
         if tier_dtype != xs.dtype:
             xs, norms = points(tier_dtype)
@@ -520,14 +518,20 @@ def first_tier_logits(prep: PreparedPoints, temperature: float, dtype: torch.dty
     ``temperature`` of features of ``dtype``."""
     xs = prep.points(dtype)
     norms = (xs * xs).sum(1)
-    bound = logit_bound_log2(max_log2(norms), prep.kernel_temperature(temperature),
-                             prep.euclidean)  # fmt: skip
-    _check_logit_range(bound, temperature)
-    tier_dtype, _ = _tiers(dtype, bound, prep.euclidean)[0]
+    tier_dtype, _ = _passes(prep, norms, temperature, dtype)[0]
     if tier_dtype != xs.dtype:
         xs = prep.points(tier_dtype)
         norms = (xs * xs).sum(1)
     return BlockLogits(prep, xs, norms, whole_block_logits(xs, norms, prep.euclidean))
+
+
+def _passes(prep: PreparedPoints, norms: Tensor, temperature: float, dtype: torch.dtype):
+    """The passes (:func:`_tiers`) :func:`exact_pass` tries at ``temperature`` for points
+    of squared norms ``norms``; a ValueError where float64 cannot hold the logits."""
+    bound = logit_bound_log2(max_log2(norms), prep.kernel_temperature(temperature),
+                             prep.euclidean)  # fmt: skip
+    _check_logit_range(bound, temperature)
+    return _tiers(dtype, bound, prep.euclidean)
 
 
 def _check_logit_range(bound: float, temperature: float) -> None:

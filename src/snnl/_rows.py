@@ -38,6 +38,11 @@ class Block(NamedTuple):
     e: int | None
 
 
+def _one_block(n: int, block_rows: int | None) -> bool:
+    """Whether a pass over N points is one masked block (see :func:`_row_blocks`)."""
+    return block_rows is None and n * n <= _WHOLE_ELEMENTS
+
+
 def _row_blocks(batch: SortedBatch, n: int, block_rows: int | None):
     """Yield the blocks of a pass.
 
@@ -46,7 +51,7 @@ def _row_blocks(batch: SortedBatch, n: int, block_rows: int | None):
     what makes mini-batch regularisation cheap. Otherwise one class at a time, in
     row blocks, with its positives as one contiguous column range.
     """
-    if block_rows is None and n * n <= _WHOLE_ELEMENTS:
+    if _one_block(n, block_rows):
         yield Block(0, n, None, None)
         return
     rows = block_rows or default_block_rows(n)
@@ -165,8 +170,12 @@ def row_block_pass(
     n, _ = xs.shape
     a = 2.0 if euclidean else 1.0
     inv_t = 1.0 / temperature
-    bias = -(xs * xs).sum(1) if euclidean else xs.new_zeros(n)
-    bias_t = bias * inv_t
+    given = raw is not None and direct is None and _one_block(n, block_rows)
+    if given:  # one block, its logits raw / T: no product, no bias
+        bias_t = None
+    else:
+        bias = -(xs * xs).sum(1) if euclidean else xs.new_zeros(n)
+        bias_t = bias * inv_t
     loss = xs.new_full((n,), math.nan)
     need_grad = weights is not None
     if need_grad:
@@ -174,7 +183,7 @@ def row_block_pass(
         col_sum = xs.new_zeros(n)  # sum_i G_ij (the rows of G sum to 0)
     for block in _row_blocks(batch, n, block_rows):
         r0, r1 = block.r0, block.r1
-        if raw is not None and r1 - r0 == n and direct is None:
+        if given:
             logits = raw * inv_t
         else:
             logits = _block_logits(xs, bias_t, a * inv_t, r0, r1, direct)

@@ -160,15 +160,13 @@ class KernelPoints:
     def of_block(cls, block: _blocked.BlockLogits) -> KernelPoints:
         """The loss's prepared points of a mini-batch (``block.xs``, sorted by class, in
         its kernel units), as the search's points in that sorted order: no pass of their
-        own. ``exact_rows`` reads the caller's features through the sort."""
+        own. They have no float64 rows (``exact_rows``): a block is searched without the
+        float32 spot check (the loss at T* checks its own pass)."""
         prep = block.prep
         points = cls.__new__(cls)
         points.euclidean, points.dtype = prep.euclidean, block.xs.dtype
         points.device, (points.n, points.d) = block.xs.device, block.xs.shape
         points._source, points._all, points._k = None, block.xs, prep.k
-        points._x = _SortedRows(prep.source, prep.perm)
-        if prep.euclidean:
-            points._centre64 = prep.centre
         points.log_scale = 2.0 * prep.k * math.log(2.0) if prep.euclidean else 0.0
         return points
 
@@ -215,16 +213,6 @@ class KernelPoints:
             return _blocked.scale_pow2(x.double(), self._k) - self._centre64
         raw = self._source.take(index) if index is not None else self._source.rows(r0, r1)
         return self._prep.points(raw.double(), torch.float64)
-
-
-class _SortedRows:
-    """Rows of ``source`` in the order ``perm`` (sorted index -> row), read on demand."""
-
-    def __init__(self, source: Tensor, perm: Tensor) -> None:
-        self.source, self.perm = source, perm
-
-    def __getitem__(self, index: Tensor | slice) -> Tensor:
-        return self.source[self.perm[index]]
 
 
 def block_distances(block: _blocked.BlockLogits) -> Tensor:
@@ -420,11 +408,12 @@ class Curve:
     def _distances(self, block: _Block, out: Tensor) -> Tensor:
         """Raw distances (B, W) of a block (clamped at 0), written into ``out``."""
         if self._given is not None:
-            rows = self.anchors[block.a0 : block.a1].to(self.device)
-            cols = block.chunk.cols.to(self.device)
-            d = out[: len(rows) * len(cols)].view(len(rows), len(cols))
+            d = out[: (block.a1 - block.a0) * len(block.chunk.cols)]
+            d = d.view(block.a1 - block.a0, len(block.chunk.cols))
             if self._given_in_order:
                 return d.copy_(self._given[block.a0 : block.a1])
+            rows = self.anchors[block.a0 : block.a1].to(self.device)
+            cols = block.chunk.cols.to(self.device)
             return d.copy_(self._given[rows[:, None], cols[None, :]])
         b = self._chunk_operand(block.chunk)
         return distances(self._anchor_operand(block), b, self.points.euclidean, out)

@@ -337,10 +337,9 @@ class ReferenceTemperature(TemperatureStrategy):
     def choose_on_block(self, name: str, block: MiniBatchBlock) -> float:
         t_now = self.current(name)
         g = block.log_temperature_slope(t_now)
-        if g is None:  # not finite there: the one-pass slope of the features
-            feats = block.logits.prep.source
-            labels = block.batch.group[torch.argsort(block.batch.perm)]
-            g = self.slope(feats, labels, t_now)
+        if g is None:  # not finite there: the one-pass slope of the features (sorted)
+            batch = block.batch
+            g = self.slope(block.logits.prep.source[batch.perm], batch.group, t_now)
         return self.step(name, g)
 
     def step(self, name: str, g_log: float) -> float:
